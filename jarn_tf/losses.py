@@ -1,0 +1,179 @@
+"""Loss functions of JARN, adversarial training and the baselines.
+
+Every function returns PER-EXAMPLE values (shape [B]) unless its name says
+otherwise; the training step reduces them with ``sum * 1/global_batch_size``
+so that the gradients all-reduced (summed) across replicas equal the gradient
+of the mean over the global batch. Image-space tensors are NHWC in [0, 1].
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import tensorflow as tf
+
+JACOBIAN_KINDS = ("xent", "prob")
+
+# Discriminator labels: 0 = adapted Jacobian ("fake"), 1 = image ("real").
+FAKE_LABEL = 0
+REAL_LABEL = 1
+
+
+def cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Per-example softmax cross-entropy.
+
+    Args:
+      labels: int [B] class indices.
+      logits: float [B, K].
+
+    Returns:
+      float32 [B].
+    """
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32)
+    )
+
+
+def margin_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Per-example Carlini-Wagner margin: max_{j != y} z_j - z_y.
+
+    Positive means misclassified. Attacks maximise it.
+
+    Args:
+      labels: int [B].
+      logits: float [B, K].
+
+    Returns:
+      float32 [B].
+    """
+    logits = tf.cast(logits, tf.float32)
+    num_classes = tf.shape(logits)[-1]
+    onehot = tf.one_hot(tf.cast(labels, tf.int32), num_classes, dtype=logits.dtype)
+    true_logit = tf.reduce_sum(onehot * logits, axis=-1)
+    other = tf.reduce_max(logits - 1e9 * onehot, axis=-1)
+    return other - true_logit
+
+
+def true_class_probability(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Per-example softmax probability of the true class, shape [B]."""
+    probs = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+    onehot = tf.one_hot(tf.cast(labels, tf.int32), tf.shape(probs)[-1], dtype=probs.dtype)
+    return tf.reduce_sum(onehot * probs, axis=-1)
+
+
+def jacobian_objective(labels: tf.Tensor, logits: tf.Tensor, kind: str) -> tf.Tensor:
+    """The per-example scalar whose input gradient is JARN's Jacobian J.
+
+    Args:
+      labels: int [B].
+      logits: float [B, K].
+      kind: ``xent`` for J = d L_cls / dx (paper, eq. 6) or ``prob`` for
+        J = d softmax_y / dx (the authors' release).
+
+    Returns:
+      float32 [B]. Summed over the batch and differentiated w.r.t. the input,
+      it gives each example's own Jacobian (examples do not interact, except
+      through batch norm's batch statistics in training mode).
+    """
+    if kind == "xent":
+        return cross_entropy(labels, logits)
+    if kind == "prob":
+        return true_class_probability(labels, logits)
+    raise ValueError(f"Unknown Jacobian kind {kind!r}; expected one of {JACOBIAN_KINDS}.")
+
+
+def standardize_per_example(x: tf.Tensor, epsilon: float = 1e-12) -> tf.Tensor:
+    """Zero mean and unit L2 norm over H, W, C, per example (as the reference).
+
+    Args:
+      x: float [B, H, W, C].
+      epsilon: guards the norm of a constant input.
+
+    Returns:
+      float [B, H, W, C].
+    """
+    x = x - tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+    norm = tf.sqrt(tf.reduce_sum(tf.square(x), axis=[1, 2, 3], keepdims=True) + epsilon)
+    return x / norm
+
+
+def discriminator_cross_entropy(fake_logits: tf.Tensor, real_logits: tf.Tensor) -> tf.Tensor:
+    """Per-example 2-class cross-entropy of the JARN discriminator.
+
+    The reference feeds the discriminator one batch of adapted Jacobians
+    (label 0) and the batch's images (label 1) and minimises softmax
+    cross-entropy; -mean(xent) is L_adv of the paper's eq. (9).
+
+    Args:
+      fake_logits: [B, 2] logits on adapted Jacobians.
+      real_logits: [B, 2] logits on images.
+
+    Returns:
+      float32 [2B]: fake examples first, then real ones.
+    """
+    fake = cross_entropy(tf.fill(tf.shape(fake_logits)[:1], FAKE_LABEL), fake_logits)
+    real = cross_entropy(tf.fill(tf.shape(real_logits)[:1], REAL_LABEL), real_logits)
+    return tf.concat([fake, real], axis=0)
+
+
+def jarn_adversarial_loss(fake_logits: tf.Tensor, real_logits: tf.Tensor) -> tf.Tensor:
+    """Per-example L_adv = log D(x) + log(1 - D(J')) of the paper's eq. (9).
+
+    The classifier and adaptor minimise it (fool the discriminator), the
+    discriminator maximises it. Its mean over the batch equals minus the
+    discriminator's mean cross-entropy over its 2B inputs (the reference's
+    ``-disc_xent``), so pair i (J'_i, x_i) contributes
+    ``-(xent_fake_i + xent_real_i) / 2``.
+
+    Args:
+      fake_logits: [B, 2] discriminator logits on adapted Jacobians.
+      real_logits: [B, 2] discriminator logits on the images.
+
+    Returns:
+      float32 [B].
+    """
+    xent = discriminator_cross_entropy(fake_logits, real_logits)
+    fake, real = tf.split(xent, 2, axis=0)
+    return -0.5 * (fake + real)
+
+
+def discriminator_accuracy(fake_logits: tf.Tensor, real_logits: tf.Tensor) -> tf.Tensor:
+    """Per-example 0/1 correctness of the discriminator, shape [2B]."""
+    fake = tf.equal(tf.argmax(fake_logits, axis=-1), FAKE_LABEL)
+    real = tf.equal(tf.argmax(real_logits, axis=-1), REAL_LABEL)
+    return tf.cast(tf.concat([fake, real], axis=0), tf.float32)
+
+
+def input_gradient_penalty(jacobian: tf.Tensor) -> tf.Tensor:
+    """Per-example squared Frobenius norm ||d L / dx||_F^2 (double backprop).
+
+    Args:
+      jacobian: float [B, H, W, C], each example's input gradient.
+
+    Returns:
+      float32 [B].
+    """
+    return tf.reduce_sum(tf.square(tf.cast(jacobian, tf.float32)), axis=[1, 2, 3])
+
+
+def l2_weight_decay(variables: Sequence[tf.Variable]) -> tf.Tensor:
+    """sum(w^2) / 2 over the given variables (the reference's weight decay).
+
+    Not divided by the batch size: the caller adds it once per replica,
+    scaled by 1/num_replicas, so the all-reduced sum counts it once.
+    """
+    if not variables:
+        return tf.constant(0.0)
+    return tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in variables])
+
+
+def scale_loss(per_example: tf.Tensor, global_batch_size: int) -> tf.Tensor:
+    """Sum of per-example losses times 1 / global_batch_size.
+
+    Each replica sees B / R examples; the optimizer sums gradients over the R
+    replicas, so this scaling yields the gradient of the global-batch mean.
+    """
+    return tf.reduce_sum(per_example) * (1.0 / global_batch_size)
+
+
+LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]

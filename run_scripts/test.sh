@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Sets up the environment and runs the whole test suite (what CI runs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REQUIREMENTS=requirements-dev.txt bash run_scripts/setup_env.sh
+export TF_CPP_MIN_LOG_LEVEL=2
+.venv/bin/python -m pytest tests "$@"

@@ -1,0 +1,356 @@
+"""Training through the real entry point, on a tiny learnable dataset."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+
+from jarn_tf import config as config_lib
+from jarn_tf import data, distribute, train_lib, train_step
+from jarn_tf import train as train_entry
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY = [
+    "--dataset=fashion_mnist",
+    "--nodownload",
+    "--model=mnist_cnn",
+    "--cnn_channels=8,16,16",
+    "--disc_layers=2",
+    "--disc_base_channels=8",
+    "--batch_size=32",
+    "--learning_rate=0.1",
+    "--steps_per_loop=5",
+    "--summary_every=10",
+    "--checkpoint_every=10",
+    "--image_summary_every=20",
+    "--eval_examples=64",
+    "--verbose=0",
+    "--eps=0.02",
+]
+
+MODES = {
+    "standard": [],
+    "uniform_noise": ["--uniform_noise"],
+    "fgsm_at": ["--at_steps=1"],
+    "pgd_at": ["--at_steps=3"],
+    "double_backprop": ["--double_backprop=0.01"],
+    # JARN in the last 25% as in the paper (the learning rate has decayed).
+    "jarn": ["--jarn", "--jarn_start=0.75", "--disc_update_every=2"],
+    "jarn_prob_adam": ["--jarn", "--jarn_start=0", "--jacobian=prob", "--disc_optimizer=adam"],
+    "jarn_at1": ["--jarn", "--jarn_start=0.75", "--at_steps=1"],
+}
+
+
+def run_main(args: list) -> int:
+    """Parses ``args`` as ``python -m jarn_tf.train`` would and runs main()."""
+    fv = flags.FLAGS
+    if "model_dir" not in fv:
+        train_entry.define_train_flags()
+    fv.unparse_flags()
+    fv(["jarn_tf.train"] + args)
+    return train_entry.main(["jarn_tf.train"])
+
+
+def read_events(logdir: str) -> dict:
+    """TensorBoard tag -> list of (step, value) from the event files."""
+    out: dict = {}
+    for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                out.setdefault(value.tag, []).append((event.step, tf.make_ndarray(value.tensor)))
+    return out
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_each_mode_trains_exports_and_loss_goes_down(mode, tiny_data_dir, tmp_path):
+    model_dir = str(tmp_path / mode)
+    rc = run_main(TINY + MODES[mode] + [f"--data_dir={tiny_data_dir}", f"--model_dir={model_dir}", "--train_steps=60"])
+    assert rc == 0
+
+    cfg = json.load(open(os.path.join(model_dir, "config.json")))
+    assert cfg["train"]["train_steps"] == 60
+    assert os.path.exists(os.path.join(model_dir, "checkpoints", "ckpt-60.index"))
+    meta = json.load(open(os.path.join(model_dir, "export", "metadata.json")))
+    assert meta["step"] == 60 and meta["image_shape"] == [28, 28, 1]
+
+    events = read_events(os.path.join(model_dir, "train"))
+    xent = [float(v) for _, v in events["train/xent"]]
+    assert len(xent) == 6
+    assert xent[-1] < xent[0], f"{mode}: xent {xent} did not go down"
+    assert "train/learning_rate" in events and "train/examples_per_second" in events
+    assert "images/x" in events and "images/jacobian" in events
+    if "--jarn" in MODES[mode]:
+        for tag in ("train/disc_accuracy", "train/disc_xent", "train/adv_loss", "train/disc_loss"):
+            assert tag in events, tag
+        assert "images/adapted_jacobian" in events
+    # The exported classifier beats chance (10 classes) on held-out images.
+    assert meta["clean_accuracy"]["value"] > 0.2, meta["clean_accuracy"]
+
+
+def _tiny_config(data_dir: str, **train_kwargs) -> config_lib.ExperimentConfig:
+    train_defaults = dict(
+        train_steps=6,
+        batch_size=16,
+        learning_rate=0.05,
+        steps_per_loop=2,
+        checkpoint_every=2,
+        summary_every=2,
+        image_summary_every=0,
+        disc_update_every=3,
+        noise_eps=0.1,
+        eps=0.1,
+        step_size=0.1,
+    )
+    train_defaults.update(train_kwargs)
+    return config_lib.ExperimentConfig(
+        data=config_lib.DataConfig(dataset="fashion_mnist", data_dir=data_dir, download=False),
+        model=config_lib.ModelConfig(model="mnist_cnn", cnn_channels=(8, 16, 16), disc_layers=2, disc_base_channels=8),
+        train=config_lib.TrainConfig(**train_defaults),
+    )
+
+
+def _weights(model: keras.Model) -> list:
+    return [w.numpy().copy() for w in model.trainable_weights]
+
+
+def _changed(before: list, after: list) -> bool:
+    return any(not np.array_equal(a, b) for a, b in zip(before, after))
+
+
+def _single_steps(config, num_steps):
+    """Builds a trainer and yields it after each single training step."""
+    keras.utils.set_random_seed(config.train.seed)
+    strategy = tf.distribute.get_strategy()
+    info = data.dataset_info(config.data.dataset)
+    trainer = train_step.build_trainer(config, info, strategy)
+    iterator = iter(data.make_train_dataset(config.data, config.train.batch_size, config.train.seed))
+    loops = train_lib._LoopFunctions(trainer, strategy)
+    yield trainer
+    for step in range(num_steps):
+        v = trainer.variant(step)
+        loops.get(v, v)(iterator, tf.constant(1, tf.int64))
+        yield trainer
+
+
+def test_discriminator_updates_only_on_schedule(tiny_data_dir):
+    config = _tiny_config(tiny_data_dir, jarn=True, jarn_start=0.0, disc_update_every=3)
+    steps = _single_steps(config, 6)
+    trainer = next(steps)
+    prev = {name: _weights(net) for name, net in trainer.networks.items()}
+    for step, trainer in enumerate(steps):
+        now = {name: _weights(net) for name, net in trainer.networks.items()}
+        assert _changed(prev["classifier"], now["classifier"]), step
+        assert _changed(prev["adaptor"], now["adaptor"]), step
+        assert _changed(prev["discriminator"], now["discriminator"]) == (step % 3 == 0), step
+        prev = now
+
+
+def test_jarn_waits_for_jarn_start(tiny_data_dir):
+    config = _tiny_config(tiny_data_dir, jarn=True, jarn_start=0.5, disc_update_every=1)
+    steps = _single_steps(config, 6)
+    trainer = next(steps)
+    prev = _weights(trainer.networks["adaptor"])
+    for step, trainer in enumerate(steps):
+        now = _weights(trainer.networks["adaptor"])
+        assert _changed(prev, now) == (step >= 3), step
+        prev = now
+
+
+def test_lambda_zero_jarn_equals_standard_classifier_update(tiny_data_dir):
+    jarn = _tiny_config(tiny_data_dir, jarn=True, jarn_start=0.0, lambda_adv=0.0, noise_eps=0.0, disc_update_every=1)
+    standard = _tiny_config(tiny_data_dir)
+    results = []
+    for config in (jarn, standard):
+        *_, trainer = _single_steps(config, 3)
+        results.append(_weights(trainer.networks["classifier"]))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_training_jacobian_equals_independent_gradient(tiny_data_dir):
+    config = _tiny_config(tiny_data_dir, jarn=True, jarn_start=0.0)
+    trainer = next(_single_steps(config, 0))
+    images, labels = next(iter(data.make_eval_dataset(config.data, batch_size=4)))
+    for kind in ("xent", "prob"):
+        _, jac = trainer.input_jacobian(images, labels, kind, training=False)
+        model = trainer.networks["classifier"]
+        for i in range(4):
+            # One example at a time, with its own tape: no batch coupling.
+            x = tf.Variable(images[i : i + 1])
+            with tf.GradientTape() as tape:
+                logits = model(x, training=False)
+                p = tf.nn.softmax(logits)[0, int(labels[i])]
+                obj = -tf.math.log(p) if kind == "xent" else p
+            np.testing.assert_allclose(jac[i : i + 1], tape.gradient(obj, x), rtol=1e-4, atol=1e-7)
+    # And a finite difference on a few pixels (float64 arithmetic on the model's float32 output).
+    x = images[:1].numpy().astype(np.float64)
+    _, jac = trainer.input_jacobian(tf.constant(x, tf.float32), labels[:1], "xent", training=False)
+    h = 1e-2
+    for idx in [(0, 10, 10, 0), (0, 14, 5, 0), (0, 3, 20, 0)]:
+        xp, xm = x.copy(), x.copy()
+        xp[idx] += h
+        xm[idx] -= h
+        f = lambda z: float(tf.nn.sparse_softmax_cross_entropy_with_logits(labels[:1], model(tf.constant(z, tf.float32)))[0])
+        fd = (f(xp) - f(xm)) / (2 * h)
+        assert fd == pytest.approx(float(jac.numpy()[idx]), rel=0.05, abs=1e-3)
+
+
+def test_interrupted_run_resumes_from_checkpoint(tiny_data_dir, tmp_path):
+    config = _tiny_config(tiny_data_dir, jarn=True, jarn_start=0.0, at_steps=1)
+    full = train_lib.train(config, str(tmp_path / "full"), eval_examples=0, verbose=0)
+    part = train_lib.train(config, str(tmp_path / "resumed"), eval_examples=0, verbose=0, stop_after=4)
+    assert part.step == 4 and part.export_dir is None
+    resumed = train_lib.train(config, str(tmp_path / "resumed"), eval_examples=0, verbose=0)
+    assert resumed.start_step == 4 and resumed.step == 6
+    for name in full.trainer.networks:
+        for a, b in zip(_weights(full.trainer.networks[name]), _weights(resumed.trainer.networks[name])):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_export_loads_with_plain_tensorflow_and_keras(tiny_data_dir, tmp_path):
+    config = _tiny_config(tiny_data_dir)
+    result = train_lib.train(config, str(tmp_path / "run"), eval_examples=16, verbose=0)
+    images, _ = next(iter(data.make_eval_dataset(config.data, batch_size=8)))
+    live = result.trainer.networks["classifier"](images, training=False).numpy()
+
+    # A fresh interpreter that never imports jarn_tf loads the SavedModel.
+    np.save(tmp_path / "x.npy", images.numpy())
+    script = textwrap.dedent(
+        f"""
+        import sys, numpy as np, tensorflow as tf
+        m = tf.saved_model.load({os.path.join(result.export_dir, 'saved_model')!r})
+        out = m.signatures["serving_default"](images=tf.constant(np.load({str(tmp_path / 'x.npy')!r})))
+        assert "jarn_tf" not in sys.modules
+        np.save({str(tmp_path / 'y.npy')!r}, out["logits"].numpy())
+        np.testing.assert_allclose(out["probabilities"].numpy().sum(-1), 1.0, rtol=1e-5)
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=str(tmp_path))
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), live, rtol=1e-5, atol=1e-5)
+
+    import jarn_tf.layers  # noqa: F401  registers the custom layers
+
+    loaded = keras.saving.load_model(os.path.join(result.export_dir, "classifier.keras"))
+    np.testing.assert_allclose(loaded(images, training=False).numpy(), live, rtol=1e-5, atol=1e-5)
+
+
+def test_nan_loss_stops_run_and_keeps_good_checkpoints(tiny_data_dir, tmp_path):
+    model_dir = str(tmp_path / "nan")
+    config = _tiny_config(tiny_data_dir, learning_rate=1e12, steps_per_loop=1, checkpoint_every=1, train_steps=20)
+    with pytest.raises(train_lib.NonFiniteLossError, match=r"Non-finite loss at step (\d+)") as err:
+        train_lib.train(config, model_dir, eval_examples=0, verbose=0)
+    bad = int(err.value.args[0].split("step ")[1].split(";")[0])
+    ckpts = tf.train.get_checkpoint_state(os.path.join(model_dir, "checkpoints"))
+    assert ckpts is not None
+    latest = int(ckpts.model_checkpoint_path.rsplit("-", 1)[1])
+    assert latest <= bad
+    reader = tf.train.load_checkpoint(ckpts.model_checkpoint_path)
+    for name in reader.get_variable_to_shape_map():
+        value = reader.get_tensor(name)
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+            assert np.all(np.isfinite(value)), name
+    assert not os.path.exists(os.path.join(model_dir, "export"))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--at_steps=-1"], "at_steps"),
+        (["--disc_layers=5", "--jarn"], "disc_layers"),
+        (["--eps=2"], "eps"),
+        (["--jarn", "--double_backprop=1"], "double_backprop"),
+        (["--train_steps=10", "--epochs=1"], "epochs"),
+    ],
+)
+def test_bad_flags_fail_before_work(args, message, tiny_data_dir, tmp_path):
+    model_dir = tmp_path / "bad"
+    with pytest.raises(Exception, match=message):
+        rc = run_main(TINY + args + [f"--data_dir={tiny_data_dir}", f"--model_dir={model_dir}"])
+        if rc:
+            raise ValueError(f"exit {rc} mentioning {message}")  # validated in main
+    assert not (model_dir / "checkpoints").exists()
+
+
+def test_cli_reports_missing_data_and_config_mismatch(tiny_data_dir, tmp_path):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    base = [sys.executable, "-m", "jarn_tf.train"] + TINY + ["--train_steps=2", "--summary_every=1", "--checkpoint_every=1"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = subprocess.run(
+        base + ["--dataset=mnist", f"--data_dir={empty}", f"--model_dir={tmp_path / 'a'}"],
+        capture_output=True, text=True, env=env, cwd=REPO,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "mnist" in proc.stderr and str(empty) in proc.stderr
+    assert not (tmp_path / "a" / "checkpoints").exists()
+
+    ok = subprocess.run(base + [f"--data_dir={tiny_data_dir}", f"--model_dir={tmp_path / 'b'}"], capture_output=True, text=True, env=env, cwd=REPO)
+    assert ok.returncode == 0, ok.stderr
+    clash = subprocess.run(
+        base + [f"--data_dir={tiny_data_dir}", f"--model_dir={tmp_path / 'b'}", "--uniform_noise"],
+        capture_output=True, text=True, env=env, cwd=REPO,
+    )
+    assert clash.returncode == 2
+    assert "different configuration" in clash.stderr and "uniform_noise" in clash.stderr
+
+
+MIRRORED_SCRIPT = """
+import json, sys
+from jarn_tf import distribute
+distribute.configure_cpu_devices(2)
+import keras, numpy as np, tensorflow as tf
+from jarn_tf import config as C, data, train_lib, train_step
+
+data_dir = sys.argv[1]
+cfg = C.ExperimentConfig(
+    data=C.DataConfig(dataset="fashion_mnist", data_dir=data_dir, download=False),
+    model=C.ModelConfig(model="mnist_cnn", cnn_channels=(8, 16, 16), disc_layers=2, disc_base_channels=8, sync_batchnorm=True),
+    train=C.TrainConfig(train_steps=3, batch_size=16, learning_rate=0.05, jarn=True, jarn_start=0.0,
+                        disc_update_every=1, noise_eps=0.0, at_steps=1, eps=0.1, step_size=0.1, at_random_start=False),
+)
+info = data.dataset_info("fashion_mnist")
+out = {}
+for name in ("default", "mirrored"):
+    keras.utils.set_random_seed(0)
+    strategy = distribute.get_strategy(name)
+    trainer = train_step.build_trainer(cfg, info, strategy)
+    ds = strategy.distribute_datasets_from_function(lambda ctx: data.make_train_dataset(cfg.data, 16, 0, 0, ctx))
+    loops = train_lib._LoopFunctions(trainer, strategy)
+    v = trainer.variant(0)
+    loops.get(v, v)(iter(ds), tf.constant(3, tf.int64))
+    out[name] = dict(
+        replicas=strategy.num_replicas_in_sync,
+        weights=[w.numpy() for n in sorted(trainer.networks) for w in trainer.networks[n].trainable_weights],
+        metrics=trainer.metrics.result(),
+    )
+a, b = out["default"], out["mirrored"]
+diff = max(float(np.max(np.abs(x - y))) for x, y in zip(a["weights"], b["weights"]))
+scale = max(float(np.max(np.abs(x))) for x in a["weights"])
+print(json.dumps(dict(replicas=[a["replicas"], b["replicas"]], max_abs_diff=diff, scale=scale,
+                      xent=[a["metrics"]["train/xent"], b["metrics"]["train/xent"]],
+                      disc=[a["metrics"]["train/disc_xent"], b["metrics"]["train/disc_xent"]])))
+"""
+
+
+def test_mirrored_two_cpus_equals_one_device(tiny_data_dir):
+    proc = subprocess.run(
+        [sys.executable, "-c", MIRRORED_SCRIPT, tiny_data_dir],
+        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO), cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == [1, 2]
+    assert result["max_abs_diff"] < 1e-5 * max(1.0, result["scale"]), result
+    np.testing.assert_allclose(result["xent"][0], result["xent"][1], rtol=1e-5)
+    np.testing.assert_allclose(result["disc"][0], result["disc"][1], rtol=1e-5)
