@@ -79,14 +79,21 @@ def export_classifier(
     final = os.path.join(export_dir, SAVED_MODEL_DIR)
 
     tmp = tempfile.mkdtemp(prefix=".tmp-saved_model-", dir=export_dir)
-    module = ServingModule(classifier, image_shape)
-    tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
-    _replace_dir(tmp, final)
+    try:
+        module = ServingModule(classifier, image_shape)
+        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+        _replace_dir(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
     fd, tmp_keras = tempfile.mkstemp(prefix=".tmp-classifier-", suffix=".keras", dir=export_dir)
     os.close(fd)
-    classifier.save(tmp_keras)
-    os.replace(tmp_keras, os.path.join(export_dir, KERAS_FILE))
+    try:
+        classifier.save(tmp_keras)
+        os.replace(tmp_keras, os.path.join(export_dir, KERAS_FILE))
+    finally:
+        if os.path.exists(tmp_keras):
+            os.remove(tmp_keras)
 
     payload = {
         "image_shape": list(image_shape),

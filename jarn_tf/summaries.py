@@ -28,9 +28,7 @@ class MetricSet:
 
     def result(self) -> Dict[str, float]:
         return {
-            name: float(m.result().numpy())
-            for name, m in self.metrics.items()
-            if float(m.count.numpy()) > 0
+            name: float(m.result().numpy()) for name, m in self.metrics.items() if float(m.count.numpy()) > 0
         }
 
     def reset(self) -> None:

@@ -10,7 +10,6 @@ TensorBoard logs (``train/``, ``eval/``) and ``model_dir/export/``.
 
 from __future__ import annotations
 
-import logging as std_logging
 import os
 import sys
 from typing import Optional
@@ -26,10 +25,18 @@ DATASETS = ("mnist", "fashion_mnist", "svhn", "cifar10")
 
 # The paper's settings per dataset (section 4), used for flags left unset.
 PAPER_DEFAULTS = {
-    "mnist": dict(model="mnist_cnn", disc_layers=2, disc_base_channels=64, disc_update_every=10, lambda_adv=1.0, eps=0.3),
-    "fashion_mnist": dict(model="mnist_cnn", disc_layers=2, disc_base_channels=64, disc_update_every=10, lambda_adv=1.0, eps=0.1),
-    "svhn": dict(model="wrn", disc_layers=5, disc_base_channels=16, disc_update_every=20, lambda_adv=5.0, eps=8 / 255),
-    "cifar10": dict(model="wrn", disc_layers=5, disc_base_channels=32, disc_update_every=20, lambda_adv=1.0, eps=8 / 255),
+    "mnist": dict(
+        model="mnist_cnn", disc_layers=2, disc_base_channels=64, disc_update_every=10, lambda_adv=1.0, eps=0.3
+    ),
+    "fashion_mnist": dict(
+        model="mnist_cnn", disc_layers=2, disc_base_channels=64, disc_update_every=10, lambda_adv=1.0, eps=0.1
+    ),
+    "svhn": dict(
+        model="wrn", disc_layers=5, disc_base_channels=16, disc_update_every=20, lambda_adv=5.0, eps=8 / 255
+    ),
+    "cifar10": dict(
+        model="wrn", disc_layers=5, disc_base_channels=32, disc_update_every=20, lambda_adv=1.0, eps=8 / 255
+    ),
 }
 
 
@@ -45,47 +52,98 @@ def define_train_flags() -> None:
     flags.DEFINE_string("model_dir", None, "Directory of the run: checkpoints, logs, export. Required.")
 
     # Models.
-    flags.DEFINE_enum("model", None, ["wrn", "mnist_cnn"], "Classifier. Default: mnist_cnn for (fashion_)mnist, wrn otherwise.")
-    flags.DEFINE_integer("wrn_depth", 34, "Wide-ResNet depth, 6n+4 (34: 5 units per stage, the paper's).", lower_bound=10)
-    flags.DEFINE_integer("wrn_width", 10, "Wide-ResNet widening factor (10: widths 160, 320, 640).", lower_bound=1)
-    flags.DEFINE_list("cnn_channels", ["64", "128", "256"], "Channels of the MNIST CNN's conv layers.")
-    flags.DEFINE_integer("disc_layers", None, "Discriminator conv layers. Default: 2 (MNIST), 5 (SVHN, CIFAR-10).", lower_bound=1)
+    flags.DEFINE_enum(
+        "model",
+        None,
+        ["wrn", "mnist_cnn"],
+        "Classifier. Default: mnist_cnn for (fashion_)mnist, wrn otherwise.",
+    )
     flags.DEFINE_integer(
-        "disc_base_channels", None, "Discriminator's first-layer channels. Default: 64 MNIST, 16 SVHN, 32 CIFAR-10.", lower_bound=1
+        "wrn_depth", 34, "Wide-ResNet depth, 6n+4 (34: 5 units per stage, the paper's).", lower_bound=10
+    )
+    flags.DEFINE_integer(
+        "wrn_width", 10, "Wide-ResNet widening factor (10: widths 160, 320, 640).", lower_bound=1
+    )
+    flags.DEFINE_list("cnn_channels", ["64", "128", "256"], "Channels of the MNIST CNN's conv layers.")
+    flags.DEFINE_integer(
+        "disc_layers",
+        None,
+        "Discriminator conv layers. Default: 2 (MNIST), 5 (SVHN, CIFAR-10).",
+        lower_bound=1,
+    )
+    flags.DEFINE_integer(
+        "disc_base_channels",
+        None,
+        "Discriminator's first-layer channels. Default: 64 MNIST, 16 SVHN, 32 CIFAR-10.",
+        lower_bound=1,
     )
     flags.DEFINE_bool("sync_batchnorm", False, "Batch-norm statistics over all replicas.")
 
     # JARN.
     flags.DEFINE_bool("jarn", False, "Train with the JARN regulariser.")
     flags.DEFINE_float("jarn_start", 0.75, "Fraction of training after which JARN is on (0 = always).")
-    flags.DEFINE_float("lambda_adv", None, "Weight of JARN's adversarial loss. Default: 1 (MNIST, CIFAR-10), 5 (SVHN).")
+    flags.DEFINE_float(
+        "lambda_adv", None, "Weight of JARN's adversarial loss. Default: 1 (MNIST, CIFAR-10), 5 (SVHN)."
+    )
     flags.DEFINE_float("adaptor_gamma", 1.0, "Weight of the adversarial loss in the adaptor's objective.")
     flags.DEFINE_integer(
-        "disc_update_every", None, "Update the discriminator every k steps. Default: 10 MNIST, 20 otherwise.", lower_bound=1
+        "disc_update_every",
+        None,
+        "Update the discriminator every k steps. Default: 10 MNIST, 20 otherwise.",
+        lower_bound=1,
     )
     flags.DEFINE_enum(
-        "jacobian", "xent", ["xent", "prob"], "J = d xent/dx (paper, default) or d softmax_y/dx (authors' release)."
+        "jacobian",
+        "xent",
+        ["xent", "prob"],
+        "J = d xent/dx (paper, default) or d softmax_y/dx (authors' release).",
     )
     flags.DEFINE_enum("disc_optimizer", "sgd", ["sgd", "adam"], "Discriminator optimizer.")
     flags.DEFINE_float("disc_learning_rate", 1e-3, "Discriminator learning rate with --disc_optimizer=adam.")
 
     # Adversarial training and baselines.
-    flags.DEFINE_integer("at_steps", 0, "PGD steps of adversarial training; 0 off, 1 FGSM-AT, 7 PGD-AT7.", lower_bound=0)
-    define_fraction("eps", None, "L-inf radius in [0, 1] units, e.g. 8/255. Default: 0.3 MNIST, 0.1 Fashion-MNIST, 8/255 otherwise.", 0.0, 1.0)
-    define_fraction("step_size", None, "PGD step size. Default: eps for --at_steps=1, eps/4 otherwise.", 0.0, 1.0)
-    flags.DEFINE_bool("at_random_start", None, "Random start for training PGD. Default: on unless --at_steps=1.")
+    flags.DEFINE_integer(
+        "at_steps", 0, "PGD steps of adversarial training; 0 off, 1 FGSM-AT, 7 PGD-AT7.", lower_bound=0
+    )
+    define_fraction(
+        "eps",
+        None,
+        "L-inf radius in [0, 1] units, e.g. 8/255. Default: 0.3 MNIST, 0.1 Fashion-MNIST, 8/255 otherwise.",
+        0.0,
+        1.0,
+    )
+    define_fraction(
+        "step_size", None, "PGD step size. Default: eps for --at_steps=1, eps/4 otherwise.", 0.0, 1.0
+    )
+    flags.DEFINE_bool(
+        "at_random_start", None, "Random start for training PGD. Default: on unless --at_steps=1."
+    )
     flags.DEFINE_bool("uniform_noise", False, "Uniform-noise augmentation baseline.")
-    define_fraction("noise_eps", None, "Half-width of the uniform input noise (JARN, --uniform_noise). Default: --eps.", 0.0, 1.0)
-    flags.DEFINE_float("double_backprop", 0.0, "Weight of the input-gradient Frobenius penalty; 0 = off.", lower_bound=0.0)
+    define_fraction(
+        "noise_eps",
+        None,
+        "Half-width of the uniform input noise (JARN, --uniform_noise). Default: --eps.",
+        0.0,
+        1.0,
+    )
+    flags.DEFINE_float(
+        "double_backprop", 0.0, "Weight of the input-gradient Frobenius penalty; 0 = off.", lower_bound=0.0
+    )
 
     # Optimisation.
     flags.DEFINE_enum("mode", "classifier", ["classifier"], "Training mode.")
-    flags.DEFINE_integer("train_steps", None, "Training steps. Default: 160000 (the paper's CIFAR-10 run).", lower_bound=1)
-    flags.DEFINE_float("epochs", None, "Train for this many epochs instead of --train_steps.", lower_bound=0.0)
+    flags.DEFINE_integer(
+        "train_steps", None, "Training steps. Default: 160000 (the paper's CIFAR-10 run).", lower_bound=1
+    )
+    flags.DEFINE_float(
+        "epochs", None, "Train for this many epochs instead of --train_steps.", lower_bound=0.0
+    )
     flags.DEFINE_integer("batch_size", 64, "Global batch size.", lower_bound=1)
     flags.DEFINE_integer("seed", 0, "Seed of initialisation, data order, noise and attacks.")
     flags.DEFINE_float("learning_rate", 0.1, "Base learning rate (SGD, every network).")
-    flags.DEFINE_list("lr_boundaries", ["0.5", "0.75"], "Fractions of training where the learning rate decays.")
+    flags.DEFINE_list(
+        "lr_boundaries", ["0.5", "0.75"], "Fractions of training where the learning rate decays."
+    )
     flags.DEFINE_float("lr_decay", 0.1, "Learning-rate multiplier at each boundary.")
     flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
     flags.DEFINE_float("weight_decay", 2e-4, "Coefficient of sum(w^2)/2 over kernels.", lower_bound=0.0)
@@ -93,14 +151,23 @@ def define_train_flags() -> None:
     # Running.
     flags.DEFINE_enum("strategy", "default", ["default", "one_device", "mirrored"], "tf.distribute strategy.")
     flags.DEFINE_integer("num_gpus", 0, "GPUs for --strategy=mirrored; 0 = all.", lower_bound=0)
-    flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this many logical devices (try --strategy=mirrored without GPUs).", lower_bound=0)
+    flags.DEFINE_integer(
+        "cpu_devices",
+        0,
+        "Split the CPU into this many logical devices (try --strategy=mirrored without GPUs).",
+        lower_bound=0,
+    )
     flags.DEFINE_integer("steps_per_loop", 50, "Steps per compiled loop between host work.", lower_bound=1)
     flags.DEFINE_integer("checkpoint_every", 1000, "Steps between checkpoints.", lower_bound=1)
     flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.", lower_bound=1)
     flags.DEFINE_integer("summary_every", 100, "Steps between scalar summaries.", lower_bound=1)
-    flags.DEFINE_integer("image_summary_every", 1000, "Steps between image summaries (x, J, J'); 0 = off.", lower_bound=0)
+    flags.DEFINE_integer(
+        "image_summary_every", 1000, "Steps between image summaries (x, J, J'); 0 = off.", lower_bound=0
+    )
     flags.DEFINE_integer("export_every", 0, "Steps between exports; 0 = only at the end.", lower_bound=0)
-    flags.DEFINE_integer("eval_examples", 1000, "Test images for the clean accuracy logged at export.", lower_bound=0)
+    flags.DEFINE_integer(
+        "eval_examples", 1000, "Test images for the clean accuracy logged at export.", lower_bound=0
+    )
     flags.DEFINE_integer("verbose", 1, "1: progress bar; 0: quiet.", lower_bound=0)
 
     flags.mark_flag_as_required("model_dir")
@@ -222,16 +289,15 @@ def main(argv) -> Optional[int]:
         print(f"error: {e}", file=sys.stderr)
         return 2
     # TensorFlow's own INFO lines (saver sharding, SavedModel assets) drown
-    # the progress bar.
-    std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
+    # the progress bar; --verbosity=0 brings them back.
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
     logging.info("Configuration: %s", config.to_dict())
     model_dir = os.path.abspath(FLAGS.model_dir)
     print(f"Training {config.train.mode} on {config.data.dataset} in {model_dir}")
     print(f"TensorBoard: tensorboard --logdir {model_dir}")
     try:
-        result = train_lib.train(
-            config, model_dir, eval_examples=FLAGS.eval_examples, verbose=FLAGS.verbose
-        )
+        result = train_lib.train(config, model_dir, eval_examples=FLAGS.eval_examples, verbose=FLAGS.verbose)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

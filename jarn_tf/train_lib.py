@@ -15,7 +15,6 @@ import time
 from typing import Callable, Dict, Hashable, Optional, Tuple
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from jarn_tf import config as config_lib
@@ -77,8 +76,14 @@ def validate_config(config: config_lib.ExperimentConfig) -> None:
         (t.learning_rate > 0, f"--learning_rate must be positive, got {t.learning_rate}"),
         (t.weight_decay >= 0, f"--weight_decay must be >= 0, got {t.weight_decay}"),
         (t.jacobian in ("xent", "prob"), f"--jacobian must be xent or prob, got {t.jacobian!r}"),
-        (t.disc_optimizer in ("sgd", "adam"), f"--disc_optimizer must be sgd or adam, got {t.disc_optimizer!r}"),
-        (t.strategy in distribute.STRATEGIES, f"--strategy must be one of {distribute.STRATEGIES}, got {t.strategy!r}"),
+        (
+            t.disc_optimizer in ("sgd", "adam"),
+            f"--disc_optimizer must be sgd or adam, got {t.disc_optimizer!r}",
+        ),
+        (
+            t.strategy in distribute.STRATEGIES,
+            f"--strategy must be one of {distribute.STRATEGIES}, got {t.strategy!r}",
+        ),
         (
             all(0.0 < b < 1.0 for b in t.lr_boundaries) and list(t.lr_boundaries) == sorted(t.lr_boundaries),
             f"--lr_boundaries must be increasing fractions in (0, 1), got {t.lr_boundaries}",
@@ -96,9 +101,7 @@ def validate_config(config: config_lib.ExperimentConfig) -> None:
         if not ok:
             raise ValueError(message)
     if t.jarn and t.jarn_start_step >= t.train_steps:
-        raise ValueError(
-            f"--jarn_start={t.jarn_start} leaves no JARN step in --train_steps={t.train_steps}"
-        )
+        raise ValueError(f"--jarn_start={t.jarn_start} leaves no JARN step in --train_steps={t.train_steps}")
 
 
 def check_model_dir(config: config_lib.ExperimentConfig, model_dir: str) -> None:
@@ -240,7 +243,9 @@ def train(
 
     end = t.train_steps if stop_after is None else min(t.train_steps, stop_after)
     dataset = strategy.distribute_datasets_from_function(
-        lambda ctx: data.make_train_dataset(config.data, t.batch_size, t.seed, start_step=start, input_context=ctx)
+        lambda ctx: data.make_train_dataset(
+            config.data, t.batch_size, t.seed, start_step=start, input_context=ctx
+        )
     )
     iterator = iter(dataset)
     loops = _LoopFunctions(trainer, strategy)
@@ -280,7 +285,7 @@ def train(
     while step < end:
         # Run up to the next step where the host has work to do.
         stop = _next_stop(step, end, intervals)
-        for first_step, n, first, rest in _chunks(trainer, step, stop, t.steps_per_loop):
+        for _, n, first, rest in _chunks(trainer, step, stop, t.steps_per_loop):
             loops.get(first, rest)(iterator, tf.constant(n, tf.int64))
         window_steps += stop - step
         step = int(trainer.step.numpy())
@@ -292,7 +297,14 @@ def train(
             )
         values = trainer.metrics.result()
         if verbose:
-            progbar.update(step, [(k.split("/")[-1], v) for k, v in values.items() if k in ("train/xent", "train/accuracy", "train/adv_loss", "train/disc_accuracy")])
+            progbar.update(
+                step,
+                [
+                    (k.split("/")[-1], v)
+                    for k, v in values.items()
+                    if k in ("train/xent", "train/accuracy", "train/adv_loss", "train/disc_accuracy")
+                ],
+            )
         if step % t.summary_every == 0 or step == end:
             elapsed = time.time() - window_start
             values["train/examples_per_second"] = window_steps * t.batch_size / max(elapsed, 1e-9)

@@ -14,7 +14,7 @@ adversarial training (FGSM / PGD), double backpropagation and JARN
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Hashable, List, Optional, Tuple
+from typing import Dict, Hashable, List, Tuple
 
 import keras
 import tensorflow as tf
@@ -77,7 +77,7 @@ class Trainer:
         return ()
 
     # -- state ----------------------------------------------------------------
-    def checkpoint_items(self) -> Dict[str, tf.__internal__.tracking.Trackable]:
+    def checkpoint_items(self) -> Dict[str, object]:
         items = {"step": self.step}
         items.update(self.networks)
         items.update({f"{name}_optimizer": opt for name, opt in self.optimizers.items()})
@@ -150,9 +150,7 @@ class ClassifierTrainer(Trainer):
     def __init__(self, config: ExperimentConfig, info: DatasetInfo, strategy: tf.distribute.Strategy):
         super().__init__(config, info, strategy)
         t, m = config.train, config.model
-        self.schedule = learning_rate_schedule(
-            t.learning_rate, t.lr_boundaries, t.lr_decay, t.train_steps
-        )
+        self.schedule = learning_rate_schedule(t.learning_rate, t.lr_boundaries, t.lr_decay, t.train_steps)
         self.networks["classifier"] = models.build_classifier(m, info.image_shape, info.num_classes)
         self.optimizers["classifier"] = self._make_sgd(self.schedule, "classifier")
         if t.jarn:
@@ -281,14 +279,14 @@ class ClassifierTrainer(Trainer):
             updates.append(("adaptor", adaptor_loss))
             if variant.update_discriminator:
                 updates.append(("discriminator", disc_loss))
-        grads = {
-            name: tape.gradient(loss, self.networks[name].trainable_variables) for name, loss in updates
-        }
+        grads = {name: tape.gradient(loss, self.networks[name].trainable_variables) for name, loss in updates}
         del tape
         for name, g in grads.items():
             self.optimizers[name].apply_gradients(zip(g, self.networks[name].trainable_variables))
 
-        correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int64), tf.cast(labels, tf.int64)), tf.float32)
+        correct = tf.cast(
+            tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int64), tf.cast(labels, tf.int64)), tf.float32
+        )
         values.update({"train/xent": xent, "train/accuracy": correct})
         # Per-replica totals are already scaled by 1/global batch; the metric
         # mean over replicas therefore times R gives the global value.
@@ -317,9 +315,7 @@ class ClassifierTrainer(Trainer):
 TRAINERS = {"classifier": ClassifierTrainer}
 
 
-def build_trainer(
-    config: ExperimentConfig, info: DatasetInfo, strategy: tf.distribute.Strategy
-) -> Trainer:
+def build_trainer(config: ExperimentConfig, info: DatasetInfo, strategy: tf.distribute.Strategy) -> Trainer:
     """Builds the trainer of ``config.train.mode`` (inside the strategy scope)."""
     mode = config.train.mode
     if mode not in TRAINERS:

@@ -97,7 +97,9 @@ def test_pgd_stays_in_ball_and_box(random_start, loss):
     x = tf.random.stateless_uniform([8, 2, 2, 1], seed=[5, 6])
     y = tf.constant([0, 1, 2, 0, 1, 2, 0, 1])
     eps = 0.05
-    adv = attacks.pgd(model, x, y, eps, 0.02, 10, random_start=random_start, loss=loss, seed=tf.constant([1, 2])).numpy()
+    adv = attacks.pgd(
+        model, x, y, eps, 0.02, 10, random_start=random_start, loss=loss, seed=tf.constant([1, 2])
+    ).numpy()
     assert np.all(np.abs(adv - x.numpy()) <= eps + 1e-6)
     assert adv.min() >= 0.0 and adv.max() <= 1.0
     # More steps of ascent never lower the attack loss on this linear model.

@@ -16,7 +16,7 @@ import tensorflow as tf
 from absl import flags
 
 from jarn_tf import config as config_lib
-from jarn_tf import data, distribute, train_lib, train_step
+from jarn_tf import data, train_lib, train_step
 from jarn_tf import train as train_entry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,7 +75,9 @@ def read_events(logdir: str) -> dict:
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_each_mode_trains_exports_and_loss_goes_down(mode, tiny_data_dir, tmp_path):
     model_dir = str(tmp_path / mode)
-    rc = run_main(TINY + MODES[mode] + [f"--data_dir={tiny_data_dir}", f"--model_dir={model_dir}", "--train_steps=60"])
+    rc = run_main(
+        TINY + MODES[mode] + [f"--data_dir={tiny_data_dir}", f"--model_dir={model_dir}", "--train_steps=60"]
+    )
     assert rc == 0
 
     cfg = json.load(open(os.path.join(model_dir, "config.json")))
@@ -115,7 +117,9 @@ def _tiny_config(data_dir: str, **train_kwargs) -> config_lib.ExperimentConfig:
     train_defaults.update(train_kwargs)
     return config_lib.ExperimentConfig(
         data=config_lib.DataConfig(dataset="fashion_mnist", data_dir=data_dir, download=False),
-        model=config_lib.ModelConfig(model="mnist_cnn", cnn_channels=(8, 16, 16), disc_layers=2, disc_base_channels=8),
+        model=config_lib.ModelConfig(
+            model="mnist_cnn", cnn_channels=(8, 16, 16), disc_layers=2, disc_base_channels=8
+        ),
         train=config_lib.TrainConfig(**train_defaults),
     )
 
@@ -168,7 +172,9 @@ def test_jarn_waits_for_jarn_start(tiny_data_dir):
 
 
 def test_lambda_zero_jarn_equals_standard_classifier_update(tiny_data_dir):
-    jarn = _tiny_config(tiny_data_dir, jarn=True, jarn_start=0.0, lambda_adv=0.0, noise_eps=0.0, disc_update_every=1)
+    jarn = _tiny_config(
+        tiny_data_dir, jarn=True, jarn_start=0.0, lambda_adv=0.0, noise_eps=0.0, disc_update_every=1
+    )
     standard = _tiny_config(tiny_data_dir)
     results = []
     for config in (jarn, standard):
@@ -201,7 +207,9 @@ def test_training_jacobian_equals_independent_gradient(tiny_data_dir):
         xp, xm = x.copy(), x.copy()
         xp[idx] += h
         xm[idx] -= h
-        f = lambda z: float(tf.nn.sparse_softmax_cross_entropy_with_logits(labels[:1], model(tf.constant(z, tf.float32)))[0])
+        f = lambda z: float(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels[:1], model(tf.constant(z, tf.float32)))[0]
+        )
         fd = (f(xp) - f(xm)) / (2 * h)
         assert fd == pytest.approx(float(jac.numpy()[idx]), rel=0.05, abs=1e-3)
 
@@ -226,16 +234,14 @@ def test_export_loads_with_plain_tensorflow_and_keras(tiny_data_dir, tmp_path):
 
     # A fresh interpreter that never imports jarn_tf loads the SavedModel.
     np.save(tmp_path / "x.npy", images.numpy())
-    script = textwrap.dedent(
-        f"""
+    script = textwrap.dedent(f"""
         import sys, numpy as np, tensorflow as tf
         m = tf.saved_model.load({os.path.join(result.export_dir, 'saved_model')!r})
         out = m.signatures["serving_default"](images=tf.constant(np.load({str(tmp_path / 'x.npy')!r})))
         assert "jarn_tf" not in sys.modules
         np.save({str(tmp_path / 'y.npy')!r}, out["logits"].numpy())
         np.testing.assert_allclose(out["probabilities"].numpy().sum(-1), 1.0, rtol=1e-5)
-        """
-    )
+        """)
     subprocess.run([sys.executable, "-c", script], check=True, cwd=str(tmp_path))
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), live, rtol=1e-5, atol=1e-5)
 
@@ -247,7 +253,9 @@ def test_export_loads_with_plain_tensorflow_and_keras(tiny_data_dir, tmp_path):
 
 def test_nan_loss_stops_run_and_keeps_good_checkpoints(tiny_data_dir, tmp_path):
     model_dir = str(tmp_path / "nan")
-    config = _tiny_config(tiny_data_dir, learning_rate=1e12, steps_per_loop=1, checkpoint_every=1, train_steps=20)
+    config = _tiny_config(
+        tiny_data_dir, learning_rate=1e12, steps_per_loop=1, checkpoint_every=1, train_steps=20
+    )
     with pytest.raises(train_lib.NonFiniteLossError, match=r"Non-finite loss at step (\d+)") as err:
         train_lib.train(config, model_dir, eval_examples=0, verbose=0)
     bad = int(err.value.args[0].split("step ")[1].split(";")[0])
@@ -284,22 +292,38 @@ def test_bad_flags_fail_before_work(args, message, tiny_data_dir, tmp_path):
 
 def test_cli_reports_missing_data_and_config_mismatch(tiny_data_dir, tmp_path):
     env = dict(os.environ, PYTHONPATH=REPO)
-    base = [sys.executable, "-m", "jarn_tf.train"] + TINY + ["--train_steps=2", "--summary_every=1", "--checkpoint_every=1"]
+    base = (
+        [sys.executable, "-m", "jarn_tf.train"]
+        + TINY
+        + ["--train_steps=2", "--summary_every=1", "--checkpoint_every=1"]
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
     proc = subprocess.run(
         base + ["--dataset=mnist", f"--data_dir={empty}", f"--model_dir={tmp_path / 'a'}"],
-        capture_output=True, text=True, env=env, cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
     )
     assert proc.returncode == 2, proc.stderr
     assert "mnist" in proc.stderr and str(empty) in proc.stderr
     assert not (tmp_path / "a" / "checkpoints").exists()
 
-    ok = subprocess.run(base + [f"--data_dir={tiny_data_dir}", f"--model_dir={tmp_path / 'b'}"], capture_output=True, text=True, env=env, cwd=REPO)
+    ok = subprocess.run(
+        base + [f"--data_dir={tiny_data_dir}", f"--model_dir={tmp_path / 'b'}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
     assert ok.returncode == 0, ok.stderr
     clash = subprocess.run(
         base + [f"--data_dir={tiny_data_dir}", f"--model_dir={tmp_path / 'b'}", "--uniform_noise"],
-        capture_output=True, text=True, env=env, cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
     )
     assert clash.returncode == 2
     assert "different configuration" in clash.stderr and "uniform_noise" in clash.stderr
@@ -346,7 +370,10 @@ print(json.dumps(dict(replicas=[a["replicas"], b["replicas"]], max_abs_diff=diff
 def test_mirrored_two_cpus_equals_one_device(tiny_data_dir):
     proc = subprocess.run(
         [sys.executable, "-c", MIRRORED_SCRIPT, tiny_data_dir],
-        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO), cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=REPO),
+        cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -1,0 +1,134 @@
+"""The main command, the flagfiles, --epochs, and export atomicity."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import flags
+
+from jarn_tf import data, export, train_lib
+from jarn_tf import train as train_entry
+
+from test_train import TINY, _tiny_config, run_main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGFILES = sorted(glob.glob(os.path.join(REPO, "flags", "*.cfg")))
+
+
+def _prepare_tfds_metadata(data_dir: str, tfds_name: str) -> None:
+    """Makes TFDS see a prepared dataset; mock_data then fakes its records."""
+    builder = tfds.builder(tfds_name, data_dir=data_dir)
+    os.makedirs(builder.data_dir)
+    builder.info.write_to_directory(builder.data_dir)
+
+
+def test_main_command_jarn_at1_on_cifar10(tmp_path, monkeypatch):
+    """`python -m jarn_tf.train --dataset=cifar10 --jarn --at_steps=1` via its flagfile."""
+    data_dir, model_dir = str(tmp_path / "tfds"), str(tmp_path / "jarn_at1")
+    _prepare_tfds_metadata(data_dir, "cifar10")
+    monkeypatch.chdir(REPO)  # flagfiles include each other by relative path
+    small = [
+        "--train_steps=8",
+        "--batch_size=8",
+        "--wrn_depth=10",
+        "--wrn_width=1",
+        "--disc_base_channels=4",
+        "--steps_per_loop=4",
+        "--summary_every=4",
+        "--checkpoint_every=4",
+        "--image_summary_every=8",
+        "--eval_examples=8",
+        "--verbose=0",
+        "--nodownload",
+        f"--data_dir={data_dir}",
+        f"--model_dir={model_dir}",
+    ]
+    with tfds.testing.mock_data(num_examples=16, data_dir=data_dir):
+        data.clear_cache()
+        assert run_main(["--flagfile=flags/cifar10_jarn_at1.cfg"] + small) == 0
+    data.clear_cache()
+    cfg = json.load(open(os.path.join(model_dir, "config.json")))
+    t, m = cfg["train"], cfg["model"]
+    # The paper's JARN-AT1 settings survive the small overrides.
+    assert (t["jarn"], t["at_steps"], t["at_random_start"]) == (True, 1, False)
+    assert t["eps"] == pytest.approx(8 / 255) and t["step_size"] == pytest.approx(8 / 255)
+    assert (t["jarn_start"], t["lambda_adv"], t["disc_update_every"], t["jacobian"]) == (
+        0.75,
+        1.0,
+        20,
+        "xent",
+    )
+    assert (t["learning_rate"], t["lr_boundaries"], t["weight_decay"]) == (0.1, [0.5, 0.75], 2e-4)
+    assert (m["model"], m["disc_layers"]) == ("wrn", 5)
+    meta = json.load(open(os.path.join(model_dir, "export", "metadata.json")))
+    assert meta["image_shape"] == [32, 32, 3] and meta["step"] == 8 and meta["dataset"] == "cifar10"
+    loaded = tf.saved_model.load(os.path.join(model_dir, "export", "saved_model"))
+    out = loaded.signatures["serving_default"](images=tf.zeros([2, 32, 32, 3]))
+    assert out["logits"].shape == (2, 10)
+
+
+@pytest.mark.parametrize("path", FLAGFILES, ids=lambda p: os.path.basename(p))
+def test_every_flagfile_resolves_to_a_valid_config(path, monkeypatch, tmp_path):
+    monkeypatch.chdir(REPO)
+    # --epochs needs the training-set size; no data is needed to check a flagfile.
+    monkeypatch.setattr(data, "steps_per_epoch", lambda config, batch: 60000 // batch)
+    fv = flags.FLAGS
+    if "model_dir" not in fv:
+        train_entry.define_train_flags()
+    fv.unparse_flags()
+    fv(["jarn_tf.train", f"--flagfile={os.path.relpath(path, REPO)}", f"--model_dir={tmp_path}"])
+    config = train_entry.config_from_flags()
+    train_lib.validate_config(config)
+    name = os.path.basename(path)
+    expected = "fashion_mnist" if name.startswith("fashion") else name.split("_")[0]
+    assert config.data.dataset == expected
+    assert config.train.jarn == ("jarn" in name)
+    if "at1" in name:
+        assert config.train.at_steps == 1
+    if "at7" in name:
+        assert config.train.at_steps == 7 and config.train.step_size == pytest.approx(2 / 255)
+
+
+def test_epochs_sets_train_steps(tiny_data_dir, tmp_path):
+    model_dir = str(tmp_path / "epochs")
+    # 256 training images, batch 32: 8 steps an epoch.
+    args = TINY + [f"--data_dir={tiny_data_dir}", f"--model_dir={model_dir}", "--epochs=1.5"]
+    assert run_main([a for a in args if not a.startswith("--summary_every")] + ["--summary_every=4"]) == 0
+    assert json.load(open(os.path.join(model_dir, "config.json")))["train"]["train_steps"] == 12
+
+
+def test_failed_export_keeps_previous_export(tiny_data_dir, tmp_path, monkeypatch):
+    config = _tiny_config(tiny_data_dir, train_steps=2)
+    result = train_lib.train(config, str(tmp_path / "run"), eval_examples=0, verbose=0)
+    classifier = result.trainer.networks["classifier"]
+    images = tf.random.stateless_uniform([4, 28, 28, 1], seed=[0, 1])
+    loaded = tf.saved_model.load(os.path.join(result.export_dir, "saved_model"))
+    before = loaded.serve(images)["logits"].numpy()
+
+    # Change the weights, then make the export die half-way (after the
+    # SavedModel is written aside, while writing the .keras file).
+    for w in classifier.trainable_weights:
+        w.assign(w + 1.0)
+    monkeypatch.setattr(classifier, "save", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        export.export_classifier(classifier, result.export_dir, (28, 28, 1))
+    monkeypatch.undo()
+    # Whatever was completed is a whole SavedModel; nothing half-written is left in place.
+    loaded = tf.saved_model.load(os.path.join(result.export_dir, "saved_model"))
+    after = loaded.serve(images)["logits"].numpy()
+    assert np.all(np.isfinite(after))
+    assert not glob.glob(os.path.join(result.export_dir, "saved_model.old"))
+    assert not glob.glob(os.path.join(result.export_dir, ".tmp-*"))
+    # The .keras file is still the previous, complete one.
+    import keras
+
+    import jarn_tf.layers  # noqa: F401
+
+    old_keras = keras.saving.load_model(os.path.join(result.export_dir, "classifier.keras"))
+    np.testing.assert_allclose(old_keras(images).numpy(), before, rtol=1e-5, atol=1e-5)
