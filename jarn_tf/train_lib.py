@@ -271,7 +271,11 @@ def train(
         export.export_classifier(classifier, export_dir, info.image_shape, metadata)
         return export_dir
 
-    progbar = keras.utils.Progbar(t.train_steps, verbose=verbose, stateful_metrics=list(trainer.metric_names))
+    shown = ("train/xent", "train/accuracy", "train/adv_loss", "train/disc_accuracy")
+    # The values shown are already means over the current summary window.
+    progbar = keras.utils.Progbar(
+        t.train_steps, verbose=verbose, stateful_metrics=[k.split("/")[-1] for k in shown]
+    )
     if verbose and start:
         progbar.update(start)
     # Steps after which the host has work: summaries, checkpoints, exports,
@@ -297,14 +301,7 @@ def train(
             )
         values = trainer.metrics.result()
         if verbose:
-            progbar.update(
-                step,
-                [
-                    (k.split("/")[-1], v)
-                    for k, v in values.items()
-                    if k in ("train/xent", "train/accuracy", "train/adv_loss", "train/disc_accuracy")
-                ],
-            )
+            progbar.update(step, [(k.split("/")[-1], v) for k, v in values.items() if k in shown])
         if step % t.summary_every == 0 or step == end:
             elapsed = time.time() - window_start
             values["train/examples_per_second"] = window_steps * t.batch_size / max(elapsed, 1e-9)

@@ -14,3 +14,7 @@ shift $(( $# > 0 ? 1 : 0 ))
 export TF_CPP_MIN_LOG_LEVEL=2
 time .venv/bin/python -m jarn_tf.train --flagfile=flags/fashion_mnist_jarn.cfg --nodownload \
   --model_dir="$model_dir" "$@"
+# Then attack it: clean, FGSM and PGD-20 (cross-entropy and margin) at
+# Fashion-MNIST's eps 0.1 on the first 1,000 test images.
+time .venv/bin/python -m jarn_tf.evaluate --model="$model_dir" --attacks=clean,fgsm,pgd20 --pgd_loss=both \
+  --eps=0.1 --num_examples=1000 --nodownload --output_dir="$model_dir/eval"

@@ -1,0 +1,482 @@
+"""Evaluation: attacks, results files, gradient-masking checks and analyses."""
+
+from __future__ import annotations
+
+import csv
+import importlib.machinery
+import json
+import os
+import subprocess
+import sys
+import types
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from jarn_tf import analysis
+from jarn_tf import config as config_lib
+from jarn_tf import data, eval_lib, losses, train_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(data_dir: str, **train_kwargs) -> config_lib.ExperimentConfig:
+    train = dict(
+        train_steps=60,
+        batch_size=32,
+        learning_rate=0.1,
+        steps_per_loop=20,
+        checkpoint_every=60,
+        summary_every=60,
+        image_summary_every=0,
+        eps=0.1,
+        step_size=0.1,
+        noise_eps=0.1,
+    )
+    train.update(train_kwargs)
+    return config_lib.ExperimentConfig(
+        data=config_lib.DataConfig(dataset="fashion_mnist", data_dir=data_dir, download=False),
+        model=config_lib.ModelConfig(
+            model="mnist_cnn", cnn_channels=(8, 16, 16), disc_layers=2, disc_base_channels=8
+        ),
+        train=config_lib.TrainConfig(**train),
+    )
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_data_dir, tmp_path_factory):
+    """Two undefended tiny CNNs trained by train_lib (different seeds)."""
+    out = {}
+    for name, seed in (("a", 0), ("b", 1)):
+        model_dir = str(tmp_path_factory.mktemp(f"run_{name}"))
+        train_lib.train(_config(tiny_data_dir, seed=seed), model_dir, eval_examples=0, verbose=0)
+        out[name] = model_dir
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_a(runs):
+    return eval_lib.load_model(runs["a"])
+
+
+def _dataset(data_dir: str, n: int = 48, batch_size: int = 20) -> tf.data.Dataset:
+    # 48 = 2 full batches + a partial one.
+    cfg = config_lib.DataConfig(dataset="fashion_mnist", data_dir=data_dir, download=False)
+    return data.make_eval_dataset(cfg, batch_size, n)
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "jarn_tf.evaluate", *args], capture_output=True, text=True, env=env, cwd=REPO
+    )
+
+
+# ---------------------------------------------------------------------------
+# Loading.
+
+
+def test_load_model_forms_agree(runs, model_a, tiny_data_dir):
+    export_dir = os.path.join(runs["a"], "export")
+    images, _ = next(iter(_dataset(tiny_data_dir, 8, 8)))
+    expected = model_a.model_fn(images).numpy()
+    assert model_a.format == "keras" and model_a.dataset == "fashion_mnist"
+    assert model_a.image_shape == (28, 28, 1) and model_a.model_dir == runs["a"]
+    for path, fmt in (
+        (export_dir, "keras"),
+        (os.path.join(export_dir, "saved_model"), "saved_model"),
+        (os.path.join(export_dir, "classifier.keras"), "keras"),
+    ):
+        m = eval_lib.load_model(path)
+        assert m.format == fmt and m.image_shape == (28, 28, 1) and m.dataset == "fashion_mnist", path
+        np.testing.assert_allclose(m.model_fn(images).numpy(), expected, rtol=1e-4, atol=1e-4)
+    # The SavedModel is differentiable too.
+    sm = eval_lib.load_model(os.path.join(export_dir, "saved_model"))
+    labels = tf.zeros([8], tf.int64)
+    _, g_sm = eval_lib.attacks_lib.loss_gradient(sm.model_fn, images, labels, "margin")
+    _, g_k = eval_lib.attacks_lib.loss_gradient(model_a.model_fn, images, labels, "margin")
+    np.testing.assert_allclose(g_sm.numpy(), g_k.numpy(), rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="not a model"):
+        eval_lib.load_model(os.path.join(runs["a"], "checkpoints"))
+
+
+def test_model_dataset_mismatch_is_an_error(model_a):
+    eval_lib.check_model_matches_dataset(model_a, "fashion_mnist", (28, 28, 1))
+    with pytest.raises(ValueError, match=r"shape \[28, 28, 1\].*cifar10"):
+        eval_lib.check_model_matches_dataset(model_a, "cifar10", (32, 32, 3))
+
+
+# ---------------------------------------------------------------------------
+# Attacks.
+
+
+def test_parse_attacks():
+    names = [s.name for s in eval_lib.parse_attacks(["clean", "fgsm", "pgd5", "PGD20", "pgd5"], "both")]
+    assert names == ["clean", "fgsm", "pgd5", "pgd5_margin", "pgd20", "pgd20_margin"]
+    specs = eval_lib.parse_attacks(["pgd7_margin", "pgd3"], "xent", transfer=True)
+    assert [(s.name, s.steps, s.loss, s.transfer) for s in specs] == [
+        ("pgd7_margin", 7, "margin", False),
+        ("transfer_pgd7_margin", 7, "margin", True),
+        ("pgd3", 3, "xent", False),
+        ("transfer_pgd3", 3, "xent", True),
+    ]
+    for bad in (["foo"], ["pgd0"], ["pgd"], [""], ["transfer_pgd5"]):
+        with pytest.raises(ValueError):
+            eval_lib.parse_attacks(bad)
+
+
+ATTACKS = ["fgsm", "pgd5", "pgd5_margin", "transfer_pgd5"]
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_adversarial_examples_stay_in_the_eps_ball_and_in_range(name, runs, model_a, tiny_data_dir):
+    eps = 0.15
+    source = eval_lib.load_model(runs["b"]).model_fn
+    spec = next(s for s in eval_lib.parse_attacks([name], transfer=True) if s.name == name)
+    params = eval_lib.AttackParams(eps=eps, pgd_step_size=0.1, seed=3)
+    for images, labels in _dataset(tiny_data_dir, 40, 20):
+        adv, correct = eval_lib.craft_adversarial(
+            spec, params, model_a.model_fn, images, labels, source_fn=source
+        )
+        adv, images = adv.numpy(), images.numpy()
+        assert np.max(np.abs(adv - images)) <= eps + 1e-6
+        assert adv.min() >= 0.0 and adv.max() <= 1.0
+        assert np.max(np.abs(adv - images)) > eps / 2  # it did move
+        assert correct.shape == labels.shape
+    # The same bound holds for what evaluate() records over all restarts.
+    params = eval_lib.AttackParams(eps=eps, pgd_restarts=2, seed=3)
+    out = eval_lib.evaluate(
+        model_a.model_fn, _dataset(tiny_data_dir), [spec], params, source_fn=source, verbose=0
+    )
+    assert out.max_perturbation[name] <= eps + 1e-6
+    lo, hi = out.pixel_range[name]
+    assert 0.0 <= lo and hi <= 1.0
+
+
+def _reference_pgd_linear(w, b, x, y, eps, step, steps):
+    """Independent PGD (no random start) on logits = flatten(x) @ w + b, float64."""
+    x0 = x.reshape(len(x), -1).astype(np.float64)
+    adv = x0.copy()
+    onehot = np.eye(w.shape[1])[y]
+    for _ in range(steps):
+        z = adv @ w + b
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        grad = (p - onehot) @ w.T  # d xent / d x
+        adv = np.clip(np.clip(adv + step * np.sign(grad), x0 - eps, x0 + eps), 0.0, 1.0)
+    return adv.reshape(x.shape)
+
+
+def test_pgd_without_random_start_matches_independent_implementation(tiny_data_dir):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    w, b = (v.numpy().astype(np.float64) for v in model.weights)
+    images, labels = next(iter(_dataset(tiny_data_dir, 16, 16)))
+    spec = eval_lib.parse_attacks(["pgd10"])[0]
+    params = eval_lib.AttackParams(eps=0.1, pgd_step_size=0.02, pgd_random_start=False)
+    adv, _ = eval_lib.craft_adversarial(spec, params, lambda x: model(x, training=False), images, labels)
+    ref = _reference_pgd_linear(w, b, images.numpy(), labels.numpy(), 0.1, 0.02, 10)
+    assert np.max(np.abs(ref - images.numpy())) > 0.05
+    np.testing.assert_allclose(adv.numpy(), ref, atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------------------
+# Gradient-masking checks.
+
+
+def test_gradient_masking_is_detected(model_a, tiny_data_dir, tmp_path):
+    eps = 0.3
+    specs = eval_lib.parse_attacks(["clean", "fgsm", "pgd10"], "both")
+    params = eval_lib.AttackParams(eps=eps, seed=0)
+    ds = _dataset(tiny_data_dir)
+
+    def masked(x):
+        # Saturates the softmax: cross-entropy gradients underflow to 0.
+        return 1e6 * model_a.model_fn(x)
+
+    results = {}
+    for name, fn in (("plain", model_a.model_fn), ("masked", masked)):
+        out = eval_lib.evaluate(fn, ds, specs, params, verbose=0)
+        checks = eval_lib.masking_checks(out, specs, tolerance=0.05)
+        res = eval_lib.build_results(out, specs, params, checks, {"model": name}, 1.0)
+        eval_lib.write_results(res, str(tmp_path / name))
+        results[name] = json.load(open(tmp_path / name / "results.json"))
+
+    masked_res = results["masked"]
+    acc = masked_res["accuracy"]
+    assert acc["pgd10"] >= 0.9 and acc["fgsm"] >= 0.9
+    assert acc["pgd10_margin"] <= 0.2
+    assert acc["worst_case"] == min(v for k, v in acc.items() if k != "worst_case")
+    check = {c["name"]: c for c in masked_res["checks"]}["xent_margin_agree"]
+    assert not check["passed"] and check["detail"]["xent_minus_margin_accuracy"]["10"] > 0.5
+    assert not masked_res["checks_passed"]
+    assert "FAIL xent_margin_agree" in open(tmp_path / "masked" / "results.md").read()
+    # The same attacks on the unmasked model reach lower xent accuracy.
+    assert results["plain"]["accuracy"]["pgd10"] < acc["pgd10"]
+
+
+def _fake_output(correct: dict) -> eval_lib.EvalOutput:
+    n = len(next(iter(correct.values())))
+    return eval_lib.EvalOutput(
+        correct={k: np.asarray(v, bool) for k, v in correct.items()},
+        labels=np.zeros(n, np.int64),
+        max_perturbation={k: 0.0 for k in correct},
+        pixel_range={k: (0.0, 1.0) for k in correct},
+        seconds={k: 0.0 for k in correct},
+    )
+
+
+def test_each_masking_check_can_fail():
+    specs = eval_lib.parse_attacks(["fgsm", "pgd5", "pgd20"], "xent", transfer=True)
+    n = 10
+    ok = [True] * 5 + [False] * 5
+    # PGD robust where FGSM broke, more steps better, transfer stronger than white-box.
+    out = _fake_output(
+        {
+            "fgsm": [False] * 10,
+            "pgd5": ok,
+            "transfer_pgd5": [False] * 10,
+            "pgd20": [True] * 10,
+            "transfer_pgd20": [True] * 10,
+        }
+    )
+    checks = {c.name: c for c in eval_lib.masking_checks(out, specs, tolerance=0.0)}
+    assert not checks["pgd_beats_fgsm"].passed
+    assert checks["pgd_beats_fgsm"].detail["robust_to_pgd_but_not_fgsm"] == {"pgd5": 5, "pgd20": n}
+    assert not checks["more_steps_not_better_xent"].passed
+    assert not checks["whitebox_beats_transfer"].passed
+    assert checks["whitebox_beats_transfer"].detail["failed"] == ["pgd5"]
+    # A consistent evaluation passes them all.
+    good = _fake_output(
+        {"fgsm": ok, "pgd5": ok, "transfer_pgd5": [True] * 10, "pgd20": ok, "transfer_pgd20": ok}
+    )
+    assert all(c.passed for c in eval_lib.masking_checks(good, specs, tolerance=0.0))
+
+
+def test_autoattack_integration_when_module_exists(monkeypatch, model_a, tiny_data_dir):
+    calls = []
+
+    def run_autoattack(model_fn, images, labels, eps, attacks=eval_lib.AUTOATTACK_PARTS, seed=0):
+        calls.append((tuple(attacks), eps, seed, len(labels)))
+        n = len(labels)
+        broken = np.zeros(n, bool)
+        return {
+            "robust": broken,
+            "per_attack": {a: broken for a in attacks},
+            "adversarial": np.asarray(images),
+            "seconds": {a: 0.0 for a in attacks},
+        }
+
+    fake = types.ModuleType(eval_lib.AUTOATTACK_MODULE)
+    fake.__spec__ = importlib.machinery.ModuleSpec(eval_lib.AUTOATTACK_MODULE, None)
+    fake.run_autoattack = run_autoattack
+    monkeypatch.setitem(sys.modules, eval_lib.AUTOATTACK_MODULE, fake)
+    assert eval_lib.autoattack_available()
+    specs = eval_lib.parse_attacks(["clean", "pgd5", "autoattack", "square"])
+    assert [s.parts for s in specs[2:]] == [eval_lib.AUTOATTACK_PARTS, ("square",)]
+    params = eval_lib.AttackParams(eps=0.05, seed=7)
+    out = eval_lib.evaluate(model_a.model_fn, _dataset(tiny_data_dir), specs, params, verbose=0)
+    assert out.accuracies()["autoattack"] == 0.0 and out.accuracies()["worst_case"] == 0.0
+    assert calls[0] == (eval_lib.AUTOATTACK_PARTS, 0.05, 7, 20) and len(calls) == 6
+    # Far below PGD: the gradient-free attack flags PGD as unreliable.
+    checks = {c.name: c for c in eval_lib.masking_checks(out, specs)}
+    assert not checks["blackbox_not_below_whitebox"].passed
+    assert checks["blackbox_not_below_whitebox"].detail["failed"] == ["autoattack", "square"]
+
+
+@pytest.mark.skipif(not eval_lib.autoattack_available(), reason="jarn_tf.autoattack is not in this checkout")
+def test_real_autoattack_parts_run_through_evaluate(model_a, tiny_data_dir):
+    specs = eval_lib.parse_attacks(["clean", "pgd10_margin", "apgd-ce", "square"])
+    params = eval_lib.AttackParams(eps=0.2, seed=1)
+    out = eval_lib.evaluate(model_a.model_fn, _dataset(tiny_data_dir, 16, 16), specs, params, verbose=0)
+    acc = out.accuracies()
+    for name in ("apgd-ce", "square"):
+        assert out.max_perturbation[name] <= 0.2 + 1e-6 and acc[name] <= acc["clean"], name
+        assert 0.0 <= out.pixel_range[name][0] and out.pixel_range[name][1] <= 1.0
+    assert acc["worst_case"] <= min(acc["apgd-ce"], acc["square"], acc["pgd10_margin"])
+    assert "blackbox_not_below_whitebox" in {c.name for c in eval_lib.masking_checks(out, specs)}
+
+
+def test_autoattack_names_rejected_without_module(monkeypatch):
+    monkeypatch.setattr(eval_lib, "autoattack_available", lambda: False)
+    with pytest.raises(ValueError, match="not installed"):
+        eval_lib.parse_attacks(["autoattack"])
+
+
+# ---------------------------------------------------------------------------
+# Analyses.
+
+
+def test_eps_sweep_falls_monotonically_to_zero(model_a, runs, tiny_data_dir, tmp_path):
+    model_b = eval_lib.load_model(runs["b"])
+    grid = [0.0, 0.05, 0.1]
+    sweep = analysis.eps_sweep(
+        {"a": model_a.model_fn, "b": model_b.model_fn}, _dataset(tiny_data_dir), ["fgsm", "pgd10"], grid
+    )
+    assert sweep["eps"][: len(grid)] == grid
+    # Extended by doubling, at most to eps = 1, and stopped once at 0.
+    assert len(sweep["eps"]) > len(grid) and sweep["eps"][-1] <= 1.0
+    for prev, nxt in zip(sweep["eps"][len(grid) - 1 :], sweep["eps"][len(grid) :]):
+        assert nxt == pytest.approx(min(1.0, 2 * prev))
+    for c in sweep["curves"]:
+        assert c["accuracy"][0] > 0.5, c  # eps = 0: clean accuracy
+        if c["attack"] == "pgd10":
+            assert all(b <= a for a, b in zip(c["accuracy"], c["accuracy"][1:])), c
+            assert c["accuracy"][-1] == 0.0, c
+    paths = analysis.write_eps_sweep(sweep, str(tmp_path))
+    assert os.path.getsize(paths["png"]) > 1000
+    rows = list(csv.DictReader(open(paths["csv"])))
+    assert len(rows) == 4 * len(sweep["eps"]) and {r["model"] for r in rows} == {"a", "b"}
+    assert json.load(open(paths["json"]))["curves"][0]["eps"] == sweep["eps"]
+
+
+def test_loss_surface_and_jacobian_figure(model_a, tiny_data_dir, tmp_path):
+    images, labels = analysis.take_examples(_dataset(tiny_data_dir, 64, 32), 64)
+    surface = analysis.loss_surface(model_a.model_fn, images[:2], labels[:2], 0.4, num_points=7)
+    xent = surface["xent"]
+    assert xent.shape == (2, 7, 7) and np.all(np.isfinite(xent))
+    # The centre is the clean loss, and the adversarial direction raises it
+    # more than the random one.
+    clean = losses.cross_entropy(labels[:2], model_a.model_fn(images[:2])).numpy()
+    np.testing.assert_allclose(xent[:, 3, 3], clean, rtol=1e-4, atol=1e-5)
+    assert np.all(xent[:, -1, 3] > xent[:, 3, -1])
+    paths = analysis.write_loss_surface(surface, str(tmp_path))
+    assert os.path.getsize(paths["png"]) > 1000
+    np.testing.assert_array_equal(np.load(paths["npy"]), xent)
+    assert len(json.load(open(paths["json"]))["xent"][0]) == 7
+
+    fig = analysis.jacobian_figure(model_a.model_fn, images, labels, 10, str(tmp_path))
+    assert fig["labels"] == sorted(set(labels.tolist()))
+    assert [int(labels[i]) for i in fig["indices"]] == fig["labels"]
+    assert os.path.getsize(fig["png"]) > 1000 and np.load(fig["npy"]).shape == (
+        len(fig["indices"]),
+        28,
+        28,
+        1,
+    )
+    events = [f for f in os.listdir(fig["tensorboard"]) if f.startswith("events.out.tfevents")]
+    tags = {
+        v.tag
+        for e in tf.compat.v1.train.summary_iterator(os.path.join(fig["tensorboard"], events[0]))
+        for v in e.summary.value
+    }
+    assert {"jacobians/images", "jacobians/jacobians"} <= tags
+
+
+# ---------------------------------------------------------------------------
+# The command.
+
+
+def test_command_end_to_end(runs, tiny_data_dir, tmp_path):
+    out_dir = tmp_path / "eval"
+    proc = _run_cli(
+        f"--model={runs['a']}",
+        f"--source_model={os.path.join(runs['b'], 'export', 'saved_model')}",
+        f"--data_dir={tiny_data_dir}",
+        "--nodownload",
+        "--num_examples=30",
+        "--batch_size=16",
+        "--attacks=clean,fgsm,pgd3,pgd6",
+        "--pgd_loss=both",
+        "--eps=16/255",
+        "--verbose=0",
+        "--eps_sweep",
+        "--sweep_attacks=pgd5",
+        "--sweep_eps=0,0.2",
+        f"--compare_models={runs['b']}",
+        "--loss_surface",
+        "--loss_surface_examples=2",
+        "--loss_surface_points=5",
+        "--jacobian_figure",
+        f"--output_dir={out_dir}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "worst_case" in proc.stdout and "Gradient-masking checks" in proc.stdout
+    res = json.load(open(out_dir / "results.json"))
+    names = ["clean", "fgsm", "pgd3", "transfer_pgd3", "pgd3_margin", "transfer_pgd3_margin"]
+    names += ["pgd6", "transfer_pgd6", "pgd6_margin", "transfer_pgd6_margin"]
+    assert list(res["attacks"]) == names
+    assert set(res["accuracy"]) == set(names) | {"worst_case"}
+    assert all(0.0 <= v <= 1.0 for v in res["accuracy"].values())
+    assert res["num_examples"] == 30 and res["seed"] == 0 and res["dataset"] == "fashion_mnist"
+    assert res["eps"] == pytest.approx(16 / 255) and res["eps_source"] == "flag"
+    pgd = res["attacks"]["pgd6_margin"]
+    assert pgd["steps"] == 6 and pgd["step_size"] == pytest.approx(4 / 255) and pgd["loss"] == "margin"
+    assert pgd["restarts"] == 1 and pgd["random_start"] and pgd["max_perturbation"] <= 16 / 255 + 1e-6
+    assert {"tensorflow", "keras", "numpy", "jarn_tf"} <= set(res["versions"])
+    assert res["wall_time_seconds"] > 0
+    assert {c["name"] for c in res["checks"]} >= {
+        "pgd_beats_fgsm",
+        "more_steps_not_better_xent",
+        "xent_margin_agree",
+        "whitebox_beats_transfer",
+    }
+    for c in res["checks"]:
+        assert set(c) == {"name", "passed", "detail", "message"}
+    rows = list(csv.DictReader(open(out_dir / "results.csv")))
+    assert [r["attack"] for r in rows] == names + ["worst_case"]
+    assert float(rows[-1]["accuracy"]) == res["accuracy"]["worst_case"]
+    assert "| worst_case" in open(out_dir / "results.md").read()
+    for f in analysis.EPS_SWEEP_FILES + analysis.LOSS_SURFACE_FILES + analysis.JACOBIAN_FILES:
+        assert os.path.getsize(out_dir / f) > 0, f
+    sweep = json.load(open(out_dir / "eps_sweep.json"))
+    assert len({c["model"] for c in sweep["curves"]}) == 2 and sweep["eps"][:2] == [0.0, 0.2]
+
+
+BAD_INPUTS = {
+    "eps_out_of_range": (["--eps=2"], "--eps"),
+    "unknown_attack": (["--attacks=clean,foo"], "Unknown attack 'foo'"),
+    "wrong_dataset_shape": (["--dataset=cifar10"], "cifar10 images are [32, 32, 3]"),
+    "no_examples": (["--num_examples=0"], "--num_examples"),
+    "not_a_model": (["--model=/nonexistent"], "is not a model"),
+}
+
+
+def test_bad_inputs_fail_before_attacking(runs, tiny_data_dir, tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    procs = {}
+    # Started together: each spends most of its time importing TensorFlow.
+    for name, (args, _) in BAD_INPUTS.items():
+        out_dir = tmp_path / name
+        cmd = [
+            sys.executable,
+            "-m",
+            "jarn_tf.evaluate",
+            f"--model={runs['a']}",
+            f"--data_dir={tiny_data_dir}",
+        ]
+        cmd += ["--nodownload", f"--output_dir={out_dir}", *args]
+        procs[name] = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO
+        )
+    for name, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode != 0, name
+        assert BAD_INPUTS[name][1] in stderr, (name, stderr[-2000:])
+        assert "Evaluating" not in stdout, name
+        assert not (tmp_path / name).exists(), name
+
+
+def test_mirrored_strategy_matches_default(runs, tiny_data_dir, tmp_path):
+    # Deterministic attacks give the same numbers over 2 replicas as over 1,
+    # including the uneven last batch (30 = 16 + 14 examples).
+    args = [f"--model={runs['a']}", f"--data_dir={tiny_data_dir}", "--nodownload", "--num_examples=30"]
+    args += [
+        "--batch_size=16",
+        "--attacks=clean,fgsm,pgd4",
+        "--nopgd_random_start",
+        "--eps=0.2",
+        "--verbose=0",
+    ]
+    results = {}
+    for name, extra in (("default", []), ("mirrored", ["--strategy=mirrored", "--cpu_devices=2"])):
+        proc = _run_cli(*args, *extra, f"--output_dir={tmp_path / name}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[name] = json.load(open(tmp_path / name / "results.json"))
+    assert results["mirrored"]["strategy"] == "mirrored"
+    for attack in ("clean", "fgsm", "pgd4", "worst_case"):
+        assert results["mirrored"]["accuracy"][attack] == pytest.approx(
+            results["default"]["accuracy"][attack]
+        )
