@@ -1,0 +1,66 @@
+"""Our PGD against CleverHans 4's PGD (test-only dependency)."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from jarn_tf import attacks, data, train_lib
+
+from test_train import _tiny_config
+
+cleverhans_pgd = pytest.importorskip("cleverhans.tf2.attacks.projected_gradient_descent")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("eps, steps", [(0.05, 10), (0.1, 1)])
+def test_pgd_matches_cleverhans_without_random_start(tiny_data_dir, tmp_path, eps, steps):
+    config = _tiny_config(tiny_data_dir, train_steps=30)
+    model = train_lib.train(config, str(tmp_path / "run"), eval_examples=0, verbose=0).trainer.networks[
+        "classifier"
+    ]
+    model_fn = lambda x: model(x, training=False)  # noqa: E731
+    images, labels = next(iter(data.make_eval_dataset(config.data, batch_size=64)))
+    step = eps / 4 if steps > 1 else eps
+    ours = attacks.pgd(model_fn, images, labels, eps, step, steps, random_start=False).numpy()
+    theirs = cleverhans_pgd.projected_gradient_descent(
+        model_fn,
+        images,
+        eps,
+        step,
+        steps,
+        np.inf,
+        clip_min=0.0,
+        clip_max=1.0,
+        y=labels,
+        rand_init=False,
+        sanity_checks=False,
+    ).numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-6, rtol=0)
+    # The attack did something: it is not the identity.
+    assert np.abs(ours - images.numpy()).max() > eps / 2
+
+
+def test_benchmark_command_prints_figures():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jarn_tf.bench_attacks",
+            "--batch_size=8",
+            "--steps=2",
+            "--repeats=1",
+            "--cnn_channels=4,8,8",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=REPO),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "jarn_tf pgd (tf.function)" in proc.stdout and "cleverhans pgd (eager)" in proc.stdout
+    assert "images / s" in proc.stdout and "pixels differing" in proc.stdout
