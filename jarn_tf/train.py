@@ -169,6 +169,11 @@ def define_train_flags() -> None:
         "eval_examples", 1000, "Test images for the clean accuracy logged at export.", lower_bound=0
     )
     flags.DEFINE_integer("verbose", 1, "1: progress bar; 0: quiet.", lower_bound=0)
+    flags.DEFINE_bool(
+        "deterministic",
+        False,
+        "Op determinism: two runs with the same flags give bit-identical weights (CPU).",
+    )
 
     flags.mark_flag_as_required("model_dir")
     flags.register_multi_flags_validator(
@@ -268,6 +273,7 @@ def config_from_flags(fv: flags.FlagValues = FLAGS) -> config_lib.ExperimentConf
             keep_checkpoints=fv.keep_checkpoints,
             strategy=fv.strategy,
             num_gpus=fv.num_gpus,
+            deterministic=fv.deterministic,
         ),
     )
 
@@ -304,6 +310,9 @@ def main(argv) -> Optional[int]:
     except train_lib.NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    if result.preempted:
+        print(f"Preempted (SIGTERM): checkpoint saved at step {result.step}. Run the same command to resume.")
+        return 0
     print(f"Finished at step {result.step} in {result.seconds:.0f} s.")
     if result.export_dir:
         print(f"Exported to {result.export_dir}")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
+import threading
 import time
 from typing import Callable, Dict, Hashable, Optional, Tuple
 
@@ -43,6 +45,7 @@ class TrainResult:
       export_dir: where the classifier was exported, if it was.
       seconds: wall time of the training loop.
       trainer: the live trainer (networks, optimizers), for inspection.
+      preempted: it stopped early on SIGTERM, after saving a checkpoint.
     """
 
     start_step: int
@@ -51,6 +54,34 @@ class TrainResult:
     export_dir: Optional[str]
     seconds: float
     trainer: Trainer
+    preempted: bool = False
+
+
+class _PreemptionWatch:
+    """Turns SIGTERM into a flag the loop checks between chunks.
+
+    The loop then saves a checkpoint at the current step and returns, so a
+    preempted job loses nothing and resumes where it stopped. Only the main
+    thread can install signal handlers; elsewhere this watches nothing.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> "_PreemptionWatch":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        del signum, frame
+        logging.warning("SIGTERM received: checkpointing at the end of the current chunk.")
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def validate_config(config: config_lib.ExperimentConfig) -> None:
@@ -224,6 +255,8 @@ def train(
             f"{strategy.num_replicas_in_sync} replicas of --strategy={t.strategy}"
         )
     os.makedirs(model_dir, exist_ok=True)
+    if t.deterministic:
+        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(t.seed)
 
     trainer = build_trainer(config, info, strategy)
@@ -286,41 +319,48 @@ def train(
     step = start
     last: Dict[str, float] = {}
     export_dir = None
-    while step < end:
-        # Run up to the next step where the host has work to do.
-        stop = _next_stop(step, end, intervals)
-        for _, n, first, rest in _chunks(trainer, step, stop, t.steps_per_loop):
-            loops.get(first, rest)(iterator, tf.constant(n, tf.int64))
-        window_steps += stop - step
-        step = int(trainer.step.numpy())
-        bad = int(loops.bad_step.numpy())
-        if bad >= 0:
-            raise NonFiniteLossError(
-                f"Non-finite loss at step {bad}; stopped at step {step}. The last good checkpoint "
-                f"({manager.latest_checkpoint or 'none'}) was left untouched."
-            )
-        values = trainer.metrics.result()
-        if verbose:
-            progbar.update(step, [(k.split("/")[-1], v) for k, v in values.items() if k in shown])
-        if step % t.summary_every == 0 or step == end:
-            elapsed = time.time() - window_start
-            values["train/examples_per_second"] = window_steps * t.batch_size / max(elapsed, 1e-9)
-            values.update(trainer.learning_rates())
-            writer.scalars(step, values)
-            last = values
-            trainer.metrics.reset()
-            window_start, window_steps = time.time(), 0
-        if t.image_summary_every and (step % t.image_summary_every == 0 or step == end):
-            writer.images(step, summary_images(fixed_images, fixed_labels), _NUM_SUMMARY_IMAGES)
-        if step % t.checkpoint_every == 0:
-            manager.save(checkpoint_number=step)
-        if t.export_every and step % t.export_every == 0 and step < t.train_steps:
-            export_dir = do_export(step)
+    preempted = False
+    with _PreemptionWatch() as watch:
+        while step < end:
+            # Run up to the next step where the host has work to do.
+            stop = _next_stop(step, end, intervals)
+            for _, n, first, rest in _chunks(trainer, step, stop, t.steps_per_loop):
+                loops.get(first, rest)(iterator, tf.constant(n, tf.int64))
+            window_steps += stop - step
+            step = int(trainer.step.numpy())
+            bad = int(loops.bad_step.numpy())
+            if bad >= 0:
+                raise NonFiniteLossError(
+                    f"Non-finite loss at step {bad}; stopped at step {step}. The last good checkpoint "
+                    f"({manager.latest_checkpoint or 'none'}) was left untouched."
+                )
+            values = trainer.metrics.result()
+            if verbose:
+                progbar.update(step, [(k.split("/")[-1], v) for k, v in values.items() if k in shown])
+            if step % t.summary_every == 0 or step == end:
+                elapsed = time.time() - window_start
+                values["train/examples_per_second"] = window_steps * t.batch_size / max(elapsed, 1e-9)
+                values.update(trainer.learning_rates())
+                writer.scalars(step, values)
+                last = values
+                trainer.metrics.reset()
+                window_start, window_steps = time.time(), 0
+            if t.image_summary_every and (step % t.image_summary_every == 0 or step == end):
+                writer.images(step, summary_images(fixed_images, fixed_labels), _NUM_SUMMARY_IMAGES)
+            if step % t.checkpoint_every == 0:
+                manager.save(checkpoint_number=step)
+            if t.export_every and step % t.export_every == 0 and step < t.train_steps:
+                export_dir = do_export(step)
+            if watch.requested:
+                preempted = True
+                break
 
     if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
         manager.save(checkpoint_number=step, check_interval=False)
     if step >= t.train_steps:
         export_dir = do_export(step)
+    if preempted:
+        logging.warning("Preempted: checkpoint saved at step %d; run again to resume.", step)
     writer.close()
     eval_writer.close()
     return TrainResult(
@@ -330,4 +370,5 @@ def train(
         export_dir=export_dir,
         seconds=time.time() - tic,
         trainer=trainer,
+        preempted=preempted,
     )
