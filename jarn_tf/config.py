@@ -100,6 +100,7 @@ class TrainConfig:
       keep_checkpoints: how many checkpoints to keep.
       strategy: ``default``, ``one_device``, ``mirrored``.
       num_gpus: devices for ``mirrored`` (0 = all visible).
+      jit_compile: compile the replica step with XLA.
       deterministic: TensorFlow op determinism; with the stateless data
         pipeline and seeds, two runs give bit-identical weights on CPU.
     """
@@ -137,6 +138,7 @@ class TrainConfig:
     strategy: str = "default"
     num_gpus: int = 0
     deterministic: bool = False
+    jit_compile: bool = False
 
     @property
     def jarn_start_step(self) -> int:
@@ -189,6 +191,7 @@ RESUMABLE_FIELDS = {
     ("train", "strategy"),
     ("train", "num_gpus"),
     ("train", "deterministic"),
+    ("train", "jit_compile"),
 }
 
 

@@ -169,6 +169,7 @@ def define_train_flags() -> None:
         "eval_examples", 1000, "Test images for the clean accuracy logged at export.", lower_bound=0
     )
     flags.DEFINE_integer("verbose", 1, "1: progress bar; 0: quiet.", lower_bound=0)
+    flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA.")
     flags.DEFINE_bool(
         "deterministic",
         False,
@@ -274,6 +275,7 @@ def config_from_flags(fv: flags.FlagValues = FLAGS) -> config_lib.ExperimentConf
             strategy=fv.strategy,
             num_gpus=fv.num_gpus,
             deterministic=fv.deterministic,
+            jit_compile=fv.jit_compile,
         ),
     )
 

@@ -177,9 +177,12 @@ class _LoopFunctions:
         self.strategy = strategy
         self.bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="nonfinite_step")
         self._fns: Dict[Tuple[Hashable, Hashable], Callable] = {}
+        # XLA compiles the replica step only: the input iterator stays outside.
+        jit = trainer.config.train.jit_compile
+        self._step_fn = tf.function(trainer.replica_step, jit_compile=True) if jit else trainer.replica_step
 
     def _one_step(self, iterator, variant) -> None:
-        per_replica = self.strategy.run(self.trainer.replica_step, args=(next(iterator), variant))
+        per_replica = self.strategy.run(self._step_fn, args=(next(iterator), variant))
         loss = self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
         # Remember the first step whose loss was not finite.
         first_bad = tf.logical_and(self.bad_step < 0, tf.logical_not(tf.math.is_finite(loss)))
