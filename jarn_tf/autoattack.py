@@ -1,0 +1,718 @@
+"""AutoAttack (Croce & Hein, ICML 2020) for L-inf, natively in TensorFlow 2.
+
+The "standard" L-inf ensemble of the reference implementation (fra31/auto-attack):
+
+* APGD-CE: auto-PGD on cross-entropy, 100 iterations, 1 restart.
+* APGD-T: auto-PGD on the targeted DLR loss, 9 target classes, 100 iterations, 1 restart each.
+* FAB-T: targeted FAB, 9 target classes, 100 iterations, 1 restart each (no random start).
+* Square: score-based random search on the margin, 5000 queries, p_init = 0.8, 1 restart.
+
+``run_autoattack`` applies each attack only to the examples that are still robust and reports the
+per-example worst case. Images are float32 NHWC in [0, 1], eps is in [0, 1] units and ``model_fn``
+maps images to logits (e.g. ``lambda x: model(x, training=False)``). The inner loops are compiled
+with ``tf.function`` once per (model_fn, attack settings, image shape) and accept any batch size.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from typing import Callable, Dict, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from jarn_tf import losses
+from jarn_tf.attacks import project_linf
+
+ModelFn = Callable[[tf.Tensor], tf.Tensor]
+
+ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
+APGD_LOSSES = ("ce", "dlr", "dlr-targeted")
+
+# APGD constants of the reference: momentum, step-size halving threshold, checkpoint fractions.
+APGD_MOMENTUM = 0.75
+APGD_RHO = 0.75
+# FAB constants of the reference (FABAttack defaults).
+FAB_ALPHA_MAX = 0.1
+FAB_ETA = 1.05
+FAB_BETA = 0.9
+# Square: iterations after which the fraction p of changed pixels is halved.
+SQUARE_P_BOUNDARIES = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+
+
+# --------------------------------------------------------------------------------------------------
+# Losses.
+
+
+def dlr_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Per-example Difference of Logits Ratio loss (to be maximised).
+
+    DLR = -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3 + 1e-12), where z_pi1 >= z_pi2 >= ... are the
+    sorted logits. Invariant to shifting and positive scaling of the logits.
+
+    Args:
+      labels: int [B] true classes.
+      logits: float [B, K], K >= 3.
+
+    Returns:
+      float32 [B].
+    """
+    logits = tf.cast(logits, tf.float32)
+    onehot = tf.one_hot(tf.cast(labels, tf.int32), tf.shape(logits)[-1]) > 0.5
+    true_logit = tf.reduce_sum(tf.where(onehot, logits, 0.0), axis=-1)
+    other = tf.reduce_max(tf.where(onehot, tf.constant(-np.inf, tf.float32), logits), axis=-1)
+    top = tf.math.top_k(logits, k=3).values
+    return -(true_logit - other) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def dlr_loss_targeted(labels: tf.Tensor, target: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Per-example targeted DLR loss (to be maximised).
+
+    -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12).
+
+    Args:
+      labels: int [B] true classes.
+      target: int [B] target classes.
+      logits: float [B, K], K >= 4.
+
+    Returns:
+      float32 [B].
+    """
+    logits = tf.cast(logits, tf.float32)
+    true_logit = tf.gather(logits, tf.cast(labels, tf.int32), batch_dims=1)
+    target_logit = tf.gather(logits, tf.cast(target, tf.int32), batch_dims=1)
+    top = tf.math.top_k(logits, k=4).values
+    return -(true_logit - target_logit) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+
+
+def _attack_loss(name: str, labels: tf.Tensor, target: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    if name == "ce":
+        return losses.cross_entropy(labels, logits)
+    if name == "dlr":
+        return dlr_loss(labels, logits)
+    return dlr_loss_targeted(labels, target, logits)
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers.
+
+# model_fn -> {settings key: compiled function}. Weak keys, and the compiled functions only hold
+# a weak reference to model_fn, so a cache entry dies with its model_fn.
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _compiled(model_fn: ModelFn, key: tuple, builder: Callable[[Callable[[], ModelFn]], Callable]):
+    """Returns builder(get_model_fn), cached per model_fn and key where model_fn allows weakrefs."""
+    try:
+        ref = weakref.ref(model_fn)
+        per_model = _COMPILED.setdefault(model_fn, {})
+    except TypeError:
+        return builder(lambda: model_fn)
+    if key not in per_model:
+        per_model[key] = builder(ref)
+    return per_model[key]
+
+
+def _per_example(mask: tf.Tensor) -> tf.Tensor:
+    """[B] -> [B, 1, 1, 1], to broadcast a per-example value over NHWC images."""
+    return tf.reshape(mask, [-1, 1, 1, 1])
+
+
+def _seed(seed: int, stream: int = 0) -> tf.Tensor:
+    return tf.constant([int(seed), int(stream)], tf.int64)
+
+
+def _as_inputs(images, labels):
+    images = np.asarray(images, np.float32)
+    labels = np.asarray(labels).astype(np.int32).reshape(-1)
+    if images.ndim != 4 or images.shape[0] != labels.shape[0]:
+        raise ValueError(f"Expected images [N, H, W, C] and labels [N]; got {images.shape}, {labels.shape}.")
+    return images, labels
+
+
+def _logits(model_fn: ModelFn, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    out = [
+        np.asarray(model_fn(tf.convert_to_tensor(images[i : i + batch_size])), np.float32)
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(out, axis=0) if out else np.zeros([0, 0], np.float32)
+
+
+def _ranked_targets(logits: np.ndarray, num_target_classes: int) -> list:
+    """Targets of the reference: the 2nd, 3rd, ... largest clean logit of each example."""
+    num_classes = logits.shape[-1]
+    order = np.argsort(-logits, axis=-1, kind="stable")
+    return [order[:, rank - 1] for rank in range(2, min(num_target_classes + 2, num_classes + 1))]
+
+
+# --------------------------------------------------------------------------------------------------
+# APGD.
+
+
+def _build_apgd(loss: str, num_steps: int, image_shape: tuple):
+    n_iter_2 = max(int(0.22 * num_steps), 1)  # length of the first checkpoint interval
+    n_iter_min = max(int(0.06 * num_steps), 1)  # shortest interval
+    size_decr = max(int(0.03 * num_steps), 1)  # interval shrinkage per checkpoint
+
+    def builder(get_model_fn):
+        spec = [
+            tf.TensorSpec([None, *image_shape], tf.float32),
+            tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([], tf.float32),
+            tf.TensorSpec([2], tf.int64),
+        ]
+
+        @tf.function(input_signature=spec)
+        def run(images, labels, target, eps, seed):
+            model_fn = get_model_fn()
+
+            def evaluate(x):
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    logits = model_fn(x)
+                    per_example = _attack_loss(loss, labels, target, logits)
+                    total = tf.reduce_sum(per_example)  # each example's gradient stays its own
+                grad = tape.gradient(total, x)
+                wrong = tf.not_equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels)
+                return per_example, grad, wrong
+
+            batch = tf.shape(images)[0]
+            # Random start: a uniform direction scaled to the L-inf sphere of radius eps.
+            t = tf.random.stateless_uniform(tf.shape(images), seed=seed, minval=-1.0, maxval=1.0)
+            t_max = tf.reduce_max(tf.abs(t), axis=[1, 2, 3], keepdims=True)
+            x_adv = tf.clip_by_value(images + eps * t / tf.maximum(t_max, 1e-12), 0.0, 1.0)
+            loss0, grad0, wrong0 = evaluate(x_adv)
+
+            state = dict(
+                i=tf.constant(0),
+                x_adv=x_adv,
+                x_old=x_adv,
+                grad=grad0,
+                step=tf.fill([batch], 2.0 * eps),
+                x_best=x_adv,
+                grad_best=grad0,
+                loss_best=loss0,
+                x_best_adv=x_adv,
+                found=wrong0,
+                loss_prev=loss0,
+                n_increase=tf.zeros([batch], tf.int32),
+                counter=tf.constant(0),
+                k=tf.constant(n_iter_2),
+                loss_best_last_check=loss0,
+                reduced_last_check=tf.ones([batch], tf.bool),
+            )
+
+            def cond(s):
+                return tf.logical_and(s["i"] < num_steps, tf.logical_not(tf.reduce_all(s["found"])))
+
+            def body(s):
+                x_adv, step = s["x_adv"], _per_example(s["step"])
+                momentum = tf.where(s["i"] > 0, APGD_MOMENTUM, 1.0)
+                z = project_linf(x_adv + step * tf.sign(s["grad"]), images, eps)
+                x_new = project_linf(
+                    x_adv + momentum * (z - x_adv) + (1.0 - momentum) * (x_adv - s["x_old"]), images, eps
+                )
+                loss_new, grad_new, wrong = evaluate(x_new)
+
+                x_best_adv = tf.where(_per_example(wrong), x_new, s["x_best_adv"])
+                improved = loss_new > s["loss_best"]
+                x_best = tf.where(_per_example(improved), x_new, s["x_best"])
+                grad_best = tf.where(_per_example(improved), grad_new, s["grad_best"])
+                loss_best = tf.where(improved, loss_new, s["loss_best"])
+                n_increase = s["n_increase"] + tf.cast(loss_new > s["loss_prev"], tf.int32)
+
+                # Checkpoint: halve the step (and restart from the best point) where the loss
+                # increased in at most rho * k of the last k steps, or where the step was not
+                # halved at the last checkpoint and the best loss has not improved since.
+                counter = s["counter"] + 1
+                k = s["k"]
+                at_check = tf.equal(counter, k)
+                oscillating = tf.cast(n_increase, tf.float32) <= APGD_RHO * tf.cast(k, tf.float32)
+                no_improvement = tf.logical_and(
+                    tf.logical_not(s["reduced_last_check"]), s["loss_best_last_check"] >= loss_best
+                )
+                reduce = tf.logical_and(at_check, tf.logical_or(oscillating, no_improvement))
+                new = dict(
+                    i=s["i"] + 1,
+                    x_adv=tf.where(_per_example(reduce), x_best, x_new),
+                    x_old=x_adv,
+                    grad=tf.where(_per_example(reduce), grad_best, grad_new),
+                    step=tf.where(reduce, 0.5 * s["step"], s["step"]),
+                    x_best=x_best,
+                    grad_best=grad_best,
+                    loss_best=loss_best,
+                    x_best_adv=x_best_adv,
+                    found=tf.logical_or(s["found"], wrong),
+                    loss_prev=loss_new,
+                    n_increase=tf.where(at_check, 0, n_increase),
+                    counter=tf.where(at_check, 0, counter),
+                    k=tf.where(at_check, tf.maximum(k - size_decr, n_iter_min), k),
+                    loss_best_last_check=tf.where(at_check, loss_best, s["loss_best_last_check"]),
+                    reduced_last_check=tf.where(
+                        at_check, tf.logical_or(oscillating, no_improvement), s["reduced_last_check"]
+                    ),
+                )
+                return (new,)
+
+            (s,) = tf.while_loop(cond, body, (state,))
+            adv = tf.where(_per_example(s["found"]), s["x_best_adv"], s["x_best"])
+            return project_linf(adv, images, eps), s["found"]
+
+        return run
+
+    return builder
+
+
+def apgd(
+    model_fn: ModelFn,
+    images,
+    labels,
+    eps: float,
+    num_steps: int = 100,
+    loss: str = "ce",
+    target=None,
+    seed: int = 0,
+) -> tf.Tensor:
+    """Auto-PGD (Croce & Hein, 2020), L-inf, one run (restart).
+
+    Step size starts at 2 eps; momentum 0.75 (none on the first step); at checkpoints
+    p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) (fractions of num_steps)
+    the step size of an example is halved, and it restarts from its best point, if the loss
+    increased in at most 75% of the steps since the last checkpoint, or if its step was not halved
+    at the last checkpoint and its best loss has not improved since. Stops early once every
+    example is misclassified.
+
+    Args:
+      model_fn: images -> logits.
+      images: float32 [B, H, W, C] in [0, 1].
+      labels: int [B] true classes.
+      eps: L-inf radius.
+      num_steps: iterations (gradient evaluations after the one at the random start).
+      loss: ``ce``, ``dlr`` or ``dlr-targeted`` (needs ``target``).
+      target: int [B] target classes for ``dlr-targeted``.
+      seed: seed of the random start.
+
+    Returns:
+      float32 [B, H, W, C]: per example, the last misclassified point found if any, else the
+      point of highest loss. Within eps of ``images`` and in [0, 1].
+    """
+    if loss not in APGD_LOSSES:
+        raise ValueError(f"Unknown APGD loss {loss!r}; expected one of {APGD_LOSSES}.")
+    if loss == "dlr-targeted" and target is None:
+        raise ValueError("loss='dlr-targeted' needs target classes.")
+    images, labels = _as_inputs(images, labels)
+    target = labels if target is None else np.asarray(target).astype(np.int32).reshape(-1)
+    run = _compiled(
+        model_fn,
+        ("apgd", loss, int(num_steps), images.shape[1:]),
+        _build_apgd(loss, int(num_steps), images.shape[1:]),
+    )
+    adv, _ = run(images, labels, target, tf.constant(eps, tf.float32), _seed(seed))
+    return adv
+
+
+def apgd_targeted(
+    model_fn: ModelFn,
+    images,
+    labels,
+    eps: float,
+    num_steps: int = 100,
+    num_target_classes: int = 9,
+    seed: int = 0,
+) -> tf.Tensor:
+    """APGD-T: APGD on the targeted DLR loss, once per target class.
+
+    The targets are the classes with the 2nd, 3rd, ..., (num_target_classes + 1)-th largest clean
+    logit (capped at K - 1 targets); each run only attacks the examples that no earlier target
+    has broken.
+
+    Returns:
+      float32 [B, H, W, C]: a misclassified point where one was found, else the candidate with
+      the largest logit margin max_{i != y} z_i - z_y. Within eps and in [0, 1].
+    """
+    images, labels = _as_inputs(images, labels)
+    run = _compiled(
+        model_fn,
+        ("apgd", "dlr-targeted", int(num_steps), images.shape[1:]),
+        _build_apgd("dlr-targeted", int(num_steps), images.shape[1:]),
+    )
+    clean_logits = _logits(model_fn, images)
+    adv = images.copy()
+    best_margin = np.full([len(images)], -np.inf, np.float32)
+    robust = np.argmax(clean_logits, axis=-1) == labels
+    best_margin[~robust] = np.inf  # already misclassified: keep the clean image
+    eps_t = tf.constant(eps, tf.float32)
+    for rank, target in enumerate(_ranked_targets(clean_logits, num_target_classes)):
+        idx = np.nonzero(robust)[0]
+        if idx.size == 0:
+            break
+        x_t, found = run(images[idx], labels[idx], target[idx].astype(np.int32), eps_t, _seed(seed, rank + 1))
+        x_t = x_t.numpy()
+        margin = losses.margin_loss(labels[idx], model_fn(x_t)).numpy()
+        margin = np.where(found.numpy(), np.inf, margin)
+        better = margin > best_margin[idx]
+        adv[idx[better]] = x_t[better]
+        best_margin[idx[better]] = margin[better]
+        robust[idx[found.numpy()]] = False
+    return tf.convert_to_tensor(adv)
+
+
+# --------------------------------------------------------------------------------------------------
+# Square attack.
+
+
+def _build_square(num_queries: int, p_init: float, image_shape: tuple):
+    height, width, channels = image_shape
+
+    def builder(get_model_fn):
+        spec = [
+            tf.TensorSpec([None, *image_shape], tf.float32),
+            tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([], tf.float32),
+            tf.TensorSpec([2], tf.int64),
+        ]
+
+        @tf.function(input_signature=spec)
+        def run(images, labels, eps, seed):
+            model_fn = get_model_fn()
+            batch = tf.shape(images)[0]
+
+            def margin(x):  # z_y - max_{i != y} z_i; the attack minimises it
+                return -losses.margin_loss(labels, model_fn(x))
+
+            def random_signs(shape, seed):
+                return tf.where(tf.random.stateless_uniform(shape, seed=seed) < 0.5, -1.0, 1.0)
+
+            # Initialisation with vertical stripes: one random sign per column and channel.
+            x_best = tf.clip_by_value(
+                images + eps * random_signs([batch, 1, width, channels], seed), 0.0, 1.0
+            )
+            margin_best = margin(x_best)
+            boundaries = tf.constant(SQUARE_P_BOUNDARIES, tf.int32)
+            rows = tf.range(height)[None, :]
+            cols = tf.range(width)[None, :]
+
+            def cond(i, x_best, margin_best):
+                return tf.logical_and(i < num_queries, tf.reduce_any(margin_best > 0))
+
+            def body(i, x_best, margin_best):
+                # Fraction of pixels changed: p_init halved after iterations 10, 50, 200, ...
+                halvings = tf.reduce_sum(tf.cast(i > boundaries, tf.int32))
+                p = p_init / tf.pow(2.0, tf.cast(halvings, tf.float32))
+                side = tf.cast(tf.round(tf.sqrt(p * height * width)), tf.int32)
+                side = tf.clip_by_value(side, 1, min(height, width))
+                seeds = tf.random.experimental.stateless_split(
+                    tf.random.experimental.stateless_fold_in(seed, tf.cast(i, tf.int64)), 3
+                )
+                top = tf.random.stateless_uniform([batch, 1], seeds[0], 0, height - side + 1, tf.int32)
+                left = tf.random.stateless_uniform([batch, 1], seeds[1], 0, width - side + 1, tf.int32)
+                in_rows = tf.logical_and(rows >= top, rows < top + side)
+                in_cols = tf.logical_and(cols >= left, cols < left + side)
+                window = tf.logical_and(in_rows[:, :, None, None], in_cols[:, None, :, None])
+                # The window moves to a vertex of the eps-ball: one random sign per channel.
+                vertex = tf.clip_by_value(
+                    images + eps * random_signs([batch, 1, 1, channels], seeds[2]), 0.0, 1.0
+                )
+                x_new = tf.where(window, vertex, x_best)
+                margin_new = margin(x_new)
+                accept = tf.logical_and(margin_best > 0, margin_new < margin_best)
+                return (
+                    i + 1,
+                    tf.where(_per_example(accept), x_new, x_best),
+                    tf.where(accept, margin_new, margin_best),
+                )
+
+            _, x_best, margin_best = tf.while_loop(cond, body, (tf.constant(0), x_best, margin_best))
+            return project_linf(x_best, images, eps), margin_best <= 0
+
+        return run
+
+    return builder
+
+
+def square(
+    model_fn: ModelFn,
+    images,
+    labels,
+    eps: float,
+    num_queries: int = 5000,
+    p_init: float = 0.8,
+    seed: int = 0,
+) -> tf.Tensor:
+    """Square attack (Andriushchenko et al., 2020), L-inf, margin loss, one restart.
+
+    Starts from vertical stripes at the vertices of the eps-ball; each iteration moves one random
+    square window per example (side round(sqrt(p * H * W)), p = p_init halved after iterations 10,
+    50, 200, 500, 1000, 2000, 4000, 6000, 8000) to a random vertex and keeps it if the margin
+    z_y - max_{i != y} z_i decreases. As in the reference, ``num_queries`` iterations follow the
+    initial query; stops once every example is misclassified. Unlike the reference (one window
+    position and one sign vector shared by the batch per iteration) each example draws its own, as
+    in the original Square Attack, and the window's top-left corner ranges over all valid positions.
+
+    Returns:
+      float32 [B, H, W, C], within eps and in [0, 1].
+    """
+    images, labels = _as_inputs(images, labels)
+    key = ("square", int(num_queries), float(p_init), images.shape[1:])
+    run = _compiled(model_fn, key, _build_square(int(num_queries), float(p_init), images.shape[1:]))
+    adv, _ = run(images, labels, tf.constant(eps, tf.float32), _seed(seed))
+    return adv
+
+
+# --------------------------------------------------------------------------------------------------
+# FAB-T.
+
+
+def project_hyperplane_linf(points: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """Minimal L-inf step d with w . (points + d) = b and points + d in [0, 1], row by row.
+
+    Where the box makes the hyperplane unreachable, d moves to the box corner that gets closest.
+
+    Args:
+      points: float [M, D] in [0, 1].
+      w: float [M, D] hyperplane normals.
+      b: float [M] offsets.
+
+    Returns:
+      float [M, D].
+    """
+    needed = b - tf.reduce_sum(w * points, axis=-1)
+    w = w * tf.where(needed < 0, -1.0, 1.0)[:, None]  # now w . d must increase by |needed|
+    needed = tf.abs(needed)
+    direction = tf.sign(w)
+    room = tf.where(w > 0, 1.0 - points, points)  # how far each coordinate can move
+    weight = tf.abs(w)
+
+    def gain(delta):  # increase of w . d for the step of L-inf norm delta: piecewise linear
+        return tf.reduce_sum(weight * tf.minimum(delta[:, None], room), axis=-1)
+
+    # Bisection brackets the solution delta of gain(delta) = needed between two breakpoints (CPU
+    # sorts are slow); the linear piece then gives it exactly.
+    hi = tf.reduce_max(room, axis=-1)
+    reachable = gain(hi) >= needed
+    lo = tf.zeros_like(hi)
+    for _ in range(30):
+        mid = 0.5 * (lo + hi)
+        enough = gain(mid) >= needed
+        lo, hi = tf.where(enough, lo, mid), tf.where(enough, mid, hi)
+    saturated = room <= lo[:, None]
+    saturated_gain = tf.reduce_sum(tf.where(saturated, weight * room, 0.0), axis=-1)
+    free_weight = tf.reduce_sum(tf.where(saturated, 0.0, weight), axis=-1)
+    delta = (needed - saturated_gain) / tf.maximum(free_weight, 1e-30)
+    delta = tf.clip_by_value(delta, lo, hi)
+    delta = tf.where(reachable, delta, np.inf)
+    return direction * tf.minimum(delta[:, None], room)
+
+
+def _build_fab(num_steps: int, image_shape: tuple):
+    def builder(get_model_fn):
+        spec = [
+            tf.TensorSpec([None, *image_shape], tf.float32),
+            tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([], tf.float32),
+        ]
+
+        @tf.function(input_signature=spec)
+        def run(images, labels, target, eps):
+            model_fn = get_model_fn()
+            batch = tf.shape(images)[0]
+            x0 = tf.reshape(images, [batch, -1])
+
+            def cond(i, x, adv, best_norm):
+                return tf.logical_and(i < num_steps, tf.reduce_any(best_norm > eps))
+
+            def body(i, x, adv, best_norm):
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    logits = model_fn(x)
+                    # f = z_t - z_y >= 0 where the target (or another class) wins.
+                    diff = tf.gather(logits, target, batch_dims=1) - tf.gather(logits, labels, batch_dims=1)
+                    total = tf.reduce_sum(diff)
+                grad = tf.reshape(tape.gradient(total, x), [batch, -1])
+                x_flat = tf.reshape(x, [batch, -1])
+                # Linearised decision hyperplane {z: grad . z = grad . x - f(x)}; project the
+                # current iterate and the original image onto it.
+                offset = tf.reduce_sum(grad * x_flat, axis=-1) - diff
+                d = project_hyperplane_linf(
+                    tf.concat([x_flat, x0], 0), tf.concat([grad, grad], 0), tf.concat([offset, offset], 0)
+                )
+                norms = tf.maximum(tf.reduce_max(tf.abs(d), axis=-1), 1e-8)
+                d_x, d_0 = d[:batch], d[batch:]
+                n_x, n_0 = norms[:batch], norms[batch:]
+                alpha = tf.clip_by_value(n_x / (n_x + n_0), 0.0, FAB_ALPHA_MAX)[:, None]
+                x_flat = tf.clip_by_value(
+                    (x_flat + FAB_ETA * d_x) * (1.0 - alpha) + (x0 + FAB_ETA * d_0) * alpha, 0.0, 1.0
+                )
+                x = tf.reshape(x_flat, [-1, *image_shape])
+                wrong = tf.not_equal(tf.argmax(model_fn(x), axis=-1, output_type=tf.int32), labels)
+                norm = tf.reduce_max(tf.abs(x_flat - x0), axis=-1)
+                better = tf.logical_and(wrong, norm < best_norm)
+                adv = tf.where(_per_example(better), x, adv)
+                best_norm = tf.where(better, norm, best_norm)
+                # Past the boundary: step back towards the original image (bias to small norms).
+                x = tf.where(_per_example(wrong), images + FAB_BETA * (x - images), x)
+                return i + 1, x, adv, best_norm
+
+            init = (tf.constant(0), images, images, tf.fill([batch], tf.constant(1e10, tf.float32)))
+            _, _, adv, best_norm = tf.while_loop(cond, body, init)
+            return adv, best_norm
+
+        return run
+
+    return builder
+
+
+def fab_minimal_perturbation(
+    model_fn: ModelFn, images, labels, target, num_steps: int = 100, stop_below: float = 0.0
+) -> tuple:
+    """One FAB-T run towards ``target``: the smallest L-inf adversarial perturbation it finds.
+
+    Each of num_steps iterations linearises f = z_t - z_y, projects both the iterate and the
+    original image onto the linearised boundary (exact L-inf projection within [0, 1]), steps to
+    the convex combination (extrapolation eta = 1.05, weight of the original at most
+    alpha_max = 0.1) and, once misclassified, shrinks towards the original by beta = 0.9. No random
+    start.
+
+    Args:
+      model_fn: images -> logits.
+      images: float32 [B, H, W, C] in [0, 1].
+      labels: int [B] true classes.
+      target: int [B] target classes.
+      num_steps: iterations.
+      stop_below: stop early once every example has an adversarial point of norm <= stop_below.
+
+    Returns:
+      (adversarial float32 [B, H, W, C], L-inf norms float32 [B]): per example the misclassified
+      point of smallest norm found (any class but the true one), or the image with norm 1e10 where
+      none was found.
+    """
+    images, labels = _as_inputs(images, labels)
+    target = np.asarray(target).astype(np.int32).reshape(-1)
+    run = _compiled(
+        model_fn, ("fab", int(num_steps), images.shape[1:]), _build_fab(int(num_steps), images.shape[1:])
+    )
+    return run(images, labels, target, tf.constant(stop_below, tf.float32))
+
+
+def fab_targeted(
+    model_fn: ModelFn,
+    images,
+    labels,
+    eps: float,
+    num_steps: int = 100,
+    num_target_classes: int = 9,
+    seed: int = 0,
+) -> tf.Tensor:
+    """FAB-T (Croce & Hein, 2020), L-inf: ``fab_minimal_perturbation`` once per target class.
+
+    As in AutoAttack's standard version there is no random start (1 restart per target); targets
+    are the 2nd, ..., (num_target_classes + 1)-th largest clean logits, and each run only attacks
+    the examples no earlier target has broken. ``seed`` is unused (FAB-T with one restart is
+    deterministic) and kept for a uniform signature.
+
+    Returns:
+      float32 [B, H, W, C]: the smallest adversarial point found, projected onto the eps-ball,
+      where it is misclassified there, else the clean image.
+    """
+    del seed
+    images, labels = _as_inputs(images, labels)
+    clean_logits = _logits(model_fn, images)
+    adv = images.copy()
+    robust = np.argmax(clean_logits, axis=-1) == labels
+    for target in _ranked_targets(clean_logits, num_target_classes):
+        idx = np.nonzero(robust)[0]
+        if idx.size == 0:
+            break
+        x_t, _ = fab_minimal_perturbation(
+            model_fn, images[idx], labels[idx], target[idx], num_steps=num_steps, stop_below=eps
+        )
+        x_t = project_linf(x_t, images[idx], eps).numpy()
+        wrong = np.argmax(_logits(model_fn, x_t), axis=-1) != labels[idx]
+        adv[idx[wrong]] = x_t[wrong]
+        robust[idx[wrong]] = False
+    return tf.convert_to_tensor(adv)
+
+
+# --------------------------------------------------------------------------------------------------
+# The ensemble.
+
+
+def run_autoattack(
+    model_fn: ModelFn,
+    images,
+    labels,
+    eps: float,
+    attacks: Sequence[str] = ATTACKS,
+    seed: int = 0,
+    batch_size: Optional[int] = None,
+    num_steps: int = 100,
+    num_target_classes: int = 9,
+    fab_steps: int = 100,
+    num_queries: int = 5000,
+    p_init: float = 0.8,
+) -> Dict[str, object]:
+    """Runs the attacks in order, each only on the examples that are still robust.
+
+    Defaults are AutoAttack's "standard" L-inf version. Clean-misclassified examples count as
+    broken (their adversarial example is the clean image).
+
+    Args:
+      model_fn: images -> logits.
+      images: float32 [N, H, W, C] in [0, 1].
+      labels: int [N].
+      eps: L-inf radius.
+      attacks: names from ``ATTACKS``, run in the given order.
+      seed: seed of the randomised attacks.
+      batch_size: examples per attack call (None: all still-robust examples at once).
+      num_steps: APGD iterations.
+      num_target_classes: targets of APGD-T and FAB-T.
+      fab_steps: FAB-T iterations.
+      num_queries: Square queries.
+      p_init: Square's initial fraction of changed pixels.
+
+    Returns:
+      dict with ``robust`` (bool [N], worst case over the attacks run), ``per_attack`` ({name:
+      bool [N] robust after that attack, cumulative}), ``adversarial`` (float32 [N, H, W, C]),
+      ``seconds`` ({name: wall time}) and ``clean`` (bool [N], correctly classified).
+    """
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown:
+        raise ValueError(f"Unknown attacks {unknown}; expected names from {ATTACKS}.")
+    images, labels = _as_inputs(images, labels)
+    attack_fns = {
+        "apgd-ce": lambda x, y: apgd(model_fn, x, y, eps, num_steps=num_steps, loss="ce", seed=seed),
+        "apgd-t": lambda x, y: apgd_targeted(
+            model_fn, x, y, eps, num_steps=num_steps, num_target_classes=num_target_classes, seed=seed
+        ),
+        "fab-t": lambda x, y: fab_targeted(
+            model_fn, x, y, eps, num_steps=fab_steps, num_target_classes=num_target_classes, seed=seed
+        ),
+        "square": lambda x, y: square(model_fn, x, y, eps, num_queries=num_queries, p_init=p_init, seed=seed),
+    }
+    clean = np.argmax(_logits(model_fn, images), axis=-1) == labels
+    robust = clean.copy()
+    adversarial = images.copy()
+    per_attack, seconds = {}, {}
+    for name in attacks:
+        start = time.perf_counter()
+        todo = np.nonzero(robust)[0]
+        step = len(todo) if batch_size is None else int(batch_size)
+        for begin in range(0, len(todo), max(step, 1)):
+            idx = todo[begin : begin + step]
+            x_adv = np.asarray(attack_fns[name](images[idx], labels[idx]), np.float32)
+            x_adv = np.asarray(project_linf(x_adv, images[idx], eps))  # guard the constraint
+            broken = np.argmax(_logits(model_fn, x_adv), axis=-1) != labels[idx]
+            adversarial[idx[broken]] = x_adv[broken]
+            robust[idx[broken]] = False
+        per_attack[name] = robust.copy()
+        seconds[name] = time.perf_counter() - start
+    return {
+        "robust": robust,
+        "per_attack": per_attack,
+        "adversarial": adversarial,
+        "seconds": seconds,
+        "clean": clean,
+    }

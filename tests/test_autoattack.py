@@ -1,0 +1,295 @@
+"""AutoAttack: known values, constraints, and strength against baselines on a tiny model."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from jarn_tf import attacks, autoattack
+
+NUM_CLASSES = 10
+
+
+def _pattern_data(n, seed):
+    """8x8x1 images: one fixed random template per class, low contrast, plus heavy noise."""
+    templates = np.random.default_rng(123).uniform(0, 1, size=(NUM_CLASSES, 8, 8, 1))
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, NUM_CLASSES, n)
+    images = 0.25 + 0.5 * templates[labels] + rng.normal(0, 0.3, (n, 8, 8, 1))
+    return np.clip(images, 0, 1).astype(np.float32), labels.astype(np.int32)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """An undefended MLP (64-64-10) trained briefly; test images it mostly classifies right."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    x_train, y_train = _pattern_data(4000, seed=0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(NUM_CLASSES),
+        ]
+    )
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x_train, y_train, batch_size=128, epochs=4, verbose=0)
+    x, y = _pattern_data(200, seed=1)
+    model_fn = lambda images: model(images, training=False)
+    return model, model_fn, x, y
+
+
+def _accuracy(model_fn, x, y):
+    return float(np.mean(np.argmax(np.asarray(model_fn(tf.convert_to_tensor(x))), axis=-1) == y))
+
+
+def _pgd20(model_fn, x, y, eps):
+    return attacks.pgd(model_fn, tf.constant(x), tf.constant(y), eps, eps / 4, 20, seed=tf.constant([0, 0]))
+
+
+def _assert_valid(adv, x, eps):
+    adv = np.asarray(adv)
+    assert adv.shape == x.shape and adv.dtype == np.float32
+    assert np.max(np.abs(adv - x)) <= eps + 1e-6
+    assert adv.min() >= 0.0 and adv.max() <= 1.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Known values.
+
+
+def test_dlr_known_values():
+    logits = np.array([[3.0, 1.0, 0.0, -1.0], [3.0, 1.0, 0.0, -1.0], [0.0, 2.0, 5.0, 1.0]], np.float32)
+    labels = np.array([0, 2, 2])
+    # -(z_y - max_{i != y} z_i) / (z_(1) - z_(3)): [-(3 - 1) / 3, -(0 - 3) / 3, -(5 - 2) / (5 - 1)]
+    np.testing.assert_allclose(autoattack.dlr_loss(labels, logits), [-2 / 3, 1.0, -0.75], rtol=1e-6)
+    # Targeted: -(z_y - z_t) / (z_(1) - (z_(3) + z_(4)) / 2).
+    target = np.array([1, 3, 0])
+    expected = [-(3 - 1) / (3 + 0.5), -(0 + 1) / (3 + 0.5), -(5 - 0) / (5 - 0.5)]
+    np.testing.assert_allclose(autoattack.dlr_loss_targeted(labels, target, logits), expected, rtol=1e-6)
+    # Invariant to shifting and positive scaling of the logits.
+    for fn, args in ((autoattack.dlr_loss, (labels,)), (autoattack.dlr_loss_targeted, (labels, target))):
+        np.testing.assert_allclose(fn(*args, 7.0 * logits - 3.0), fn(*args, logits), rtol=1e-5)
+
+
+def test_hyperplane_projection_is_minimal_and_feasible():
+    rng = np.random.default_rng(0)
+    m, d = 64, 20
+    points = rng.uniform(0, 1, (m, d)).astype(np.float32)
+    w = rng.normal(size=(m, d)).astype(np.float32)
+    w[:, :3] = 0.0  # coordinates that do not matter must not move
+    b = (np.sum(w * points, axis=1) + rng.normal(0, 0.5, m)).astype(np.float32)
+    delta = autoattack.project_hyperplane_linf(points, w, b).numpy()
+    moved = points + delta
+    assert np.all(moved >= -1e-6) and np.all(moved <= 1 + 1e-6)
+    np.testing.assert_array_equal(delta[:, :3], 0.0)
+    needed = b - np.sum(w * points, axis=1)
+    sign = np.where(needed < 0, -1.0, 1.0)[:, None]
+    room = np.where(w * sign > 0, 1 - points, points)
+    reachable = np.sum(np.abs(w) * room, axis=1) >= np.abs(needed)
+    assert reachable.sum() > m // 2
+    np.testing.assert_allclose(np.sum(w * moved, axis=1)[reachable], b[reachable], atol=1e-4)
+    # Minimal L-inf norm: bisection on gain(t) = sum_i |w_i| min(t, room_i) = |needed|.
+    lo, hi = np.zeros(m), np.ones(m)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        enough = np.sum(np.abs(w) * np.minimum(mid[:, None], room), axis=1) >= np.abs(needed)
+        hi, lo = np.where(enough, mid, hi), np.where(enough, lo, mid)
+    np.testing.assert_allclose(np.abs(delta).max(axis=1)[reachable], hi[reachable], atol=1e-5)
+    # Unreachable: move to the best corner of the box.
+    np.testing.assert_allclose(np.abs(delta)[~reachable], (room * (w != 0))[~reachable], atol=1e-6)
+
+
+def test_apgd_step_size_halving_converges_to_an_interior_maximum():
+    """With a fixed step the sign iterates oscillate by 2 eps; the halving schedule converges."""
+    rng = np.random.default_rng(0)
+    eps = 0.1
+    x = rng.uniform(0.2, 0.8, (4, 4, 4, 1)).astype(np.float32)
+    center = x + rng.uniform(-0.5 * eps, 0.5 * eps, x.shape).astype(np.float32)
+
+    def model_fn(images):  # class 1 always wins; CE of class 1 peaks at ``center``
+        distance = tf.reduce_sum(tf.square(images - center), axis=[1, 2, 3])
+        return tf.stack([tf.zeros_like(distance), distance + 1.0], axis=-1)
+
+    y = np.ones(4, np.int32)
+    adv = np.asarray(autoattack.apgd(model_fn, x, y, eps, num_steps=100))
+    _assert_valid(adv, x, eps)
+    assert np.max(np.abs(adv - center)) < 0.05 * eps
+
+
+def test_fab_finds_the_minimal_perturbation_of_a_linear_model():
+    """Two classes, z = [0, w . x]: the smallest L-inf flip of every example has norm r = c / |w|_1."""
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=16).astype(np.float32)
+    c = 0.02 * np.abs(w).sum()  # so that r = 0.02
+    u = rng.uniform(0.4, 0.6, (32, 16))
+    flat = u + (-c - u @ w)[:, None] * w / np.dot(w, w)  # w . x = -c: class 0, margin c
+    x = flat.reshape(32, 4, 4, 1).astype(np.float32)
+    assert x.min() > 0.05 and x.max() < 0.95  # the box does not bind
+
+    def model_fn(images):
+        score = tf.reshape(images, [-1, 16]) @ tf.constant(w[:, None])
+        return tf.concat([tf.zeros_like(score), score], axis=-1)
+
+    y = np.zeros(32, np.int32)
+    assert _accuracy(model_fn, x, y) == 1.0
+    r = 0.02
+    adv, norms = autoattack.fab_minimal_perturbation(model_fn, x, y, np.ones(32), num_steps=20)
+    assert np.all(np.argmax(np.asarray(model_fn(adv)), axis=-1) == 1)
+    np.testing.assert_allclose(np.max(np.abs(np.asarray(adv) - x), axis=(1, 2, 3)), norms, rtol=1e-6)
+    assert np.all(norms >= r * (1 - 1e-4)) and np.all(norms <= 1.01 * r), norms / r
+    adv = autoattack.fab_targeted(model_fn, x, y, 1.015 * r)
+    _assert_valid(adv, x, 1.015 * r)
+    assert _accuracy(model_fn, adv, y) == 0.0
+    assert _accuracy(model_fn, autoattack.fab_targeted(model_fn, x, y, 0.98 * r), y) == 1.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Constraints.
+
+
+@pytest.mark.parametrize("attack", ["apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square"])
+def test_adversarial_examples_stay_in_the_eps_ball_and_the_image_range(tiny, attack):
+    _, model_fn, x, y = tiny
+    x = x[:64].copy()
+    x[:8] = 0.0  # pixels at the bounds of [0, 1] exercise the clipping
+    x[8:16] = 1.0
+    y = y[:64]
+    eps = 0.05
+    run = {
+        "apgd-ce": lambda: autoattack.apgd(model_fn, x, y, eps, num_steps=20),
+        "apgd-dlr": lambda: autoattack.apgd(model_fn, x, y, eps, num_steps=20, loss="dlr"),
+        "apgd-t": lambda: autoattack.apgd_targeted(model_fn, x, y, eps, num_steps=20, num_target_classes=3),
+        "fab-t": lambda: autoattack.fab_targeted(model_fn, x, y, eps, num_steps=20, num_target_classes=3),
+        "square": lambda: autoattack.square(model_fn, x, y, eps, num_queries=100),
+    }[attack]
+    adv = run()
+    _assert_valid(adv, x, eps)
+    assert np.max(np.abs(np.asarray(adv) - x)) > 0.5 * eps  # it did move
+
+
+# ------------------------------------------------------------------------------------------------
+# Strength.
+
+
+def test_apgd_ce_at_least_as_strong_as_pgd20(tiny):
+    _, model_fn, x, y = tiny
+    assert _accuracy(model_fn, x, y) > 0.9
+    for eps in (0.04, 0.08):
+        apgd_acc = _accuracy(model_fn, autoattack.apgd(model_fn, x, y, eps), y)
+        pgd_acc = _accuracy(model_fn, _pgd20(model_fn, x, y, eps), y)
+        assert apgd_acc <= pgd_acc + 0.02, (eps, apgd_acc, pgd_acc)
+        assert apgd_acc < _accuracy(model_fn, x, y) - 0.1
+    eps = 0.3
+    assert _accuracy(model_fn, autoattack.apgd(model_fn, x, y, eps), y) <= 0.01
+    assert _accuracy(model_fn, _pgd20(model_fn, x, y, eps), y) <= 0.01
+
+
+def test_apgd_ce_agrees_with_art(tiny):
+    pytest.importorskip("art")
+    import keras
+    from art.attacks.evasion import AutoProjectedGradientDescent
+    from art.estimators.classification import TensorFlowV2Classifier
+
+    model, model_fn, x, y = tiny
+    classifier = TensorFlowV2Classifier(
+        model=model,
+        nb_classes=NUM_CLASSES,
+        input_shape=(8, 8, 1),
+        loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        clip_values=(0.0, 1.0),
+    )
+    for eps in (0.04, 0.08):
+        art_attack = AutoProjectedGradientDescent(
+            classifier,
+            norm=np.inf,
+            eps=eps,
+            eps_step=2 * eps,
+            max_iter=100,
+            targeted=False,
+            nb_random_init=1,
+            batch_size=len(x),
+            loss_type="cross_entropy",
+            verbose=False,
+        )
+        art_acc = _accuracy(model_fn, art_attack.generate(x, y=y), y)
+        ours = _accuracy(model_fn, autoattack.apgd(model_fn, x, y, eps), y)
+        assert abs(ours - art_acc) <= 0.03, (eps, ours, art_acc)
+
+
+def test_fab_t_and_apgd_t_match_or_beat_apgd_ce(tiny):
+    _, model_fn, x, y = tiny
+    eps = 0.08
+    ce = _accuracy(model_fn, autoattack.apgd(model_fn, x, y, eps), y)
+    t = _accuracy(model_fn, autoattack.apgd_targeted(model_fn, x, y, eps), y)
+    fab = _accuracy(model_fn, autoattack.fab_targeted(model_fn, x, y, eps), y)
+    assert t <= ce + 0.02 and fab <= ce + 0.02, (ce, t, fab)
+
+
+def test_square_lowers_accuracy_without_gradients(tiny):
+    _, model_fn, x, y = tiny
+    eps = 0.1
+    clean = _accuracy(model_fn, x, y)
+    adv = autoattack.square(model_fn, x, y, eps, num_queries=500)
+    _assert_valid(adv, x, eps)
+    assert _accuracy(model_fn, adv, y) <= clean - 0.3
+
+
+def test_gradient_masking_is_seen_through(tiny):
+    """Saturated softmax: the CE gradient underflows to 0, so PGD-CE fails; DLR and Square do not."""
+    _, model_fn, x, y = tiny
+    masked = lambda images: 1e4 * model_fn(images)
+    xt, yt = tf.constant(x), tf.constant(y)
+    _, grad = attacks.loss_gradient(masked, xt, yt)
+    correct = np.argmax(np.asarray(masked(xt)), axis=-1) == y
+    assert np.mean(np.all(np.asarray(grad)[correct] == 0, axis=(1, 2, 3))) > 0.9  # truly masked
+    eps = 0.1
+    clean = _accuracy(masked, x, y)
+    pgd_acc = _accuracy(masked, _pgd20(masked, x, y, eps), y)
+    apgd_t = _accuracy(masked, autoattack.apgd_targeted(masked, x, y, eps, num_target_classes=3), y)
+    square_acc = _accuracy(masked, autoattack.square(masked, x, y, eps, num_queries=500), y)
+    unmasked = _accuracy(model_fn, autoattack.apgd_targeted(model_fn, x, y, eps, num_target_classes=3), y)
+    assert pgd_acc >= clean - 0.1, (clean, pgd_acc)
+    assert apgd_t <= pgd_acc - 0.5 and apgd_t <= unmasked + 0.02, (pgd_acc, apgd_t, unmasked)
+    assert square_acc <= pgd_acc - 0.3, (pgd_acc, square_acc)
+
+
+# ------------------------------------------------------------------------------------------------
+# The ensemble.
+
+
+def test_run_autoattack_masks_and_outputs(tiny):
+    _, model_fn, x, y = tiny
+    x, y = x[:100], y[:100].copy()
+    y[:3] = (np.argmax(np.asarray(model_fn(x[:3])), axis=-1) + 1) % NUM_CLASSES  # clean-misclassified
+    eps = 0.05
+    result = autoattack.run_autoattack(
+        model_fn,
+        x,
+        y,
+        eps,
+        batch_size=40,
+        num_steps=20,
+        num_target_classes=3,
+        fab_steps=20,
+        num_queries=200,
+    )
+    assert list(result["per_attack"]) == list(autoattack.ATTACKS)
+    assert set(result["seconds"]) == set(autoattack.ATTACKS)
+    robust, adv = result["robust"], result["adversarial"]
+    assert robust.dtype == bool and robust.shape == (100,)
+    np.testing.assert_array_equal(robust, result["per_attack"][autoattack.ATTACKS[-1]])
+    previous = result["clean"]
+    assert not previous[:3].any() and not robust[:3].any()
+    for name in autoattack.ATTACKS:
+        mask = result["per_attack"][name]
+        assert not np.any(mask & ~previous), name  # monotone non-increasing
+        previous = mask
+    _assert_valid(adv, x, eps)
+    predictions = np.argmax(np.asarray(model_fn(adv)), axis=-1)
+    np.testing.assert_array_equal(predictions == y, robust)  # broken <=> adversarial misclassified
+    np.testing.assert_array_equal(adv[robust], x[robust])
+    assert 0 < robust.mean() < result["clean"].mean()  # eps chosen so that some, not all, break
+    with pytest.raises(ValueError):
+        autoattack.run_autoattack(model_fn, x, y, eps, attacks=("pgd",))
