@@ -101,6 +101,8 @@ class TrainConfig:
       strategy: ``default``, ``one_device``, ``mirrored``.
       num_gpus: devices for ``mirrored`` (0 = all visible).
       jit_compile: compile the replica step with XLA.
+      mixed_precision: ``none``; ``auto`` (mixed_float16 on GPU,
+        mixed_bfloat16 otherwise); ``float16``; ``bfloat16``.
       deterministic: TensorFlow op determinism; with the stateless data
         pipeline and seeds, two runs give bit-identical weights on CPU.
     """
@@ -139,6 +141,7 @@ class TrainConfig:
     num_gpus: int = 0
     deterministic: bool = False
     jit_compile: bool = False
+    mixed_precision: str = "none"
 
     @property
     def jarn_start_step(self) -> int:
@@ -193,6 +196,8 @@ RESUMABLE_FIELDS = {
     ("train", "deterministic"),
     ("train", "jit_compile"),
 }
+
+MIXED_PRECISION = ("none", "auto", "float16", "bfloat16")
 
 
 def config_differences(old: dict, new: dict) -> list:

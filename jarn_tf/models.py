@@ -66,8 +66,10 @@ def _conv(
 
 
 def _dense(units: int, name: str) -> keras.layers.Dense:
+    # Logits stay float32 under a mixed-precision policy (softmax and losses
+    # need the range); under the default float32 policy this changes nothing.
     return keras.layers.Dense(
-        units, kernel_initializer=_dense_initializer(), bias_initializer="zeros", name=name
+        units, kernel_initializer=_dense_initializer(), bias_initializer="zeros", name=name, dtype="float32"
     )
 
 

@@ -171,6 +171,15 @@ def define_train_flags() -> None:
     flags.DEFINE_integer("verbose", 1, "1: progress bar; 0: quiet.", lower_bound=0)
     flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA.")
     flags.DEFINE_bool(
+        "mixed_precision", False, "Mixed precision (see --mixed_precision_dtype); float32 weights and logits."
+    )
+    flags.DEFINE_enum(
+        "mixed_precision_dtype",
+        "auto",
+        ["auto", "float16", "bfloat16"],
+        "auto: float16 with loss scaling on GPU, bfloat16 on CPU/TPU.",
+    )
+    flags.DEFINE_bool(
         "deterministic",
         False,
         "Op determinism: two runs with the same flags give bit-identical weights (CPU).",
@@ -276,6 +285,7 @@ def config_from_flags(fv: flags.FlagValues = FLAGS) -> config_lib.ExperimentConf
             num_gpus=fv.num_gpus,
             deterministic=fv.deterministic,
             jit_compile=fv.jit_compile,
+            mixed_precision=fv.mixed_precision_dtype if fv.mixed_precision else "none",
         ),
     )
 

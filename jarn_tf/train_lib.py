@@ -8,6 +8,7 @@ progress bar and exports stay on the host between chunks.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -124,6 +125,10 @@ def validate_config(config: config_lib.ExperimentConfig) -> None:
             "--jarn and --double_backprop are separate regularisers of the paper; use one of them",
         ),
         (t.steps_per_loop >= 1, f"--steps_per_loop must be >= 1, got {t.steps_per_loop}"),
+        (
+            t.mixed_precision in config_lib.MIXED_PRECISION,
+            f"--mixed_precision_dtype must be one of {config_lib.MIXED_PRECISION}, got {t.mixed_precision!r}",
+        ),
         (t.checkpoint_every >= 1, f"--checkpoint_every must be >= 1, got {t.checkpoint_every}"),
         (t.summary_every >= 1, f"--summary_every must be >= 1, got {t.summary_every}"),
         (t.export_every >= 0, f"--export_every must be >= 0, got {t.export_every}"),
@@ -133,6 +138,32 @@ def validate_config(config: config_lib.ExperimentConfig) -> None:
             raise ValueError(message)
     if t.jarn and t.jarn_start_step >= t.train_steps:
         raise ValueError(f"--jarn_start={t.jarn_start} leaves no JARN step in --train_steps={t.train_steps}")
+
+
+def mixed_precision_policy(setting: str) -> Optional[str]:
+    """The Keras dtype policy for ``--mixed_precision``, or None when off.
+
+    ``auto`` picks mixed_float16 on a GPU (tensor cores; needs loss scaling)
+    and mixed_bfloat16 elsewhere (CPU, TPU).
+    """
+    if setting == "none":
+        return None
+    if setting == "auto":
+        setting = "float16" if tf.config.list_logical_devices("GPU") else "bfloat16"
+    return f"mixed_{setting}"
+
+
+@contextlib.contextmanager
+def mixed_precision_scope(setting: str):
+    """Builds models under the mixed policy without leaking it globally."""
+    policy = mixed_precision_policy(setting)
+    previous = keras.mixed_precision.dtype_policy()
+    if policy:
+        keras.mixed_precision.set_dtype_policy(policy)
+    try:
+        yield policy
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
 
 
 def check_model_dir(config: config_lib.ExperimentConfig, model_dir: str) -> None:
@@ -262,7 +293,8 @@ def train(
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(t.seed)
 
-    trainer = build_trainer(config, info, strategy)
+    with mixed_precision_scope(t.mixed_precision):
+        trainer = build_trainer(config, info, strategy)
     with strategy.scope():
         checkpoint = tf.train.Checkpoint(**trainer.checkpoint_items())
         manager = tf.train.CheckpointManager(

@@ -70,6 +70,8 @@ class Trainer:
         self.networks: Dict[str, keras.Model] = {}
         self.optimizers: Dict[str, keras.optimizers.Optimizer] = {}
         self.metrics = MetricSet(self.metric_names)
+        # float16 needs loss scaling; bfloat16 has float32's range and does not.
+        self.loss_scaling = keras.mixed_precision.dtype_policy().name == "mixed_float16"
 
     # -- schedule -------------------------------------------------------------
     def variant(self, step: int) -> Hashable:
@@ -110,11 +112,40 @@ class Trainer:
     def _make_sgd(self, schedule, name: str) -> keras.optimizers.Optimizer:
         # The schedule follows the global step, not the optimizer's own
         # iteration count: the discriminator updates only every k steps.
-        return keras.optimizers.SGD(
-            learning_rate=lambda: schedule(self.step),
-            momentum=self.config.train.momentum,
-            name=f"{name}_sgd",
+        return self._maybe_scaled(
+            keras.optimizers.SGD(
+                learning_rate=lambda: schedule(self.step),
+                momentum=self.config.train.momentum,
+                name=f"{name}_sgd",
+            )
         )
+
+    def _maybe_scaled(self, optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
+        """Wraps the optimizer in dynamic loss scaling under mixed_float16."""
+        if self.loss_scaling:
+            return keras.optimizers.LossScaleOptimizer(optimizer, name=f"{optimizer.name}_scaled")
+        return optimizer
+
+    def _gradients(self, tape: tf.GradientTape, name: str, loss: tf.Tensor) -> list:
+        """Gradients of ``loss`` for network ``name``, loss-scaled if needed.
+
+        The LossScaleOptimizer unscales them in ``apply_gradients`` (and
+        skips the update when they overflow).
+        """
+        if self.loss_scaling:
+            loss = self.optimizers[name].scale_loss(loss)
+        return tape.gradient(loss, self.networks[name].trainable_variables)
+
+    def _inner_scale(self) -> tf.Tensor:
+        """Scale for the inner (input-gradient) tape under float16.
+
+        J would underflow in float16 like any gradient; the classifier
+        optimizer's current loss scale keeps it representable, and J is
+        divided by it again (exactly: the scale is a power of two).
+        """
+        if self.loss_scaling:
+            return tf.cast(self.optimizers["classifier"].scale_loss(tf.constant(1.0)), tf.float32)
+        return tf.constant(1.0)
 
     def replica_step(self, batch: Tuple[tf.Tensor, tf.Tensor], variant: Hashable) -> tf.Tensor:
         """Runs one step on this replica's batch; returns its scaled loss."""
@@ -158,8 +189,8 @@ class ClassifierTrainer(Trainer):
             self.networks["discriminator"] = models.build_discriminator(m, info.image_shape)
             self.optimizers["adaptor"] = self._make_sgd(self.schedule, "adaptor")
             if t.disc_optimizer == "adam":
-                self.optimizers["discriminator"] = keras.optimizers.Adam(
-                    learning_rate=t.disc_learning_rate, name="discriminator_adam"
+                self.optimizers["discriminator"] = self._maybe_scaled(
+                    keras.optimizers.Adam(learning_rate=t.disc_learning_rate, name="discriminator_adam")
                 )
             else:
                 self.optimizers["discriminator"] = self._make_sgd(self.schedule, "discriminator")
@@ -228,15 +259,18 @@ class ClassifierTrainer(Trainer):
         Returns:
           (logits [B, K], J [B, H, W, C]).
         """
+        scale = self._inner_scale()
         with tf.GradientTape() as inner:
             inner.watch(x)
             logits = self.classifier(x, training=training)
             objective = tf.reduce_sum(losses.jacobian_objective(labels, logits, kind))
-        return logits, inner.gradient(objective, x)
+            objective = objective * scale
+        return logits, inner.gradient(objective, x) / scale
 
     def _discriminate(self, jacobian: tf.Tensor, images: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """Adapted Jacobians and discriminator logits on (J', images)."""
         adapted = self.networks["adaptor"](losses.standardize_per_example(jacobian), training=True)
+        adapted = tf.cast(adapted, tf.float32)  # compute dtype under mixed precision
         real = losses.standardize_per_example(images)
         # One batch of fakes then reals, as the reference: batch norm sees both.
         logits = self.networks["discriminator"](tf.concat([adapted, real], axis=0), training=True)

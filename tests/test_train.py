@@ -402,3 +402,28 @@ def test_mirrored_two_cpus_equals_one_device(tiny_data_dir):
     assert result["max_abs_diff"] < 1e-5 * max(1.0, result["scale"]), result
     np.testing.assert_allclose(result["xent"][0], result["xent"][1], rtol=1e-5)
     np.testing.assert_allclose(result["disc"][0], result["disc"][1], rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_mixed_precision_jarn_step(tiny_data_dir, dtype):
+    config = _tiny_config(
+        tiny_data_dir, jarn=True, jarn_start=0.0, at_steps=1, disc_update_every=1, mixed_precision=dtype
+    )
+    with train_lib.mixed_precision_scope(dtype):
+        steps = _single_steps(config, 4)
+        trainer = next(steps)
+    assert keras.mixed_precision.dtype_policy().name == "float32"  # not leaked
+    before = {n: _weights(net) for n, net in trainer.networks.items()}
+    for trainer in steps:
+        pass
+    metrics = trainer.metrics.result()
+    assert all(np.isfinite(v) for v in metrics.values()), metrics
+    classifier = trainer.networks["classifier"]
+    assert classifier.dtype_policy.name == f"mixed_{dtype}"
+    images, _ = next(iter(data.make_eval_dataset(config.data, batch_size=4)))
+    assert classifier(images).dtype == tf.float32  # logits stay float32
+    assert all(w.dtype == "float32" for w in classifier.weights)  # float32 master weights
+    for name, net in trainer.networks.items():
+        assert _changed(before[name], _weights(net)), name
+        assert all(np.all(np.isfinite(w)) for w in _weights(net)), name
+    assert trainer.loss_scaling == (dtype == "float16")
