@@ -77,6 +77,8 @@ _FORWARDED_FLAGS = (
     "eps",
     "double_backprop",
     "seed",
+    "jit_compile",
+    "mixed_precision",
 )
 
 
@@ -122,6 +124,10 @@ def define_bench_flags() -> None:
     define_fraction("eps", None, "L-inf radius of the attacks. Default: the paper's for --dataset.", 0.0, 1.0)
     flags.DEFINE_float("double_backprop", 0.01, "Weight of the double-backprop penalty.", lower_bound=0.0)
     flags.DEFINE_integer("seed", 0, "Seed of the networks and the inputs.")
+    flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA (as jarn_tf.train).")
+    flags.DEFINE_enum(
+        "mixed_precision", "none", ["none", "auto", "float16", "bfloat16"], "Mixed-precision policy."
+    )
     flags.DEFINE_bool("isolate", True, "Run each mode in its own process (clean peak memory).")
     flags.DEFINE_string("output_json", None, "Also write the figures to this JSON file.")
     flags.DEFINE_bool("quiet", False, "Print nothing (with --output_json).")
@@ -156,6 +162,8 @@ def _settings() -> dict:
         double_backprop=FLAGS.double_backprop,
         seed=FLAGS.seed,
         real_data=FLAGS.real_data,
+        jit_compile=FLAGS.jit_compile,
+        mixed_precision=FLAGS.mixed_precision,
     )
 
 
@@ -176,6 +184,8 @@ def mode_config(mode: str, s: dict, data_dir: Optional[str] = None):
         eps=eps,
         noise_eps=eps,
         steps_per_loop=s["steps_per_loop"],
+        jit_compile=s.get("jit_compile", False),
+        mixed_precision=s.get("mixed_precision", "none"),
     )
     fgsm = dict(at_steps=1, step_size=eps, at_random_start=False)  # as jarn_tf.train for --at_steps=1
     train.update(
@@ -283,7 +293,8 @@ def run_mode(mode: str, s: dict, data_dir: Optional[str] = None) -> dict:
     if gpu:
         tf.config.experimental.reset_memory_stats("GPU:0")
     rss_before = _current_rss()
-    trainer = train_step.build_trainer(config, info, strategy)
+    with train_lib.mixed_precision_scope(config.train.mixed_precision):
+        trainer = train_step.build_trainer(config, info, strategy)
     loops = train_lib._LoopFunctions(trainer, strategy)
     spl = s["steps_per_loop"]
 
@@ -400,7 +411,8 @@ def format_report(s: dict, results: Dict[str, dict], summary: dict, measure: str
         f"discriminator {s['disc_layers']} layers / {s['disc_base_channels']} channels "
         f"updated every {s['disc_update_every']} steps, eps {s['eps']:g}, on {device}.",
         f"{s['steps']} timed steps per mode after {s['warmup']} warm-up steps, "
-        f"{s['steps_per_loop']} steps per compiled loop, learning rate {_JARN_PHASE_LR:g}.",
+        f"{s['steps_per_loop']} steps per compiled loop, learning rate {_JARN_PHASE_LR:g}, "
+        f"jit_compile {s.get('jit_compile', False)}, mixed precision {s.get('mixed_precision', 'none')}.",
         f"Peak memory: {measure}.",
         "",
         "| mode | ms/step | images/s | peak memory | x standard | x PGD-AT7 |",
