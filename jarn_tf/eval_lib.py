@@ -779,6 +779,88 @@ def masking_checks(output: EvalOutput, specs: Sequence[AttackSpec], tolerance: f
 # Results.
 
 
+LARGE_EPS = 0.5
+
+
+def eps_checks(
+    model_fn: ModelFn,
+    dataset: tf.data.Dataset,
+    specs: Sequence[AttackSpec],
+    output: EvalOutput,
+    params: AttackParams,
+    num_classes: int,
+    tolerance: float = 0.02,
+    strategy: Optional[tf.distribute.Strategy] = None,
+) -> List[Check]:
+    """The eps-dependent checks of Carlini et al. (2019), with two extra PGD runs.
+
+    Re-runs the strongest white-box PGD attack of ``specs`` (PGD-10 with the
+    margin loss when none was run) at eps / 2 and at a large eps
+    (``LARGE_EPS``, or 1 when eps is already that large), with the same
+    step-to-eps ratio:
+
+    - ``accuracy_not_rising_with_eps``: accuracy at eps / 2 is not below the
+      accuracy at eps (minus ``tolerance``).
+    - ``large_eps_reaches_chance``: at the large eps, accuracy is at most
+      chance (1 / num_classes) plus ``tolerance``; an eps-ball of that size
+      contains images of every class, so a model that stays accurate there
+      is masking gradients.
+
+    Args:
+      model_fn: the evaluated model.
+      dataset: the same examples as the main evaluation.
+      specs: the attacks of the main evaluation.
+      output: its per-example outcomes.
+      params: its hyperparameters.
+      num_classes: number of classes.
+      tolerance: allowed accuracy difference.
+      strategy: as for ``evaluate``.
+
+    Returns:
+      The two checks.
+    """
+    white = [s for s in specs if s.kind == "pgd" and not s.transfer]
+    if white:
+        spec = min(white, key=lambda s: float(np.mean(output.correct[s.name])))
+        at_eps = float(np.mean(output.correct[spec.name]))
+    else:
+        spec = AttackSpec("pgd10_margin", "pgd", steps=10, loss="margin")
+        at_eps = None
+    ratio = params.step_size / params.eps if params.eps > 0 else 0.25
+    large = LARGE_EPS if params.eps < LARGE_EPS else 1.0
+    acc = {}
+    for eps in (params.eps / 2, large) + (() if at_eps is not None else (params.eps,)):
+        run_params = dataclasses.replace(params, eps=eps, pgd_step_size=min(1.0, ratio * eps))
+        out = evaluate(model_fn, dataset, [spec], run_params, strategy=strategy, verbose=0)
+        acc[eps] = float(np.mean(out.correct[spec.name]))
+    if at_eps is None:
+        at_eps = acc[params.eps]
+    half = acc[params.eps / 2]
+    chance = 1.0 / num_classes
+    return [
+        Check(
+            "accuracy_not_rising_with_eps",
+            half >= at_eps - tolerance,
+            {
+                "attack": spec.name,
+                "eps_half": params.eps / 2,
+                "accuracy_half": half,
+                "eps": params.eps,
+                "accuracy": at_eps,
+            },
+            f"{spec.name} accuracy rises from {half:.3f} at eps/2 to {at_eps:.3f} at eps: the attack "
+            f"is failing (gradient masking?).",
+        ),
+        Check(
+            "large_eps_reaches_chance",
+            acc[large] <= chance + tolerance,
+            {"attack": spec.name, "eps": large, "accuracy": acc[large], "chance": chance},
+            f"{spec.name} at eps {large:g} leaves {acc[large]:.3f} accuracy, above chance "
+            f"({chance:.3f}): gradients are probably masked.",
+        ),
+    ]
+
+
 def library_versions() -> Dict[str, str]:
     """Versions of the libraries that determine the numbers."""
     import jarn_tf

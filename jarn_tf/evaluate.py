@@ -93,6 +93,12 @@ def define_evaluate_flags() -> None:
         "Accuracy difference the gradient-masking checks tolerate.",
         lower_bound=0.0,
     )
+    flags.DEFINE_bool(
+        "eps_checks",
+        True,
+        "Also check that accuracy does not rise as eps shrinks and reaches chance at eps 0.5 "
+        "(two extra PGD runs).",
+    )
 
     # Running.
     flags.DEFINE_enum("strategy", "default", ["default", "one_device", "mirrored"], "tf.distribute strategy.")
@@ -243,6 +249,18 @@ def main(argv) -> Optional[int]:
             verbose=FLAGS.verbose,
         )
     checks = eval_lib.masking_checks(output, specs, FLAGS.masking_tolerance)
+    if FLAGS.eps_checks and params.eps > 0 and any(spec.kind != "clean" for spec in specs):
+        with strategy.scope():
+            checks += eval_lib.eps_checks(
+                model.model_fn,
+                dataset,
+                specs,
+                output,
+                params,
+                info.num_classes,
+                FLAGS.masking_tolerance,
+                strategy=strategy,
+            )
     run_info = {
         "model": model.path,
         "model_format": model.format,

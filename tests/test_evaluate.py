@@ -480,3 +480,24 @@ def test_mirrored_strategy_matches_default(runs, tiny_data_dir, tmp_path):
         assert results["mirrored"]["accuracy"][attack] == pytest.approx(
             results["default"]["accuracy"][attack]
         )
+
+
+def test_eps_checks_pass_on_plain_and_fail_on_masked_model(model_a, tiny_data_dir):
+    dataset = _dataset(tiny_data_dir)
+    params = eval_lib.AttackParams(eps=0.1)
+    specs = eval_lib.parse_attacks(["clean", "pgd10"])
+
+    def masked(x):
+        # Saturated softmax: cross-entropy gradients underflow to zero.
+        return 1e6 * model_a.model_fn(x)
+
+    verdicts = {}
+    for name, fn in (("plain", model_a.model_fn), ("masked", masked)):
+        output = eval_lib.evaluate(fn, dataset, specs, params, verbose=0)
+        checks = eval_lib.eps_checks(fn, dataset, specs, output, params, num_classes=10)
+        verdicts[name] = {c.name: c for c in checks}
+    assert set(verdicts["plain"]) == {"accuracy_not_rising_with_eps", "large_eps_reaches_chance"}
+    assert verdicts["plain"]["large_eps_reaches_chance"].passed, verdicts["plain"]["large_eps_reaches_chance"]
+    assert verdicts["plain"]["accuracy_not_rising_with_eps"].passed
+    assert not verdicts["masked"]["large_eps_reaches_chance"].passed
+    assert verdicts["masked"]["large_eps_reaches_chance"].detail["accuracy"] > 0.5
