@@ -19,30 +19,23 @@ from jarn_tf import analysis
 from jarn_tf import config as config_lib
 from jarn_tf import data, eval_lib, losses, train_lib
 
+from test_train import _tiny_config
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(data_dir: str, **train_kwargs) -> config_lib.ExperimentConfig:
-    train = dict(
+    """test_train's tiny config, trained longer (60 steps of 32) for the evaluated models."""
+    settings = dict(
         train_steps=60,
         batch_size=32,
         learning_rate=0.1,
         steps_per_loop=20,
         checkpoint_every=60,
         summary_every=60,
-        image_summary_every=0,
-        eps=0.1,
-        step_size=0.1,
-        noise_eps=0.1,
     )
-    train.update(train_kwargs)
-    return config_lib.ExperimentConfig(
-        data=config_lib.DataConfig(dataset="fashion_mnist", data_dir=data_dir, download=False),
-        model=config_lib.ModelConfig(
-            model="mnist_cnn", cnn_channels=(8, 16, 16), disc_layers=2, disc_base_channels=8
-        ),
-        train=config_lib.TrainConfig(**train),
-    )
+    settings.update(train_kwargs)
+    return _tiny_config(data_dir, **settings)
 
 
 @pytest.fixture(scope="module")
