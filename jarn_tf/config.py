@@ -98,7 +98,8 @@ class TrainConfig:
       image_summary_every: steps between image summaries (x, J, adapted J).
       export_every: steps between exports; 0 = only at the end.
       keep_checkpoints: how many checkpoints to keep.
-      strategy: ``default``, ``one_device``, ``mirrored``.
+      strategy: ``default``, ``one_device``, ``mirrored`` (local GPUs),
+        ``multi_worker`` (the workers of ``TF_CONFIG``) or ``tpu``.
       num_gpus: devices for ``mirrored`` (0 = all visible).
       jit_compile: compile the replica step with XLA.
       mixed_precision: ``none``; ``auto`` (mixed_float16 on GPU,

@@ -45,10 +45,17 @@ def to_display(images: tf.Tensor) -> tf.Tensor:
 
 
 class SummaryWriter:
-    """Writes scalars and images under ``model_dir/<name>`` for TensorBoard."""
+    """Writes scalars and images under ``model_dir/<name>`` for TensorBoard.
 
-    def __init__(self, model_dir: str, name: str = "train"):
-        self.writer = tf.summary.create_file_writer(os.path.join(model_dir, name))
+    ``enabled=False`` (the non-chief workers of a multi-worker run) writes
+    nothing, so only one process writes each event file.
+    """
+
+    def __init__(self, model_dir: str, name: str = "train", enabled: bool = True):
+        if enabled:
+            self.writer = tf.summary.create_file_writer(os.path.join(model_dir, name))
+        else:
+            self.writer = tf.summary.create_noop_writer()
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         with self.writer.as_default(step=step):

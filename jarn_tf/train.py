@@ -149,8 +149,17 @@ def define_train_flags() -> None:
     flags.DEFINE_float("weight_decay", 2e-4, "Coefficient of sum(w^2)/2 over kernels.", lower_bound=0.0)
 
     # Running.
-    flags.DEFINE_enum("strategy", "default", ["default", "one_device", "mirrored"], "tf.distribute strategy.")
+    flags.DEFINE_enum(
+        "strategy",
+        "default",
+        ["default", "one_device", "mirrored", "multi_worker", "tpu"],
+        "tf.distribute strategy: mirrored = the GPUs of this machine; multi_worker = "
+        "MultiWorkerMirroredStrategy over the workers of TF_CONFIG; tpu = TPUStrategy.",
+    )
     flags.DEFINE_integer("num_gpus", 0, "GPUs for --strategy=mirrored; 0 = all.", lower_bound=0)
+    flags.DEFINE_string(
+        "tpu", None, "TPU name or grpc:// address for --strategy=tpu ('local' on a TPU VM). Default: TPU_NAME."
+    )
     flags.DEFINE_integer(
         "cpu_devices",
         0,
@@ -299,23 +308,31 @@ def main(argv) -> Optional[int]:
     distribute.configure_cpu_devices(FLAGS.cpu_devices)
     from jarn_tf import data, train_lib
 
+    # TensorFlow's own INFO lines (saver sharding, SavedModel assets, the
+    # strategy's setup) drown the progress bar; --verbosity=0 brings them back.
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
     try:
         config = config_from_flags()
         train_lib.validate_config(config)
         data.describe_source(config.data)
+        if config.train.strategy == "multi_worker":
+            distribute.read_tf_config()  # before any worker waits for the others
+        strategy = None
+        if config.train.strategy in distribute.CLUSTER_STRATEGIES:
+            # These configure the runtime, so they come before any other op.
+            strategy = distribute.get_strategy(config.train.strategy, tpu=FLAGS.tpu)
     except (ValueError, data.DatasetNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    # TensorFlow's own INFO lines (saver sharding, SavedModel assets) drown
-    # the progress bar; --verbosity=0 brings them back.
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
     logging.info("Configuration: %s", config.to_dict())
     model_dir = os.path.abspath(FLAGS.model_dir)
     print(f"Training {config.train.mode} on {config.data.dataset} in {model_dir}")
     print(f"TensorBoard: tensorboard --logdir {model_dir}")
     try:
-        result = train_lib.train(config, model_dir, eval_examples=FLAGS.eval_examples, verbose=FLAGS.verbose)
+        result = train_lib.train(
+            config, model_dir, eval_examples=FLAGS.eval_examples, verbose=FLAGS.verbose, strategy=strategy
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -325,8 +342,9 @@ def main(argv) -> Optional[int]:
     if result.preempted:
         print(f"Preempted (SIGTERM): checkpoint saved at step {result.step}. Run the same command to resume.")
         return 0
-    print(f"Finished at step {result.step} in {result.seconds:.0f} s.")
-    if result.export_dir:
+    resumed = f" (resumed from step {result.start_step})" if result.start_step else ""
+    print(f"Finished at step {result.step} in {result.seconds:.0f} s{resumed}.")
+    if result.export_dir and result.chief:
         print(f"Exported to {result.export_dir}")
     return 0
 

@@ -12,7 +12,9 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from typing import Callable, Dict, Hashable, Optional, Tuple
@@ -47,6 +49,8 @@ class TrainResult:
       seconds: wall time of the training loop.
       trainer: the live trainer (networks, optimizers), for inspection.
       preempted: it stopped early on SIGTERM, after saving a checkpoint.
+      chief: this process wrote the run's files (always, except on the
+        non-chief workers of ``--strategy=multi_worker``).
     """
 
     start_step: int
@@ -56,14 +60,17 @@ class TrainResult:
     seconds: float
     trainer: Trainer
     preempted: bool = False
+    chief: bool = True
 
 
 class _PreemptionWatch:
     """Turns SIGTERM into a flag the loop checks between chunks.
 
     The loop then saves a checkpoint at the current step and returns, so a
-    preempted job loses nothing and resumes where it stopped. Only the main
-    thread can install signal handlers; elsewhere this watches nothing.
+    preempted job loses nothing and resumes where it stopped. With several
+    workers the flags are all-reduced at each check, so a signal to any one
+    worker stops every worker at the same step. Only the main thread can
+    install signal handlers; elsewhere this watches nothing.
     """
 
     def __init__(self):
@@ -255,6 +262,7 @@ def train(
     eval_examples: int = 1000,
     stop_after: Optional[int] = None,
     verbose: int = 1,
+    strategy: Optional[tf.distribute.Strategy] = None,
 ) -> TrainResult:
     """Trains (or resumes) the run in ``model_dir`` and exports it.
 
@@ -265,7 +273,11 @@ def train(
         export (0 to skip).
       stop_after: stop (checkpointed, not exported) once this step is
         reached; for tests that simulate an interrupted run.
-      verbose: 1 shows a progress bar, 0 is silent.
+      verbose: 1 shows a progress bar, 0 is silent (non-chief workers are
+        always silent).
+      strategy: the strategy of ``config.train.strategy``, when the caller
+        had to build it first (``multi_worker`` and ``tpu`` must exist before
+        any other TensorFlow op); None builds it here.
 
     Returns:
       The final step, the last metrics, the export directory and wall time.
@@ -277,18 +289,44 @@ def train(
         left in place.
     """
     validate_config(config)
-    info = data.dataset_info(config.data.dataset)
     data.describe_source(config.data)  # fail fast when the data is missing
     check_model_dir(config, model_dir)
     t = config.train
 
-    strategy = distribute.get_strategy(t.strategy, t.num_gpus)
+    if strategy is None:
+        strategy = distribute.get_strategy(t.strategy, t.num_gpus)
     if t.batch_size % strategy.num_replicas_in_sync:
         raise ValueError(
             f"--batch_size={t.batch_size} must be divisible by the "
             f"{strategy.num_replicas_in_sync} replicas of --strategy={t.strategy}"
         )
     os.makedirs(model_dir, exist_ok=True)
+    chief = distribute.is_chief(strategy)
+    # Every worker takes part in every save (a save can run collectives);
+    # only the chief's files land in model_dir, the others go to a scratch
+    # directory that is removed at the end.
+    scratch = None if chief else tempfile.mkdtemp(prefix="jarn_tf-%s%d-" % distribute.task(strategy))
+    try:
+        return _train(config, model_dir, strategy, chief, scratch or model_dir, eval_examples, stop_after, verbose)
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _train(
+    config: config_lib.ExperimentConfig,
+    model_dir: str,
+    strategy: tf.distribute.Strategy,
+    chief: bool,
+    write_dir: str,
+    eval_examples: int,
+    stop_after: Optional[int],
+    verbose: int,
+) -> TrainResult:
+    """``train`` once the strategy is known; this process writes to ``write_dir``."""
+    t = config.train
+    info = data.dataset_info(config.data.dataset)
+    verbose = verbose if chief else 0
     if t.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(t.seed)
@@ -299,15 +337,20 @@ def train(
         checkpoint = tf.train.Checkpoint(**trainer.checkpoint_items())
         manager = tf.train.CheckpointManager(
             checkpoint,
-            os.path.join(model_dir, CHECKPOINT_DIR),
-            max_to_keep=t.keep_checkpoints,
+            os.path.join(write_dir, CHECKPOINT_DIR),
+            max_to_keep=t.keep_checkpoints if chief else 1,
             step_counter=trainer.step,
         )
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("Restored %s at step %d.", manager.latest_checkpoint, int(trainer.step))
+    # Every worker restores the chief's latest checkpoint, so a restarted
+    # multi-worker job resumes from one step on all workers.
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_DIR))
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
     start = int(trainer.step.numpy())
-    config_lib.write_config(config, os.path.join(model_dir, CONFIG_FILE))
+    if latest:
+        logging.info("Restored %s at step %d.", latest, start)
+    if chief:
+        config_lib.write_config(config, os.path.join(model_dir, CONFIG_FILE))
 
     end = t.train_steps if stop_after is None else min(t.train_steps, stop_after)
     dataset = strategy.distribute_datasets_from_function(
@@ -317,13 +360,13 @@ def train(
     )
     iterator = iter(dataset)
     loops = _LoopFunctions(trainer, strategy)
-    writer = SummaryWriter(model_dir, "train")
-    eval_writer = SummaryWriter(model_dir, "eval")
+    writer = SummaryWriter(model_dir, "train", enabled=chief)
+    eval_writer = SummaryWriter(model_dir, "eval", enabled=chief)
     summary_images = tf.function(trainer.summary_images)
     fixed_images, fixed_labels = _fixed_summary_batch(config)
 
     def do_export(step: int) -> str:
-        export_dir = os.path.join(model_dir, EXPORT_DIR)
+        export_dir = os.path.join(write_dir, EXPORT_DIR)
         classifier = trainer.export_model()
         metadata = {
             "dataset": config.data.dataset,
@@ -355,6 +398,13 @@ def train(
     last: Dict[str, float] = {}
     export_dir = None
     preempted = False
+    last_saved = start if latest else None
+    any_worker = distribute.AnyWorker(strategy)
+
+    def save(step: int) -> None:
+        nonlocal last_saved
+        manager.save(checkpoint_number=step, check_interval=False)
+        last_saved = step
     with _PreemptionWatch() as watch:
         while step < end:
             # Run up to the next step where the host has work to do.
@@ -365,9 +415,10 @@ def train(
             step = int(trainer.step.numpy())
             bad = int(loops.bad_step.numpy())
             if bad >= 0:
+                kept = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_DIR))
                 raise NonFiniteLossError(
                     f"Non-finite loss at step {bad}; stopped at step {step}. The last good checkpoint "
-                    f"({manager.latest_checkpoint or 'none'}) was left untouched."
+                    f"({kept or 'none'}) was left untouched."
                 )
             values = trainer.metrics.result()
             if verbose:
@@ -383,21 +434,22 @@ def train(
             if t.image_summary_every and (step % t.image_summary_every == 0 or step == end):
                 writer.images(step, summary_images(fixed_images, fixed_labels), _NUM_SUMMARY_IMAGES)
             if step % t.checkpoint_every == 0:
-                manager.save(checkpoint_number=step)
+                save(step)
             if t.export_every and step % t.export_every == 0 and step < t.train_steps:
                 export_dir = do_export(step)
-            if watch.requested:
+            if any_worker(watch.requested):
                 preempted = True
                 break
 
-    if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
-        manager.save(checkpoint_number=step, check_interval=False)
+    if last_saved != step:
+        save(step)
     if step >= t.train_steps:
         export_dir = do_export(step)
     if preempted:
         logging.warning("Preempted: checkpoint saved at step %d; run again to resume.", step)
     writer.close()
     eval_writer.close()
+    any_worker(False)  # a barrier: the workers finish together
     return TrainResult(
         start_step=start,
         step=step,
@@ -406,4 +458,5 @@ def train(
         seconds=time.time() - tic,
         trainer=trainer,
         preempted=preempted,
+        chief=chief,
     )

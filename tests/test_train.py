@@ -427,3 +427,26 @@ def test_mixed_precision_jarn_step(tiny_data_dir, dtype):
         assert _changed(before[name], _weights(net)), name
         assert all(np.all(np.isfinite(w)) for w in _weights(net)), name
     assert trainer.loss_scaling == (dtype == "float16")
+
+
+def test_mirrored_run_resumes_from_its_checkpoint(tiny_data_dir, tmp_path):
+    # Restoring reads the step of a MirroredVariable (a regression: it failed).
+    args = (
+        [sys.executable, "-m", "jarn_tf.train"]
+        + TINY
+        + [
+            f"--data_dir={tiny_data_dir}",
+            f"--model_dir={tmp_path / 'm'}",
+            "--cpu_devices=2",
+            "--strategy=mirrored",
+            "--train_steps=4",
+            "--checkpoint_every=2",
+            "--eval_examples=0",
+        ]
+    )
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    first = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Finished at step 4" in again.stdout and "(resumed from step 4)" in again.stdout, again.stdout
