@@ -53,6 +53,7 @@ def eps_sweep(
     max_eps: float = 1.0,
     strategy: Optional[tf.distribute.Strategy] = None,
     verbose: int = 0,
+    jit_compile: bool = False,
 ) -> Dict[str, Any]:
     """Accuracy against eps for every (model, attack).
 
@@ -67,6 +68,7 @@ def eps_sweep(
       max_eps: the largest eps the sweep extends to.
       strategy: tf.distribute strategy for the attacks.
       verbose: progress bars.
+      jit_compile: compile the attacks with XLA.
 
     Returns:
       ``{"eps": [...], "extended_from": last grid eps, "curves": [{"model",
@@ -89,7 +91,11 @@ def eps_sweep(
     def run(eps: float) -> float:
         worst = 0.0
         params = eval_lib.AttackParams(
-            eps=eps, pgd_step_size=step_fraction * eps if eps > 0 else None, pgd_restarts=restarts, seed=seed
+            eps=eps,
+            pgd_step_size=step_fraction * eps if eps > 0 else None,
+            pgd_restarts=restarts,
+            seed=seed,
+            jit_compile=jit_compile,
         )
         for name, model_fn in models.items():
             out = eval_lib.evaluate(model_fn, dataset, specs, params, strategy=strategy, verbose=verbose)

@@ -92,7 +92,11 @@ def main(argv) -> int:
     eps, steps = FLAGS.eps, FLAGS.steps
     step_size = eps / 4
 
-    ours = tf.function(lambda x, y: attacks.pgd(model_fn, x, y, eps, step_size, steps, random_start=False))
+    def ours_fn(x, y):
+        return attacks.pgd(model_fn, x, y, eps, step_size, steps, random_start=False)
+
+    ours = tf.function(ours_fn)
+    ours_xla = tf.function(ours_fn, jit_compile=True)  # what evaluate --jit_compile runs
 
     def cleverhans(x, y):
         return projected_gradient_descent(
@@ -112,6 +116,7 @@ def main(argv) -> int:
     cleverhans_compiled = tf.function(cleverhans)
     runs: Dict[str, Callable[[], object]] = {
         "jarn_tf pgd (tf.function)": lambda: ours(images, labels),
+        "jarn_tf pgd (XLA, --jit_compile)": lambda: ours_xla(images, labels),
         "cleverhans pgd (eager)": lambda: cleverhans(images, labels),
         "cleverhans pgd (tf.function)": lambda: cleverhans_compiled(images, labels),
     }

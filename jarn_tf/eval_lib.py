@@ -358,6 +358,9 @@ class AttackParams:
         robust only if it survives all of them.
       pgd_random_start: start PGD from a uniform point of the eps-ball.
       seed: seed of the random starts (and AutoAttack).
+      jit_compile: compile FGSM and PGD (with the model) with XLA. XLA may
+        draw other random starts than the plain graph for the same seed.
+        AutoAttack stays a plain ``tf.function``.
     """
 
     eps: float
@@ -365,6 +368,7 @@ class AttackParams:
     pgd_restarts: int = 1
     pgd_random_start: bool = True
     seed: int = 0
+    jit_compile: bool = False
 
     @property
     def step_size(self) -> float:
@@ -465,7 +469,11 @@ def craft_adversarial(
         tf.TensorSpec([None], tf.int64),
         tf.TensorSpec([2], tf.int64),
     ]
-    fn = tf.function(_craft_fn(spec, params, model_fn, source_fn), input_signature=signature)
+    fn = tf.function(
+        _craft_fn(spec, params, model_fn, source_fn),
+        input_signature=signature,
+        jit_compile=params.jit_compile or None,
+    )
     return fn(images, tf.convert_to_tensor(labels, tf.int64), seed)
 
 
@@ -564,7 +572,11 @@ def evaluate(
 
     def compiled(replica_fn):
         # One compiled step per attack: strategy.run inside tf.function, so
-        # that every replica runs the attack as a graph.
+        # that every replica runs the attack as a graph (an XLA cluster with
+        # --jit_compile; the host loop around it stays a plain graph).
+        if params.jit_compile:
+            replica_fn = tf.function(replica_fn, jit_compile=True, reduce_retracing=True)
+
         @tf.function(reduce_retracing=True)
         def step(images, labels, seed):
             return strategy.run(replica_fn, args=(images, labels, seed))
@@ -926,6 +938,7 @@ def build_results(
         "num_examples": output.num_examples,
         "seed": params.seed,
         "eps": params.eps,
+        "jit_compile": params.jit_compile,
         "accuracy": acc,
         "attacks": attacks_out,
         "worst_case_over": [s.name for s in specs],

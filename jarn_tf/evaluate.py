@@ -110,6 +110,10 @@ def define_evaluate_flags() -> None:
         lower_bound=0,
     )
 
+    flags.DEFINE_bool(
+        "jit_compile", False, "Compile FGSM and PGD with XLA (AutoAttack stays a plain tf.function)."
+    )
+
     # Analyses.
     flags.DEFINE_bool(
         "eps_sweep", False, "Plot accuracy against eps (paper Fig. 2): eps_sweep.png/.json/.csv."
@@ -219,6 +223,7 @@ def main(argv) -> Optional[int]:
             pgd_restarts=FLAGS.pgd_restarts,
             pgd_random_start=FLAGS.pgd_random_start,
             seed=FLAGS.seed,
+            jit_compile=FLAGS.jit_compile,
         )
         params.validate()
         strategy = distribute.get_strategy(FLAGS.strategy, FLAGS.num_gpus)
@@ -305,6 +310,7 @@ def main(argv) -> Optional[int]:
                 restarts=FLAGS.pgd_restarts,
                 seed=FLAGS.seed,
                 strategy=strategy,
+                jit_compile=FLAGS.jit_compile,
             )
         sweep["num_examples"] = min(sweep_n, available)
         sweep["dataset"] = info.name

@@ -63,4 +63,5 @@ def test_benchmark_command_prints_figures():
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "jarn_tf pgd (tf.function)" in proc.stdout and "cleverhans pgd (eager)" in proc.stdout
+    assert "jarn_tf pgd (XLA, --jit_compile)" in proc.stdout
     assert "images / s" in proc.stdout and "pixels differing" in proc.stdout

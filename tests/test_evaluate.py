@@ -494,3 +494,25 @@ def test_eps_checks_pass_on_plain_and_fail_on_masked_model(model_a, tiny_data_di
     assert verdicts["plain"]["accuracy_not_rising_with_eps"].passed
     assert not verdicts["masked"]["large_eps_reaches_chance"].passed
     assert verdicts["masked"]["large_eps_reaches_chance"].detail["accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("form", ["keras", "saved_model"])
+def test_xla_compiled_attacks_match_plain_graphs(form, runs, model_a, tiny_data_dir):
+    model = model_a if form == "keras" else eval_lib.load_model(os.path.join(runs["a"], "export", "saved_model"))
+    specs = eval_lib.parse_attacks(["clean", "fgsm", "pgd5", "pgd5_margin"])
+    out = {}
+    for jit in (False, True):
+        params = eval_lib.AttackParams(eps=0.2, pgd_random_start=False, jit_compile=jit)
+        out[jit] = eval_lib.evaluate(model.model_fn, _dataset(tiny_data_dir), specs, params, verbose=0)
+    plain, xla = out[False].accuracies(), out[True].accuracies()
+    assert plain["clean"] > plain["pgd5_margin"] + 0.5, plain  # the attacks do something
+    for name in plain:
+        assert abs(plain[name] - xla[name]) <= 1 / 48 + 1e-9, (name, plain, xla)
+    # The adversarial images themselves agree (same path, same steps).
+    images, labels = next(iter(_dataset(tiny_data_dir, 20, 20)))
+    for spec in specs[1:]:
+        a, _ = eval_lib.craft_adversarial(spec, eval_lib.AttackParams(eps=0.2, pgd_random_start=False), model.model_fn, images, labels)
+        b, _ = eval_lib.craft_adversarial(
+            spec, eval_lib.AttackParams(eps=0.2, pgd_random_start=False, jit_compile=True), model.model_fn, images, labels
+        )
+        assert float(np.mean(np.abs(a.numpy() - b.numpy()) > 1e-4)) < 0.01, spec.name
