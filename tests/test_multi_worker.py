@@ -325,3 +325,33 @@ def test_launcher_rejects_bad_arguments():
     for args in ([], ["0"], ["two"], ["2", "--strategy=mirrored"]):
         proc = subprocess.run(["bash", LAUNCHER] + args, capture_output=True, text=True, cwd=REPO, env=_env())
         assert proc.returncode == 2, (args, proc.stderr)
+
+
+def test_read_tf_config_accepts_clusters_and_names_the_problem():
+    from jarn_tf import distribute
+
+    chief_cluster = {"chief": ["a:1"], "worker": ["b:1", "c:1"]}
+    for task in ({"type": "chief", "index": 0}, {"type": "worker", "index": 1}):
+        config = distribute.read_tf_config({"TF_CONFIG": json.dumps({"cluster": chief_cluster, "task": task})})
+        assert config["task"] == task
+    bad = {
+        json.dumps({"cluster": {"chief": ["a:1", "b:1"]}, "task": {"type": "chief", "index": 0}}): "at most one",
+        json.dumps({"cluster": {"worker": ["a:1"]}}): "no \"task\"",
+        json.dumps({"task": {"type": "worker", "index": 0}}): "no \"cluster\"",
+        json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}): "not in its cluster",
+    }
+    for raw, message in bad.items():
+        with pytest.raises(ValueError, match=message):
+            distribute.read_tf_config({"TF_CONFIG": raw})
+
+
+def test_single_process_strategies_are_their_own_chief():
+    import tensorflow as tf
+
+    from jarn_tf import distribute
+
+    strategy = tf.distribute.get_strategy()
+    assert distribute.is_chief(strategy) and distribute.num_workers(strategy) == 1
+    assert distribute.task(strategy) == ("worker", 0)
+    flag = distribute.AnyWorker(strategy)
+    assert flag(True) is True and flag(False) is False
