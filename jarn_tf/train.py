@@ -344,7 +344,7 @@ def main(argv) -> Optional[int]:
         return 0
     resumed = f" (resumed from step {result.start_step})" if result.start_step else ""
     print(f"Finished at step {result.step} in {result.seconds:.0f} s{resumed}.")
-    if result.export_dir and result.chief:
+    if result.export_dir:
         print(f"Exported to {result.export_dir}")
     return 0
 

@@ -375,7 +375,7 @@ def _train(
             "mode": t.mode,
             "config": config.to_dict(),
         }
-        if eval_examples:
+        if eval_examples and chief:  # the other workers' exports are thrown away
             acc = _evaluate_clean(classifier, config, eval_examples)
             metadata["clean_accuracy"] = {"value": acc, "num_test_examples": eval_examples}
             eval_writer.scalars(step, {"eval/clean_accuracy": acc})
@@ -454,7 +454,7 @@ def _train(
         start_step=start,
         step=step,
         metrics=last,
-        export_dir=export_dir,
+        export_dir=export_dir if chief else None,
         seconds=time.time() - tic,
         trainer=trainer,
         preempted=preempted,
