@@ -38,7 +38,8 @@ class MetricSet:
 
 def to_display(images: tf.Tensor) -> tf.Tensor:
     """Rescales each image to [0, 1] (min-max) so Jacobians are visible."""
-    images = tf.convert_to_tensor(images, tf.float32)
+    # float16/bfloat16 under mixed precision (the adaptor's output).
+    images = tf.cast(images, tf.float32)
     lo = tf.reduce_min(images, axis=[1, 2, 3], keepdims=True)
     hi = tf.reduce_max(images, axis=[1, 2, 3], keepdims=True)
     return (images - lo) / tf.maximum(hi - lo, 1e-12)

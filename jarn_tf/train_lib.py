@@ -300,6 +300,14 @@ def train(
             f"--batch_size={t.batch_size} must be divisible by the "
             f"{strategy.num_replicas_in_sync} replicas of --strategy={t.strategy}"
         )
+    if t.jit_compile and strategy.num_replicas_in_sync > 1 and not tf.config.list_logical_devices("GPU"):
+        # TensorFlow: "Collectives are not yet implemented for CPU devices
+        # when compiling with XLA"; the step's gradient all-reduce is one.
+        raise ValueError(
+            f"--jit_compile cannot compile the cross-replica gradient sum on CPU devices "
+            f"({strategy.num_replicas_in_sync} replicas of --strategy={t.strategy}); drop --jit_compile, "
+            "or use GPUs"
+        )
     os.makedirs(model_dir, exist_ok=True)
     chief = distribute.is_chief(strategy)
     # Every worker takes part in every save (a save can run collectives);

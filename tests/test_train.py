@@ -450,3 +450,44 @@ def test_mirrored_run_resumes_from_its_checkpoint(tiny_data_dir, tmp_path):
     again = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Finished at step 4" in again.stdout and "(resumed from step 4)" in again.stdout, again.stdout
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_mixed_precision_whole_run_with_image_summaries_and_export(dtype, tiny_data_dir, tmp_path):
+    # The loop around the step: image summaries of the (half-precision)
+    # adapted Jacobian, checkpoints, the export and its clean accuracy.
+    config = _tiny_config(
+        tiny_data_dir, jarn=True, jarn_start=0.5, image_summary_every=3, mixed_precision=dtype
+    )
+    model_dir = str(tmp_path / dtype)
+    result = train_lib.train(config, model_dir, eval_examples=32, verbose=0)
+    assert result.step == config.train.train_steps and result.export_dir
+    images = read_events(os.path.join(model_dir, "train"))
+    assert "images/adapted_jacobian" in images and "images/jacobian" in images
+    loaded = tf.saved_model.load(os.path.join(result.export_dir, "saved_model"))
+    batch, _ = next(iter(data.make_eval_dataset(config.data, batch_size=4)))
+    logits = loaded.signatures["serving_default"](images=batch)["logits"]
+    assert logits.dtype == tf.float32 and np.all(np.isfinite(logits.numpy()))
+
+
+def test_jit_compile_with_cpu_replicas_fails_before_work(tiny_data_dir, tmp_path):
+    # XLA cannot compile collectives on CPU devices: a clear error, not a crash.
+    proc = subprocess.run(
+        [sys.executable, "-m", "jarn_tf.train"]
+        + TINY
+        + [
+            f"--data_dir={tiny_data_dir}",
+            f"--model_dir={tmp_path / 'm'}",
+            "--train_steps=4",
+            "--cpu_devices=2",
+            "--strategy=mirrored",
+            "--jit_compile",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2"),
+        cwd=REPO,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "--jit_compile cannot compile the cross-replica gradient sum" in proc.stderr
+    assert not os.path.exists(tmp_path / "m" / "checkpoints")
