@@ -290,10 +290,18 @@ def test_sigterm_to_one_worker_checkpoints_every_worker_at_one_step(tiny_data_di
 )
 def test_bad_tf_config_fails_before_work(tf_config, message, tiny_data_dir, tmp_path):
     env = _env() if tf_config is None else _env(TF_CONFIG=tf_config)
+    _assert_fails_before_work("--strategy=multi_worker", env, message, tiny_data_dir, tmp_path)
+
+
+def test_tpu_without_a_tpu_fails_clearly(tiny_data_dir, tmp_path):
+    _assert_fails_before_work("--strategy=tpu", _env(), "--strategy=tpu found no TPU", tiny_data_dir, tmp_path)
+
+
+def _assert_fails_before_work(strategy_flag: str, env: dict, message: str, data_dir: str, tmp_path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "jarn_tf.train"]
         + TINY
-        + [f"--data_dir={tiny_data_dir}", f"--model_dir={tmp_path / 'm'}", "--strategy=multi_worker"],
+        + [f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'm'}", strategy_flag],
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -302,22 +310,6 @@ def test_bad_tf_config_fails_before_work(tf_config, message, tiny_data_dir, tmp_
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr
-    assert not os.path.exists(tmp_path / "m")
-
-
-def test_tpu_without_a_tpu_fails_clearly(tiny_data_dir, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "jarn_tf.train"]
-        + TINY
-        + [f"--data_dir={tiny_data_dir}", f"--model_dir={tmp_path / 'm'}", "--strategy=tpu"],
-        env=_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "--strategy=tpu found no TPU" in proc.stderr
     assert not os.path.exists(tmp_path / "m")
 
 
