@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Optional
+from typing import List, Optional, Sequence
 
 from absl import app, flags, logging
 
@@ -349,10 +349,57 @@ def main(argv) -> Optional[int]:
     return 0
 
 
+# Both set the length of the run. As with any flag given twice, the one given
+# last wins, so a flagfile's --epochs can be overridden by a --train_steps
+# after it, and the other way round.
+_LENGTH_FLAGS = ("train_steps", "epochs")
+
+
+def keep_last_length_flag(args: Sequence[str]) -> List[str]:
+    """Expands flagfiles and drops the earlier of --train_steps / --epochs.
+
+    Args:
+      args: command-line arguments without the program name.
+
+    Returns:
+      The arguments with every flagfile expanded in place and, when both
+      length flags occur, every occurrence of the one given first removed.
+    """
+    expanded = FLAGS.read_flags_from_files(list(args), force_gnu=False)
+
+    def length_flag(arg: str) -> Optional[str]:
+        name = arg.lstrip("-").split("=", 1)[0]
+        return name if arg.startswith("-") and name in _LENGTH_FLAGS else None
+
+    end = expanded.index("--") if "--" in expanded else len(expanded)
+    last = {length_flag(a): i for i, a in enumerate(expanded[:end]) if length_flag(a)}
+    if len(last) < 2:
+        return expanded
+    dropped = min(last, key=last.get)
+    out: List[str] = []
+    skip_value = False
+    for i, arg in enumerate(expanded):
+        if skip_value:
+            skip_value = False
+        elif i < end and length_flag(arg) == dropped:
+            skip_value = "=" not in arg  # "--epochs 4": the value is the next argument
+        else:
+            out.append(arg)
+    return out
+
+
+def _parse_flags(argv: List[str]) -> List[str]:
+    try:
+        args = keep_last_length_flag(argv[1:])
+    except flags.Error:
+        args = argv[1:]  # an unreadable flagfile: absl's parser reports it as usual
+    return app.parse_flags_with_usage(argv[:1] + args)
+
+
 def run() -> None:
     """Console-script entry point (``jarn-train``)."""
     define_train_flags()
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import glob
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -132,3 +134,38 @@ def test_failed_export_keeps_previous_export(tiny_data_dir, tmp_path, monkeypatc
 
     old_keras = keras.saving.load_model(os.path.join(result.export_dir, "classifier.keras"))
     np.testing.assert_allclose(old_keras(images).numpy(), before, rtol=1e-5, atol=1e-5)
+
+
+def test_later_of_epochs_and_train_steps_wins(tmp_path):
+    flagfile = tmp_path / "run.cfg"
+    flagfile.write_text("--dataset=fashion_mnist\n--epochs=4\n--batch_size=64\n")
+    keep = train_entry.keep_last_length_flag
+    assert keep([f"--flagfile={flagfile}", "--train_steps=200"]) == [
+        "--dataset=fashion_mnist",
+        "--batch_size=64",
+        "--train_steps=200",
+    ]
+    assert keep(["--train_steps=5", f"--flagfile={flagfile}"]) == [
+        "--dataset=fashion_mnist",
+        "--epochs=4",
+        "--batch_size=64",
+    ]
+    assert keep(["--epochs", "2", "--train_steps", "7"]) == ["--train_steps", "7"]
+    assert keep(["--epochs=2", "--", "--train_steps=7"]) == ["--epochs=2", "--", "--train_steps=7"]
+    assert keep(["--epochs=2"]) == ["--epochs=2"]
+
+
+def test_train_steps_overrides_a_flagfiles_epochs_on_the_command_line(tiny_data_dir, tmp_path):
+    flagfile = tmp_path / "run.cfg"
+    flagfile.write_text("--epochs=4\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "jarn_tf.train", f"--flagfile={flagfile}"]
+        + TINY
+        + [f"--data_dir={tiny_data_dir}", f"--model_dir={tmp_path / 'm'}", "--train_steps=3", "--eval_examples=0"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2"),
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Finished at step 3 " in proc.stdout
