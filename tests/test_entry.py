@@ -5,8 +5,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,7 +15,7 @@ from absl import flags
 from jarn_tf import data, export, train_lib
 from jarn_tf import train as train_entry
 
-from test_train import TINY, _tiny_config, run_main
+from test_train import TINY, _tiny_config, run_main, train_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGFILES = sorted(glob.glob(os.path.join(REPO, "flags", "*.cfg")))
@@ -158,14 +156,12 @@ def test_later_of_epochs_and_train_steps_wins(tmp_path):
 def test_train_steps_overrides_a_flagfiles_epochs_on_the_command_line(tiny_data_dir, tmp_path):
     flagfile = tmp_path / "run.cfg"
     flagfile.write_text("--epochs=4\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "jarn_tf.train", f"--flagfile={flagfile}"]
-        + TINY
-        + [f"--data_dir={tiny_data_dir}", f"--model_dir={tmp_path / 'm'}", "--train_steps=3", "--eval_examples=0"],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2"),
-        cwd=REPO,
+    proc = train_cli(
+        f"--flagfile={flagfile}",
+        f"--data_dir={tiny_data_dir}",
+        f"--model_dir={tmp_path / 'm'}",
+        "--train_steps=3",
+        "--eval_examples=0",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Finished at step 3 " in proc.stdout

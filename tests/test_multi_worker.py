@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from test_faults import _checkpoint_values, _latest_step
-from test_train import TINY
+from test_train import TINY, train_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(REPO, "run_scripts", "multi_worker_local.sh")
@@ -298,16 +298,7 @@ def test_tpu_without_a_tpu_fails_clearly(tiny_data_dir, tmp_path):
 
 
 def _assert_fails_before_work(strategy_flag: str, env: dict, message: str, data_dir: str, tmp_path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "jarn_tf.train"]
-        + TINY
-        + [f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'm'}", strategy_flag],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = train_cli(f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'm'}", strategy_flag, env=env, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr
     assert not os.path.exists(tmp_path / "m")

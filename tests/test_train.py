@@ -62,6 +62,18 @@ def run_main(args: list) -> int:
     return train_entry.main(["jarn_tf.train"])
 
 
+def train_cli(*args: str, env: dict = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs ``python -m jarn_tf.train TINY + args`` in a fresh process."""
+    return subprocess.run(
+        [sys.executable, "-m", "jarn_tf.train"] + TINY + list(args),
+        capture_output=True,
+        text=True,
+        env=env or dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2"),
+        cwd=REPO,
+        timeout=timeout,
+    )
+
+
 def read_events(logdir: str) -> dict:
     """TensorBoard tag -> list of (step, value) from the event files."""
     out: dict = {}
@@ -431,23 +443,18 @@ def test_mixed_precision_jarn_step(tiny_data_dir, dtype):
 
 def test_mirrored_run_resumes_from_its_checkpoint(tiny_data_dir, tmp_path):
     # Restoring reads the step of a MirroredVariable (a regression: it failed).
-    args = (
-        [sys.executable, "-m", "jarn_tf.train"]
-        + TINY
-        + [
-            f"--data_dir={tiny_data_dir}",
-            f"--model_dir={tmp_path / 'm'}",
-            "--cpu_devices=2",
-            "--strategy=mirrored",
-            "--train_steps=4",
-            "--checkpoint_every=2",
-            "--eval_examples=0",
-        ]
-    )
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
-    first = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO)
+    args = [
+        f"--data_dir={tiny_data_dir}",
+        f"--model_dir={tmp_path / 'm'}",
+        "--cpu_devices=2",
+        "--strategy=mirrored",
+        "--train_steps=4",
+        "--checkpoint_every=2",
+        "--eval_examples=0",
+    ]
+    first = train_cli(*args)
     assert first.returncode == 0, first.stderr[-3000:]
-    again = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO)
+    again = train_cli(*args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Finished at step 4" in again.stdout and "(resumed from step 4)" in again.stdout, again.stdout
 
@@ -472,21 +479,13 @@ def test_mixed_precision_whole_run_with_image_summaries_and_export(dtype, tiny_d
 
 def test_jit_compile_with_cpu_replicas_fails_before_work(tiny_data_dir, tmp_path):
     # XLA cannot compile collectives on CPU devices: a clear error, not a crash.
-    proc = subprocess.run(
-        [sys.executable, "-m", "jarn_tf.train"]
-        + TINY
-        + [
-            f"--data_dir={tiny_data_dir}",
-            f"--model_dir={tmp_path / 'm'}",
-            "--train_steps=4",
-            "--cpu_devices=2",
-            "--strategy=mirrored",
-            "--jit_compile",
-        ],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2"),
-        cwd=REPO,
+    proc = train_cli(
+        f"--data_dir={tiny_data_dir}",
+        f"--model_dir={tmp_path / 'm'}",
+        "--train_steps=4",
+        "--cpu_devices=2",
+        "--strategy=mirrored",
+        "--jit_compile",
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "--jit_compile cannot compile the cross-replica gradient sum" in proc.stderr
