@@ -316,11 +316,10 @@ def main(argv) -> Optional[int]:
         config = config_from_flags()
         train_lib.validate_config(config)
         data.describe_source(config.data)
-        if config.train.strategy == "multi_worker":
-            distribute.read_tf_config()  # before any worker waits for the others
         strategy = None
         if config.train.strategy in distribute.CLUSTER_STRATEGIES:
-            # These configure the runtime, so they come before any other op.
+            # These configure the runtime, so they come before any other op;
+            # a bad TF_CONFIG fails here, before any worker waits for others.
             strategy = distribute.get_strategy(config.train.strategy, tpu=FLAGS.tpu)
     except (ValueError, data.DatasetNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
