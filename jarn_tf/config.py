@@ -13,6 +13,34 @@ import os
 from typing import Any, Optional, Tuple
 
 
+# ---------------------------------------------------------------------------
+# Name tables: the one place each list of choices is spelled out.
+
+DATASETS = ("mnist", "fashion_mnist", "svhn", "cifar10")
+MODELS = ("wrn", "mnist_cnn")
+JACOBIAN_KINDS = ("xent", "prob")
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+# Strategies that configure the runtime, so they are built before any other op.
+CLUSTER_STRATEGIES = ("multi_worker", "tpu")
+DISC_OPTIMIZERS = ("sgd", "adam")
+
+# The paper's settings per dataset (section 4), used for flags left unset.
+PAPER_DEFAULTS = {
+    "mnist": dict(
+        model="mnist_cnn", disc_layers=2, disc_base_channels=64, disc_update_every=10, lambda_adv=1.0, eps=0.3
+    ),
+    "fashion_mnist": dict(
+        model="mnist_cnn", disc_layers=2, disc_base_channels=64, disc_update_every=10, lambda_adv=1.0, eps=0.1
+    ),
+    "svhn": dict(
+        model="wrn", disc_layers=5, disc_base_channels=16, disc_update_every=20, lambda_adv=5.0, eps=8 / 255
+    ),
+    "cifar10": dict(
+        model="wrn", disc_layers=5, disc_base_channels=32, disc_update_every=20, lambda_adv=1.0, eps=8 / 255
+    ),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where the data comes from and how it is fed.
@@ -198,7 +226,6 @@ RESUMABLE_FIELDS = {
     ("train", "jit_compile"),
 }
 
-MIXED_PRECISION = ("none", "auto", "float16", "bfloat16")
 
 
 def config_differences(old: dict, new: dict) -> list:
