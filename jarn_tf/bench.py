@@ -58,55 +58,21 @@ WHOLE_RUN_MAX = 1.4
 JARN_FRACTION = 0.25
 _JARN_PHASE_LR = 0.1 * 0.1**2
 
-# Flags passed on to the per-mode processes of --isolate.
-_FORWARDED_FLAGS = (
-    "dataset",
-    "real_data",
-    "data_dir",
-    "model",
-    "cnn_channels",
-    "wrn_depth",
-    "wrn_width",
-    "disc_layers",
-    "disc_base_channels",
-    "disc_update_every",
-    "batch_size",
-    "steps",
-    "warmup",
-    "steps_per_loop",
-    "eps",
-    "double_backprop",
-    "seed",
-    "jit_compile",
-    "mixed_precision",
-)
+# Flags of the benchmark itself; every other flag is a training flag
+# (jarn_tf.config's sections) and is passed on to the per-mode processes.
+_BENCH_FLAGS = ("steps", "warmup", "real_data", "modes", "isolate", "output_json", "quiet")
+_NOT_FORWARDED = ("modes", "isolate", "output_json", "quiet")
 
 
 def define_bench_flags() -> None:
-    from jarn_tf.flag_utils import define_fraction
+    """The training flags of ``jarn_tf.train`` (same definitions) and the benchmark's own."""
+    from jarn_tf import flag_utils
 
-    flags.DEFINE_enum(
-        "dataset",
-        "fashion_mnist",
-        ["mnist", "fashion_mnist", "svhn", "cifar10"],
-        "Input shape (and the paper's per-dataset defaults); random inputs unless --real_data.",
-    )
+    flag_utils.define_config_flags()
+    # The benchmark's defaults: a small dataset shape and a visible penalty.
+    FLAGS.set_default("dataset", "fashion_mnist")
+    FLAGS.set_default("double_backprop", 0.01)
     flags.DEFINE_bool("real_data", False, "Feed the real training set instead of random in-memory images.")
-    flags.DEFINE_string("data_dir", None, "With --real_data: TFDS or IDX directory.")
-    flags.DEFINE_enum(
-        "model", None, ["wrn", "mnist_cnn"], "Architecture. Default: mnist_cnn 28x28, wrn 32x32."
-    )
-    flags.DEFINE_list("cnn_channels", ["64", "128", "256"], "MNIST CNN channels.")
-    flags.DEFINE_integer("wrn_depth", 34, "WRN depth.")
-    flags.DEFINE_integer("wrn_width", 10, "WRN width.")
-    flags.DEFINE_integer("disc_layers", None, "Discriminator layers. Default: 2 MNIST, 5 CIFAR/SVHN.")
-    flags.DEFINE_integer(
-        "disc_base_channels", None, "Discriminator base channels. Default: 64 MNIST, 32 CIFAR, 16 SVHN."
-    )
-    flags.DEFINE_integer(
-        "disc_update_every", None, "JARN discriminator update period. Default: 10 MNIST, 20 otherwise."
-    )
-    flags.DEFINE_integer("batch_size", 64, "Global batch size.", lower_bound=1)
     flags.DEFINE_integer(
         "steps",
         50,
@@ -119,15 +85,7 @@ def define_bench_flags() -> None:
         "Untimed steps per mode first (compilation); rounded up to a multiple of --disc_update_every.",
         lower_bound=1,
     )
-    flags.DEFINE_integer("steps_per_loop", 50, "Steps per compiled loop, as in training.", lower_bound=1)
     flags.DEFINE_list("modes", list(MODES), f"Modes to run, of {', '.join(MODES)}.")
-    define_fraction("eps", None, "L-inf radius of the attacks. Default: the paper's for --dataset.", 0.0, 1.0)
-    flags.DEFINE_float("double_backprop", 0.01, "Weight of the double-backprop penalty.", lower_bound=0.0)
-    flags.DEFINE_integer("seed", 0, "Seed of the networks and the inputs.")
-    flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA (as jarn_tf.train).")
-    flags.DEFINE_enum(
-        "mixed_precision", "none", ["none", "auto", "float16", "bfloat16"], "Mixed-precision policy."
-    )
     flags.DEFINE_bool("isolate", True, "Run each mode in its own process (clean peak memory).")
     flags.DEFINE_string("output_json", None, "Also write the figures to this JSON file.")
     flags.DEFINE_bool("quiet", False, "Print nothing (with --output_json).")
@@ -137,78 +95,75 @@ def _round_up(n: int, k: int) -> int:
     return -(-n // k) * k
 
 
-def _settings() -> dict:
-    """The flags with the paper's per-dataset defaults filled in."""
-    from jarn_tf.train import PAPER_DEFAULTS
+def base_config():
+    """The training configuration of the flags (paper defaults filled in), no data download."""
+    import dataclasses
 
-    preset = PAPER_DEFAULTS[FLAGS.dataset]
-    pick = lambda name: preset[name] if FLAGS[name].value is None else FLAGS[name].value  # noqa: E731
-    k = pick("disc_update_every")
+    from jarn_tf import flag_utils
+
+    config = flag_utils.config_from_flags(FLAGS)
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, download=False))
+
+
+def _settings(config) -> dict:
+    """The figures' settings: what the report and the JSON say was run."""
+    m, c = config.model, config.mode_config
+    k = c.disc_update_every
     return dict(
-        dataset=FLAGS.dataset,
-        model=pick("model"),
-        cnn_channels=tuple(int(c) for c in FLAGS.cnn_channels),
-        wrn_depth=FLAGS.wrn_depth,
-        wrn_width=FLAGS.wrn_width,
-        disc_layers=pick("disc_layers"),
-        disc_base_channels=pick("disc_base_channels"),
+        dataset=config.data.dataset,
+        model=m.model,
+        cnn_channels=tuple(m.cnn_channels),
+        wrn_depth=m.wrn_depth,
+        wrn_width=m.wrn_width,
+        disc_layers=m.disc_layers,
+        disc_base_channels=m.disc_base_channels,
         disc_update_every=k,
-        lambda_adv=preset["lambda_adv"],
-        eps=pick("eps"),
-        batch_size=FLAGS.batch_size,
+        lambda_adv=c.lambda_adv,
+        eps=c.eps,
+        batch_size=config.optimizer.batch_size,
         steps=_round_up(FLAGS.steps, k),
         warmup=_round_up(FLAGS.warmup, k),
-        steps_per_loop=FLAGS.steps_per_loop,
-        double_backprop=FLAGS.double_backprop,
-        seed=FLAGS.seed,
+        steps_per_loop=config.runtime.steps_per_loop,
+        double_backprop=c.double_backprop,
+        seed=config.seed,
         real_data=FLAGS.real_data,
-        jit_compile=FLAGS.jit_compile,
-        mixed_precision=FLAGS.mixed_precision,
+        jit_compile=config.runtime.jit_compile,
+        mixed_precision=m.mixed_precision,
     )
 
 
-def mode_config(mode: str, s: dict, data_dir: Optional[str] = None):
-    """The ExperimentConfig of ``mode`` with the benchmark settings ``s``."""
-    from jarn_tf import config as config_lib
+def mode_config(mode: str, base):
+    """The configuration of benchmark ``mode``: ``base`` with that mode's regularisers.
 
-    eps = s["eps"]
-    train = dict(
+    Args:
+      mode: one of ``MODES``.
+      base: the configuration of the flags (``base_config``).
+
+    Returns:
+      ``base`` at a constant learning rate, with the mode's settings.
+    """
+    import dataclasses
+
+    c = base.mode_config
+    optimizer = dataclasses.replace(
+        base.optimizer,
         train_steps=10**9,  # constant learning rate over the benchmark
         # Every mode at the learning rate of JARN's phase (after both decays):
         # from a fresh init at 0.1, JARN on random data can diverge in tens of steps.
         learning_rate=_JARN_PHASE_LR,
-        batch_size=s["batch_size"],
-        seed=s["seed"],
-        lambda_adv=s["lambda_adv"],
-        disc_update_every=s["disc_update_every"],
-        eps=eps,
-        noise_eps=eps,
-        steps_per_loop=s["steps_per_loop"],
-        jit_compile=s.get("jit_compile", False),
-        mixed_precision=s.get("mixed_precision", "none"),
     )
-    fgsm = dict(at_steps=1, step_size=eps, at_random_start=False)  # as jarn_tf.train for --at_steps=1
-    train.update(
-        {
-            "standard": {},
-            "fgsm_at1": fgsm,
-            "pgd_at7": dict(at_steps=7, step_size=eps / 4, at_random_start=True),
-            "jarn": dict(jarn=True, jarn_start=0.0),  # the JARN phase
-            "jarn_at1": dict(jarn=True, jarn_start=0.0, **fgsm),
-            "double_backprop": dict(double_backprop=s["double_backprop"]),
-        }[mode]
-    )
-    return config_lib.ExperimentConfig(
-        data=config_lib.DataConfig(dataset=s["dataset"], data_dir=data_dir, download=False),
-        model=config_lib.ModelConfig(
-            model=s["model"],
-            cnn_channels=tuple(s["cnn_channels"]),
-            wrn_depth=s["wrn_depth"],
-            wrn_width=s["wrn_width"],
-            disc_layers=s["disc_layers"],
-            disc_base_channels=s["disc_base_channels"],
-        ),
-        train=config_lib.TrainConfig(**train),
+    off = dict(jarn=False, at_steps=0, uniform_noise=False, double_backprop=0.0)
+    fgsm = dict(at_steps=1, step_size=c.eps, at_random_start=False)  # as jarn_tf.train for --at_steps=1
+    changes = {
+        "standard": {},
+        "fgsm_at1": fgsm,
+        "pgd_at7": dict(at_steps=7, step_size=c.eps / 4, at_random_start=True),
+        "jarn": dict(jarn=True, jarn_start=0.0),  # the JARN phase
+        "jarn_at1": dict(jarn=True, jarn_start=0.0, **fgsm),
+        "double_backprop": dict(double_backprop=c.double_backprop),
+    }[mode]
+    return dataclasses.replace(
+        base, optimizer=optimizer, mode_config=dataclasses.replace(c, **{**off, **changes})
     )
 
 
@@ -269,23 +224,33 @@ def memory_measure(isolated: bool) -> str:
     return measure
 
 
-def run_mode(mode: str, s: dict, data_dir: Optional[str] = None) -> dict:
-    """Builds a fresh trainer for ``mode``, warms it up and times ``s['steps']`` steps."""
+def run_mode(mode: str, base, s: dict) -> dict:
+    """Builds a fresh trainer for ``mode``, warms it up and times ``s['steps']`` steps.
+
+    Args:
+      mode: one of ``MODES``.
+      base: the configuration of the flags (``base_config``).
+      s: the settings (``_settings``): steps, warm-up, data.
+
+    Returns:
+      The mode's figures.
+    """
     import keras
     import tensorflow as tf
 
-    from jarn_tf import data, models, train_lib, train_step
+    from jarn_tf import data, train_lib, trainers
 
-    config = mode_config(mode, s, data_dir)
-    info = data.dataset_info(s["dataset"])
-    models.validate_model_config(config.model, info.image_shape)
+    config = mode_config(mode, base)
+    train_lib.validate_config(config)
+    info = data.dataset_info(config.data.dataset)
     gc.collect()
-    keras.utils.set_random_seed(s["seed"])
+    keras.utils.set_random_seed(config.seed)
     strategy = tf.distribute.get_strategy()
+    batch_size = config.optimizer.batch_size
     if s["real_data"]:
-        dataset = data.make_train_dataset(config.data, s["batch_size"], s["seed"])
+        dataset = data.make_train_dataset(config.data, batch_size, config.seed)
     else:
-        dataset = _random_dataset(info, s["batch_size"], s["seed"])
+        dataset = _random_dataset(info, batch_size, config.seed)
     iterator = iter(dataset)
     next(iterator)  # start the pipeline before measuring memory
 
@@ -293,22 +258,18 @@ def run_mode(mode: str, s: dict, data_dir: Optional[str] = None) -> dict:
     if gpu:
         tf.config.experimental.reset_memory_stats("GPU:0")
     rss_before = _current_rss()
-    with train_lib.mixed_precision_scope(config.train.mixed_precision):
-        trainer = train_step.build_trainer(config, info, strategy)
-    loops = train_lib._LoopFunctions(trainer, strategy)
-    spl = s["steps_per_loop"]
+    with train_lib.mixed_precision_scope(config.model.mixed_precision):
+        trainer = trainers.build_trainer(config, info, strategy)
+    spl = config.runtime.steps_per_loop
+    runner = train_lib.StepRunner(trainer, strategy, spl, config.runtime.jit_compile)
 
     def run_steps(start: int, end: int) -> List[tuple]:
         """Runs [start, end) as train_lib does, syncing every steps_per_loop steps."""
-        keys = []
+        done = len(runner.variants_run)
         step = start
         while step < end:
-            stop = train_lib._next_stop(step, end, [spl])
-            for _, n, first, rest in train_lib._chunks(trainer, step, stop, spl):
-                loops.get(first, rest)(iterator, tf.constant(n, tf.int64))
-                keys.append((first, rest))
-            step = int(trainer.step.numpy())  # waits for the device
-        return keys
+            step = runner.run(iterator, train_lib.next_stop(step, end, [spl]))
+        return runner.variants_run[done:]
 
     warm_keys = set(run_steps(0, s["warmup"]))
     tic = time.perf_counter()
@@ -320,28 +281,41 @@ def run_mode(mode: str, s: dict, data_dir: Optional[str] = None) -> dict:
         peak = max(0, _max_rss() - rss_before)
     timed = range(s["warmup"], s["warmup"] + s["steps"])
     disc_updates = sum(bool(getattr(trainer.variant(i), "update_discriminator", False)) for i in timed)
+    bad = runner.nonfinite()
     result = dict(
         mode=mode,
         steps=s["steps"],
         seconds=seconds,
         ms_per_step=1000.0 * seconds / s["steps"],
-        images_per_second=s["batch_size"] * s["steps"] / seconds,
+        images_per_second=batch_size * s["steps"] / seconds,
         peak_memory_bytes=peak,
         variants=sorted({str(k) for k in timed_keys}),
         compiled_during_timing=bool(set(timed_keys) - warm_keys),
         discriminator_updates=disc_updates,
-        nonfinite_step=int(loops.bad_step.numpy()),
+        nonfinite_step=-1 if bad is None else bad[0],
     )
-    del trainer, loops, iterator, dataset
+    del trainer, runner, iterator, dataset
     gc.collect()
     return result
+
+
+def _forwarded_flags() -> List[str]:
+    """The flags a per-mode process of --isolate gets: the training flags and --steps etc."""
+    from jarn_tf import flag_utils
+
+    names = flag_utils.config_flag_names() + [n for n in _BENCH_FLAGS if n not in _NOT_FORWARDED]
+    return [n for n in names if n in FLAGS]
 
 
 def _run_isolated(mode: str) -> dict:
     """Runs one mode in a fresh ``python -m jarn_tf.bench`` process."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "figures.json")
-        args = [FLAGS[name].serialize() for name in _FORWARDED_FLAGS if FLAGS[name].present]
+        args = [
+            FLAGS[name].serialize()
+            for name in _forwarded_flags()
+            if FLAGS[name].present and FLAGS[name].value is not None
+        ]
         cmd = [sys.executable, "-m", "jarn_tf.bench", *args]
         cmd += [f"--modes={mode}", "--noisolate", "--quiet", f"--output_json={path}"]
         env = dict(os.environ)
@@ -452,7 +426,16 @@ def main(argv) -> int:
             f"error: --modes must be a comma list of {', '.join(MODES)}; got {FLAGS.modes}", file=sys.stderr
         )
         return 2
-    s = _settings()
+    try:
+        base = base_config()
+        for m in modes:
+            from jarn_tf import train_lib
+
+            train_lib.validate_config(mode_config(m, base))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    s = _settings(base)
     if FLAGS.steps != s["steps"] and not FLAGS.quiet:
         print(f"note: --steps={FLAGS.steps} rounded up to {s['steps']} (a multiple of --disc_update_every)")
 
@@ -471,7 +454,7 @@ def main(argv) -> int:
 
         tf.get_logger().setLevel("ERROR")  # one trainer per mode: retracing is expected
         for m in modes:
-            results[m] = run_mode(m, s, FLAGS.data_dir)
+            results[m] = run_mode(m, base, s)
         measure = memory_measure(isolated=len(modes) == 1)
         device = _device()
     summary = summarize(results)

@@ -1,8 +1,24 @@
-"""Frozen configuration dataclasses shared by the library modules.
+"""Configuration: the name tables and one frozen dataclass per concern.
 
 Only the entry points (``jarn_tf/train.py``, ...) read absl flags; they build
-these dataclasses and pass them down. Everything here is plain data, so a
-config can be written to ``model_dir/config.json`` and compared on resume.
+an ``ExperimentConfig`` and pass it down. A config has one section per
+concern, each of which checks itself in one place (``validate``):
+
+  data       where the data comes from and how it is fed (``DataConfig``)
+  model      the architecture of every network (``ModelConfig``)
+  optimizer  how long, how big a batch, and at which learning rate
+             (``OptimizerConfig``)
+  runtime    how the run is carried out; every field may change when a run
+             is resumed (``RuntimeConfig``)
+  <mode>     the training mode's own section, e.g. ``classifier``
+             (``ClassifierConfig``); ``MODE_SECTIONS`` maps mode names to
+             their section class.
+
+Every section field is also a flag of the same name: its help text, choices
+and bounds are in the field's metadata (see ``flag_field``), and
+``jarn_tf.flag_utils`` turns them into absl flags, so each hyperparameter is
+spelled out once. Nothing here imports TensorFlow: a config can be written to
+``model_dir/config.json``, read back and compared on resume anywhere.
 """
 
 from __future__ import annotations
@@ -10,8 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Optional, Tuple
-
+from typing import Any, ClassVar, Dict, FrozenSet, List, Optional, Tuple
 
 # ---------------------------------------------------------------------------
 # Name tables: the one place each list of choices is spelled out.
@@ -22,6 +37,7 @@ JACOBIAN_KINDS = ("xent", "prob")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 # Strategies that configure the runtime, so they are built before any other op.
 CLUSTER_STRATEGIES = ("multi_worker", "tpu")
+MIXED_PRECISION = ("none", "auto", "float16", "bfloat16")
 DISC_OPTIMIZERS = ("sgd", "adam")
 
 # The paper's settings per dataset (section 4), used for flags left unset.
@@ -41,208 +57,480 @@ PAPER_DEFAULTS = {
 }
 
 
+def flag_field(default: Any, help: str, **flag: Any) -> Any:
+    """A section field that is also a flag of the same name.
+
+    Args:
+      default: the field's default (what a config built in code gets).
+      help: the flag's help text (the field's documentation).
+      **flag: how the flag is defined: ``choices`` (an enum flag),
+        ``fraction=True`` (a float that also accepts ``8/255``),
+        ``list_of=int|float`` (a comma list for a tuple field),
+        ``lower``/``upper`` (bounds), ``flag_default`` (the flag's default
+        when it differs from the field's, e.g. None for "the paper's value
+        for the dataset" or "derived from another flag") and ``flag=False``
+        (no generated flag: the entry point defines it by hand).
+
+    Returns:
+      A ``dataclasses.field``.
+    """
+    return dataclasses.field(default=default, metadata={"help": help, **flag})
+
+
+def _check(checks: List[Tuple[bool, str]]) -> None:
+    """Raises ValueError with the message of the first failed check."""
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Where the data comes from and how it is fed.
+    """Where the data comes from and how it is fed."""
 
-    Attributes:
-      dataset: one of ``jarn_tf.data.DATASETS`` (mnist, fashion_mnist, svhn,
-        cifar10).
-      data_dir: TFDS data directory, or a directory holding MNIST-format IDX
-        files (``train-images-idx3-ubyte[.gz]`` ...). None: TFDS's default.
-      download: let TFDS download and prepare the data when it has no copy.
-      augment: pad-crop-flip augmentation of training images. None means the
-        dataset's default (on for cifar10, off otherwise).
-    """
+    RESUMABLE: ClassVar[FrozenSet[str]] = frozenset({"data_dir", "download"})
 
-    dataset: str = "cifar10"
-    data_dir: Optional[str] = None
-    download: bool = True
-    augment: Optional[bool] = None
+    dataset: str = flag_field("cifar10", "Dataset to train on.", choices=DATASETS)
+    data_dir: Optional[str] = flag_field(
+        None, "TFDS data directory, or a directory with MNIST-format IDX files. Default: TFDS's."
+    )
+    download: bool = flag_field(True, "Let TFDS download the data when it has no copy.")
+    augment: Optional[bool] = flag_field(None, "Pad-crop-flip augmentation. Default: on for cifar10 only.")
+
+    def validate(self) -> None:
+        _check([(self.dataset in DATASETS, f"--dataset must be one of {DATASETS}, got {self.dataset!r}")])
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of the classifier, adaptor and discriminator.
+    """Architecture (and numeric precision) of every network of a run.
 
-    Attributes:
-      model: ``wrn`` (Madry et al.'s Wide ResNet) or ``mnist_cnn``.
-      wrn_depth: total depth of the Wide ResNet; (depth - 4) / 6 residual
-        units per stage. 34 gives the paper's 5 units per stage.
-      wrn_width: widening factor k; stage widths are 16k, 32k, 64k.
-      cnn_channels: output channels of the MNIST CNN's conv layers.
-      disc_layers: number of stride-2 conv layers in the discriminator.
-      disc_base_channels: channels of its first layer; layer i has base * 2^i.
-      sync_batchnorm: batch statistics over all replicas instead of per
-        replica (slower; makes multi-replica training equal to one device).
+    Shape-dependent rules (e.g. discriminator depth against the image size)
+    are checked by ``jarn_tf.models.validate_model_config``.
     """
 
-    model: str = "wrn"
-    wrn_depth: int = 34
-    wrn_width: int = 10
-    cnn_channels: Tuple[int, ...] = (64, 128, 256)
-    disc_layers: int = 5
-    disc_base_channels: int = 32
-    sync_batchnorm: bool = False
+    RESUMABLE: ClassVar[FrozenSet[str]] = frozenset()
+
+    model: str = flag_field(
+        "wrn",
+        "Classifier. Default: mnist_cnn for (fashion_)mnist, wrn otherwise.",
+        choices=MODELS,
+        flag_default=None,
+    )
+    wrn_depth: int = flag_field(34, "Wide-ResNet depth, 6n+4 (34: 5 units per stage, the paper's).", lower=10)
+    wrn_width: int = flag_field(10, "Wide-ResNet widening factor (10: widths 160, 320, 640).", lower=1)
+    cnn_channels: Tuple[int, ...] = flag_field(
+        (64, 128, 256), "Channels of the MNIST CNN's conv layers.", list_of=int
+    )
+    disc_layers: int = flag_field(
+        5, "Discriminator conv layers. Default: 2 (MNIST), 5 (SVHN, CIFAR-10).", lower=1, flag_default=None
+    )
+    disc_base_channels: int = flag_field(
+        32,
+        "Discriminator's first-layer channels. Default: 64 MNIST, 16 SVHN, 32 CIFAR-10.",
+        lower=1,
+        flag_default=None,
+    )
+    sync_batchnorm: bool = flag_field(False, "Batch-norm statistics over all replicas.")
+    # Set by the entry point from --mixed_precision and --mixed_precision_dtype.
+    mixed_precision: str = flag_field(
+        "none", "Dtype policy of every network: none, auto, float16 or bfloat16.", flag=False
+    )
+
+    def validate(self) -> None:
+        _check(
+            [
+                (self.model in MODELS, f"--model must be one of {', '.join(MODELS)}, got {self.model!r}"),
+                (
+                    self.mixed_precision in MIXED_PRECISION,
+                    f"--mixed_precision_dtype must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}",
+                ),
+            ]
+        )
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """How the classifier (and, with JARN, adaptor and discriminator) train.
+class OptimizerConfig:
+    """Length of the run, batch size and the learning-rate schedule.
 
-    All image-space quantities (eps, step sizes, noise) are in [0, 1] units.
-
-    Attributes:
-      mode: training mode; ``classifier`` covers standard training, uniform
-        noise, adversarial training, double backprop and JARN.
-      train_steps: total number of classifier steps.
-      batch_size: global batch size (split over replicas).
-      seed: seed of data order, augmentation, attacks and initialisation.
-      learning_rate: base learning rate of all networks' SGD optimizers.
-      lr_boundaries: fractions of ``train_steps`` where the learning rate is
-        multiplied by ``lr_decay``.
-      lr_decay: the multiplier at each boundary.
-      momentum: SGD momentum.
-      weight_decay: coefficient of sum(w^2)/2 over kernels, every network.
-      disc_optimizer: ``sgd`` (same schedule as the classifier) or ``adam``.
-      disc_learning_rate: Adam learning rate of the discriminator.
-      jarn: enable the JARN regulariser.
-      jarn_start: fraction of training after which JARN is on (0 = always).
-      lambda_adv: weight of the adversarial term in the classifier's loss.
-      adaptor_gamma: weight of the adversarial term in the adaptor's loss.
-      disc_update_every: the discriminator is updated when step % k == 0.
-      jacobian: ``xent`` (d cross-entropy / dx, the paper) or ``prob``
-        (d softmax_y / dx, the authors' release).
-      noise_eps: half-width of the uniform input noise.
-      uniform_noise: uniform-noise augmentation baseline (whole run).
-      at_steps: PGD steps of adversarial training; 0 = off, 1 = FGSM-AT.
-      eps: L-inf radius of adversarial training.
-      step_size: PGD step size.
-      at_random_start: start PGD from a uniform point in the eps-ball.
-      double_backprop: weight of the input-gradient Frobenius penalty; 0 = off.
-      steps_per_loop: steps run inside one compiled loop between host work.
-      checkpoint_every: steps between checkpoints.
-      summary_every: steps between scalar summaries.
-      image_summary_every: steps between image summaries (x, J, adapted J).
-      export_every: steps between exports; 0 = only at the end.
-      keep_checkpoints: how many checkpoints to keep.
-      strategy: ``default``, ``one_device``, ``mirrored`` (local GPUs),
-        ``multi_worker`` (the workers of ``TF_CONFIG``) or ``tpu``.
-      num_gpus: devices for ``mirrored`` (0 = all visible).
-      jit_compile: compile the replica step with XLA.
-      mixed_precision: ``none``; ``auto`` (mixed_float16 on GPU,
-        mixed_bfloat16 otherwise); ``float16``; ``bfloat16``.
-      deterministic: TensorFlow op determinism; with the stateless data
-        pipeline and seeds, two runs give bit-identical weights on CPU.
+    All networks use SGD with this schedule unless their mode says otherwise
+    (e.g. ``--disc_optimizer=adam``).
     """
 
-    mode: str = "classifier"
-    train_steps: int = 160000
-    batch_size: int = 64
-    seed: int = 0
-    learning_rate: float = 0.1
-    lr_boundaries: Tuple[float, ...] = (0.5, 0.75)
-    lr_decay: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 2e-4
-    disc_optimizer: str = "sgd"
-    disc_learning_rate: float = 1e-3
-    jarn: bool = False
-    jarn_start: float = 0.75
-    lambda_adv: float = 1.0
-    adaptor_gamma: float = 1.0
-    disc_update_every: int = 20
-    jacobian: str = "xent"
-    noise_eps: float = 8.0 / 255.0
-    uniform_noise: bool = False
-    at_steps: int = 0
-    eps: float = 8.0 / 255.0
-    step_size: float = 2.0 / 255.0
-    at_random_start: bool = True
-    double_backprop: float = 0.0
-    steps_per_loop: int = 50
-    checkpoint_every: int = 1000
-    summary_every: int = 100
-    image_summary_every: int = 1000
-    export_every: int = 0
-    keep_checkpoints: int = 3
-    strategy: str = "default"
-    num_gpus: int = 0
-    deterministic: bool = False
-    jit_compile: bool = False
-    mixed_precision: str = "none"
+    RESUMABLE: ClassVar[FrozenSet[str]] = frozenset()
 
-    @property
-    def jarn_start_step(self) -> int:
+    train_steps: int = flag_field(
+        160000, "Training steps. Default: 160000 (the paper's CIFAR-10 run).", lower=1, flag_default=None
+    )
+    batch_size: int = flag_field(64, "Global batch size.", lower=1)
+    learning_rate: float = flag_field(0.1, "Base learning rate (SGD, every network).")
+    lr_boundaries: Tuple[float, ...] = flag_field(
+        (0.5, 0.75), "Fractions of training where the learning rate decays.", list_of=float
+    )
+    lr_decay: float = flag_field(0.1, "Learning-rate multiplier at each boundary.")
+    momentum: float = flag_field(0.9, "SGD momentum.")
+    weight_decay: float = flag_field(2e-4, "Coefficient of sum(w^2)/2 over kernels.", lower=0.0)
+
+    def validate(self) -> None:
+        b = self.lr_boundaries
+        _check(
+            [
+                (self.train_steps > 0, f"--train_steps must be positive, got {self.train_steps}"),
+                (self.batch_size > 0, f"--batch_size must be positive, got {self.batch_size}"),
+                (self.learning_rate > 0, f"--learning_rate must be positive, got {self.learning_rate}"),
+                (self.weight_decay >= 0, f"--weight_decay must be >= 0, got {self.weight_decay}"),
+                (
+                    all(0.0 < x < 1.0 for x in b) and list(b) == sorted(b),
+                    f"--lr_boundaries must be increasing fractions in (0, 1), got {b}",
+                ),
+            ]
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """How a run is carried out; none of it changes what is trained.
+
+    Every field may differ between a run and its resumption.
+    """
+
+    steps_per_loop: int = flag_field(50, "Steps per compiled loop between host work.", lower=1)
+    checkpoint_every: int = flag_field(1000, "Steps between checkpoints.", lower=1)
+    summary_every: int = flag_field(100, "Steps between scalar summaries.", lower=1)
+    image_summary_every: int = flag_field(1000, "Steps between image summaries (x, J, J'); 0 = off.", lower=0)
+    export_every: int = flag_field(0, "Steps between exports; 0 = only at the end.", lower=0)
+    keep_checkpoints: int = flag_field(3, "Checkpoints kept.", lower=1)
+    strategy: str = flag_field(
+        "default",
+        "tf.distribute strategy: mirrored = the GPUs of this machine; multi_worker = "
+        "MultiWorkerMirroredStrategy over the workers of TF_CONFIG; tpu = TPUStrategy.",
+        choices=STRATEGIES,
+    )
+    num_gpus: int = flag_field(0, "GPUs for --strategy=mirrored; 0 = all.", lower=0)
+    deterministic: bool = flag_field(
+        False, "Op determinism: two runs with the same flags give bit-identical weights (CPU)."
+    )
+    jit_compile: bool = flag_field(False, "Compile the training step with XLA.")
+
+    def validate(self) -> None:
+        _check(
+            [
+                (
+                    self.strategy in STRATEGIES,
+                    f"--strategy must be one of {STRATEGIES}, got {self.strategy!r}",
+                ),
+                (self.steps_per_loop >= 1, f"--steps_per_loop must be >= 1, got {self.steps_per_loop}"),
+                (self.checkpoint_every >= 1, f"--checkpoint_every must be >= 1, got {self.checkpoint_every}"),
+                (self.summary_every >= 1, f"--summary_every must be >= 1, got {self.summary_every}"),
+                (self.export_every >= 0, f"--export_every must be >= 0, got {self.export_every}"),
+            ]
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig:
+    """The ``classifier`` mode: standard training and its regularisers.
+
+    Standard training, uniform noise, adversarial training (FGSM / PGD),
+    double backpropagation and JARN, alone or combined. All image-space
+    quantities (eps, step sizes, noise) are in [0, 1] units.
+    """
+
+    RESUMABLE: ClassVar[FrozenSet[str]] = frozenset()
+
+    # JARN.
+    jarn: bool = flag_field(False, "Train with the JARN regulariser.")
+    jarn_start: float = flag_field(0.75, "Fraction of training after which JARN is on (0 = always).")
+    lambda_adv: float = flag_field(
+        1.0, "Weight of JARN's adversarial loss. Default: 1 (MNIST, CIFAR-10), 5 (SVHN).", flag_default=None
+    )
+    adaptor_gamma: float = flag_field(1.0, "Weight of the adversarial loss in the adaptor's objective.")
+    disc_update_every: int = flag_field(
+        20,
+        "Update the discriminator every k steps. Default: 10 MNIST, 20 otherwise.",
+        lower=1,
+        flag_default=None,
+    )
+    jacobian: str = flag_field(
+        "xent", "J = d xent/dx (paper, default) or d softmax_y/dx (authors' release).", choices=JACOBIAN_KINDS
+    )
+    disc_optimizer: str = flag_field("sgd", "Discriminator optimizer.", choices=DISC_OPTIMIZERS)
+    disc_learning_rate: float = flag_field(1e-3, "Discriminator learning rate with --disc_optimizer=adam.")
+    # Adversarial training and baselines.
+    at_steps: int = flag_field(0, "PGD steps of adversarial training; 0 off, 1 FGSM-AT, 7 PGD-AT7.", lower=0)
+    eps: float = flag_field(
+        8.0 / 255.0,
+        "L-inf radius in [0, 1] units, e.g. 8/255. Default: 0.3 MNIST, 0.1 Fashion-MNIST, 8/255 otherwise.",
+        fraction=True,
+        lower=0.0,
+        upper=1.0,
+        flag_default=None,
+    )
+    step_size: float = flag_field(
+        2.0 / 255.0,
+        "PGD step size. Default: eps for --at_steps=1, eps/4 otherwise.",
+        fraction=True,
+        lower=0.0,
+        upper=1.0,
+        flag_default=None,
+    )
+    at_random_start: bool = flag_field(
+        True, "Random start for training PGD. Default: on unless --at_steps=1.", flag_default=None
+    )
+    uniform_noise: bool = flag_field(False, "Uniform-noise augmentation baseline.")
+    noise_eps: float = flag_field(
+        8.0 / 255.0,
+        "Half-width of the uniform input noise (JARN, --uniform_noise). Default: --eps.",
+        fraction=True,
+        lower=0.0,
+        upper=1.0,
+        flag_default=None,
+    )
+    double_backprop: float = flag_field(
+        0.0, "Weight of the input-gradient Frobenius penalty; 0 = off.", lower=0.0
+    )
+
+    @staticmethod
+    def derive(values: Dict[str, Any]) -> Dict[str, Any]:
+        """Fills the flags whose default follows from other flags.
+
+        Args:
+          values: field name -> flag value, None where the flag was left
+            unset (after the per-dataset paper defaults were applied).
+
+        Returns:
+          ``values`` with step_size, at_random_start and noise_eps resolved.
+        """
+        out = dict(values)
+        if out["step_size"] is None:
+            out["step_size"] = out["eps"] if out["at_steps"] == 1 else out["eps"] / 4
+        if out["at_random_start"] is None:
+            out["at_random_start"] = out["at_steps"] != 1
+        if out["noise_eps"] is None:
+            out["noise_eps"] = out["eps"]
+        return out
+
+    def jarn_start_step(self, train_steps: int) -> int:
         """First step at which the JARN regulariser is active."""
-        return int(round(self.jarn_start * self.train_steps)) if self.jarn else self.train_steps
+        return int(round(self.jarn_start * train_steps)) if self.jarn else train_steps
+
+    def validate(self, config: "ExperimentConfig") -> None:
+        train_steps = config.optimizer.train_steps
+        _check(
+            [
+                (self.at_steps >= 0, f"--at_steps must be >= 0, got {self.at_steps}"),
+                (
+                    0.0 <= self.eps <= 1.0,
+                    f"--eps must be in [0, 1] (pixel units of [0, 1] images), got {self.eps}",
+                ),
+                (0.0 <= self.step_size <= 1.0, f"--step_size must be in [0, 1], got {self.step_size}"),
+                (0.0 <= self.noise_eps <= 1.0, f"--noise_eps must be in [0, 1], got {self.noise_eps}"),
+                (0.0 <= self.jarn_start < 1.0, f"--jarn_start must be in [0, 1), got {self.jarn_start}"),
+                (
+                    self.disc_update_every >= 1,
+                    f"--disc_update_every must be >= 1, got {self.disc_update_every}",
+                ),
+                (self.double_backprop >= 0, f"--double_backprop must be >= 0, got {self.double_backprop}"),
+                (self.lambda_adv >= 0, f"--lambda_adv must be >= 0, got {self.lambda_adv}"),
+                (
+                    self.jacobian in JACOBIAN_KINDS,
+                    f"--jacobian must be one of {JACOBIAN_KINDS}, got {self.jacobian!r}",
+                ),
+                (
+                    self.disc_optimizer in DISC_OPTIMIZERS,
+                    f"--disc_optimizer must be one of {DISC_OPTIMIZERS}, got {self.disc_optimizer!r}",
+                ),
+                (
+                    not (self.jarn and self.double_backprop > 0),
+                    "--jarn and --double_backprop are separate regularisers of the paper; use one of them",
+                ),
+                (
+                    not (self.jarn and self.jarn_start_step(train_steps) >= train_steps),
+                    f"--jarn_start={self.jarn_start} leaves no JARN step in --train_steps={train_steps}",
+                ),
+            ]
+        )
+
+
+# Mode name -> its config section. A new mode adds its section here.
+MODE_SECTIONS: Dict[str, type] = {"classifier": ClassifierConfig}
+
+# The sections every mode has, in the order they are written.
+COMMON_SECTIONS: Dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "optimizer": OptimizerConfig,
+    "runtime": RuntimeConfig,
+}
+
+
+def mode_section_class(mode: str) -> type:
+    """The config section class of ``mode``.
+
+    Raises:
+      ValueError: for an unknown mode, listing the known ones.
+    """
+    try:
+        return MODE_SECTIONS[mode]
+    except KeyError:
+        raise ValueError(
+            f"--mode={mode!r} is not available; choose one of {sorted(MODE_SECTIONS)}."
+        ) from None
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
-    """Everything that defines a training run."""
+    """Everything that defines a training run.
 
+    Attributes:
+      mode: the training mode (a key of ``MODE_SECTIONS``).
+      seed: seed of initialisation, data order, noise and attacks.
+      data, model, optimizer, runtime: the common sections.
+      mode_config: the mode's own section (an instance of
+        ``MODE_SECTIONS[mode]``); None gives its defaults. Written to
+        config.json under the mode's name.
+    """
+
+    mode: str = "classifier"
+    seed: int = 0
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+    mode_config: Any = None
+
+    def __post_init__(self):
+        klass = mode_section_class(self.mode)
+        if self.mode_config is None:
+            object.__setattr__(self, "mode_config", klass())
+        elif not isinstance(self.mode_config, klass):
+            raise ValueError(
+                f"mode {self.mode!r} takes a {klass.__name__} section, got {type(self.mode_config).__name__}"
+            )
+
+    def sections(self) -> Dict[str, Any]:
+        """Section name -> section, the mode's own last (under the mode's name)."""
+        out = {name: getattr(self, name) for name in COMMON_SECTIONS}
+        out[self.mode] = self.mode_config
+        return out
+
+    def validate(self) -> None:
+        """Checks every section; raises ValueError naming the flag."""
+        for name, section in self.sections().items():
+            if name == self.mode:
+                section.validate(self)
+            else:
+                section.validate()
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out: Dict[str, Any] = {"mode": self.mode, "seed": self.seed}
+        out.update({name: dataclasses.asdict(s) for name, s in self.sections().items()})
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "ExperimentConfig":
-        def build(klass, values: dict):
-            fields = {f.name: f for f in dataclasses.fields(klass)}
-            kwargs = {}
-            for key, value in values.items():
-                if key not in fields:
-                    raise ValueError(f"Unknown {klass.__name__} field {key!r}.")
-                if isinstance(value, list):
-                    value = tuple(value)
-                kwargs[key] = value
-            return klass(**kwargs)
-
+        """Reads ``to_dict``'s output, or a config.json of the old layout."""
+        d = upgrade_config_dict(d)
+        mode = d.get("mode", "classifier")
+        kwargs = {name: _build(klass, d.get(name, {})) for name, klass in COMMON_SECTIONS.items()}
         return cls(
-            data=build(DataConfig, d.get("data", {})),
-            model=build(ModelConfig, d.get("model", {})),
-            train=build(TrainConfig, d.get("train", {})),
+            mode=mode,
+            seed=d.get("seed", 0),
+            mode_config=_build(mode_section_class(mode), d.get(mode, {})),
+            **kwargs,
         )
 
 
-# Fields that may differ between a run and its resumption without changing
-# what is being trained (bookkeeping and where the data lives).
-RESUMABLE_FIELDS = {
-    ("data", "data_dir"),
-    ("data", "download"),
-    ("train", "steps_per_loop"),
-    ("train", "checkpoint_every"),
-    ("train", "summary_every"),
-    ("train", "image_summary_every"),
-    ("train", "export_every"),
-    ("train", "keep_checkpoints"),
-    ("train", "strategy"),
-    ("train", "num_gpus"),
-    ("train", "deterministic"),
-    ("train", "jit_compile"),
-}
+def with_fields(config: ExperimentConfig, **values: Any) -> ExperimentConfig:
+    """A copy of ``config`` with fields replaced by name, in the section that holds each.
 
+    Field names are unique across the sections of a mode, so
+    ``with_fields(c, eps=0.1, train_steps=10, seed=1)`` needs no section
+    names (``mode`` and ``seed`` are the top-level fields).
+
+    Raises:
+      ValueError: for a name that no section of the config's mode has.
+    """
+    top = {k: values.pop(k) for k in ("mode", "seed") if k in values}
+    if "mode" in top and top["mode"] != config.mode:
+        config = ExperimentConfig(
+            mode=top["mode"],
+            seed=config.seed,
+            data=config.data,
+            model=config.model,
+            optimizer=config.optimizer,
+            runtime=config.runtime,
+        )
+    changes: Dict[str, Any] = {}
+    for attr, section in list(COMMON_SECTIONS.items()) + [("mode_config", type(config.mode_config))]:
+        names = {f.name for f in dataclasses.fields(section)}
+        mine = {k: values.pop(k) for k in list(values) if k in names}
+        if mine:
+            changes[attr] = dataclasses.replace(getattr(config, attr), **mine)
+    if values:
+        raise ValueError(f"No field {sorted(values)} in the sections of mode {config.mode!r}.")
+    return dataclasses.replace(config, **changes, **top)
+
+
+def _build(klass: type, values: dict) -> Any:
+    names = {f.name for f in dataclasses.fields(klass)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"Unknown {klass.__name__} field(s) {unknown}.")
+    return klass(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def upgrade_config_dict(d: dict) -> dict:
+    """Converts a config.json of the layout before sections to today's layout.
+
+    Runs written before the sections (``{"data", "model", "train"}`` with
+    every training field in ``train``) keep resuming: their fields are moved
+    to the section that holds them now. A dict of today's layout is returned
+    unchanged.
+
+    Args:
+      d: a parsed config.json (or export metadata's ``config``).
+
+    Returns:
+      The dict in today's layout.
+    """
+    if "train" not in d or "optimizer" in d:
+        return d
+    train = dict(d["train"])
+    mode = train.pop("mode", "classifier")
+    out: Dict[str, Any] = {"mode": mode, "seed": train.pop("seed", 0)}
+    out["data"] = dict(d.get("data", {}))
+    out["model"] = dict(d.get("model", {}))
+    out["model"]["mixed_precision"] = train.pop("mixed_precision", "none")
+    for name, klass in (("optimizer", OptimizerConfig), ("runtime", RuntimeConfig)):
+        out[name] = {f.name: train.pop(f.name) for f in dataclasses.fields(klass) if f.name in train}
+    out[mode] = train
+    return out
 
 
 def config_differences(old: dict, new: dict) -> list:
     """Lists ``section.field: old -> new`` for fields that must match on resume.
 
     Args:
-      old: the dict stored in ``model_dir/config.json``.
+      old: the dict stored in ``model_dir/config.json`` (either layout).
       new: the dict of the configuration asked for now.
 
     Returns:
       Human-readable differences, empty when the run may resume.
     """
+    old, new = upgrade_config_dict(old), upgrade_config_dict(new)
     diffs = []
-    for section in ("data", "model", "train"):
+    for key in ("mode", "seed"):
+        if old.get(key) != new.get(key):
+            diffs.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    sections = dict(COMMON_SECTIONS)
+    for mode in {old.get("mode"), new.get("mode")} - {None}:
+        sections.setdefault(mode, MODE_SECTIONS.get(mode))
+    for section, klass in sections.items():
+        resumable = _resumable_fields(klass)
         a, b = old.get(section, {}), new.get(section, {})
         for key in sorted(set(a) | set(b)):
-            if (section, key) in RESUMABLE_FIELDS:
+            if key in resumable:
                 continue
             va, vb = a.get(key), b.get(key)
             if isinstance(va, list):
@@ -252,6 +540,14 @@ def config_differences(old: dict, new: dict) -> list:
             if va != vb:
                 diffs.append(f"{section}.{key}: {va!r} -> {vb!r}")
     return diffs
+
+
+def _resumable_fields(klass: Optional[type]) -> FrozenSet[str]:
+    if klass is None:
+        return frozenset()
+    if klass is RuntimeConfig:
+        return frozenset(f.name for f in dataclasses.fields(RuntimeConfig))
+    return getattr(klass, "RESUMABLE", frozenset())
 
 
 def write_config(config: ExperimentConfig, path: str, extra: Optional[dict] = None) -> None:

@@ -16,9 +16,7 @@ from typing import Optional, Tuple
 
 import tensorflow as tf
 
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
-# Strategies that want the whole machine set up before any TensorFlow op runs.
-CLUSTER_STRATEGIES = ("multi_worker", "tpu")
+from jarn_tf.config import STRATEGIES
 
 
 def configure_cpu_devices(num_devices: int) -> None:

@@ -1,9 +1,15 @@
-"""absl flag helpers shared by the entry points."""
+"""absl flag helpers shared by the entry points.
+
+Fractions (``--eps=8/255``), and the flags generated from the config
+sections of ``jarn_tf.config``: ``define_config_flags`` defines them,
+``config_from_flags`` resolves them into an ``ExperimentConfig``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import fractions
-from typing import Optional
+from typing import Any, List, Mapping, Optional
 
 from absl import flags
 
@@ -50,4 +56,209 @@ def define_fraction(
         default,
         help,
         flag_values=flag_values,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Flags generated from the config sections (jarn_tf.config): one flag per
+# section field, named like the field, with the field's help, choices and
+# bounds. Entry points call ``define_config_flags`` and ``config_from_flags``.
+
+
+class _TypedListParser(flags.ListParser):
+    """A comma list whose items must parse as ``kind`` (int or float)."""
+
+    def __init__(self, kind: type):
+        super().__init__()
+        self.kind = kind
+
+    def parse(self, argument):
+        items = super().parse(argument)
+        for item in items:
+            try:
+                self.kind(item)
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not a{'n' if self.kind is int else ''} {self.kind.__name__}"
+                ) from None
+        return items
+
+    def flag_type(self) -> str:
+        return f"comma-separated list of {self.kind.__name__}"
+
+
+def _define_field_flag(field: dataclasses.Field, flag_values: flags.FlagValues) -> None:
+    meta = field.metadata
+    name, help = field.name, meta["help"]
+    default = meta.get("flag_default", field.default)
+    bounds = dict(lower_bound=meta.get("lower"), upper_bound=meta.get("upper"))
+    if "choices" in meta:
+        flags.DEFINE_enum(name, default, list(meta["choices"]), help, flag_values=flag_values)
+    elif meta.get("fraction"):
+        define_fraction(name, default, help, flag_values=flag_values, **bounds)
+    elif "list_of" in meta:
+        value = None if default is None else [str(v) for v in default]
+        flags.DEFINE(
+            _TypedListParser(meta["list_of"]),
+            name,
+            value,
+            help,
+            flag_values=flag_values,
+            serializer=flags.CsvListSerializer(","),
+        )
+    elif field.type in ("bool", "Optional[bool]"):
+        flags.DEFINE_bool(name, default, help, flag_values=flag_values)
+    elif field.type == "int":
+        flags.DEFINE_integer(name, default, help, flag_values=flag_values, **bounds)
+    elif field.type == "float":
+        flags.DEFINE_float(name, default, help, flag_values=flag_values, **bounds)
+    elif field.type in ("str", "Optional[str]"):
+        flags.DEFINE_string(name, default, help, flag_values=flag_values)
+    else:
+        raise TypeError(f"No flag type for config field {name}: {field.type}")
+
+
+def flag_fields(section: type) -> List[dataclasses.Field]:
+    """The fields of a config section that have a generated flag."""
+    return [f for f in dataclasses.fields(section) if "help" in f.metadata and f.metadata.get("flag", True)]
+
+
+def define_section_flags(section: type, flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines one flag per field of a config section (skipping those defined already)."""
+    for field in flag_fields(section):
+        if field.name not in flag_values:
+            _define_field_flag(field, flag_values)
+
+
+# Flags of define_config_flags that are not section fields.
+_EXTRA_CONFIG_FLAGS = ("mode", "seed", "epochs", "mixed_precision", "mixed_precision_dtype")
+
+
+def config_flag_names() -> List[str]:
+    """Names of every flag ``define_config_flags`` defines."""
+    from jarn_tf import config as config_lib
+
+    names = list(_EXTRA_CONFIG_FLAGS)
+    for section in list(config_lib.COMMON_SECTIONS.values()) + list(config_lib.MODE_SECTIONS.values()):
+        names += [f.name for f in flag_fields(section) if f.name not in names]
+    return names
+
+
+def define_config_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines the flags of every config section and of every mode.
+
+    Besides the section fields: --mode, --seed, --epochs (instead of
+    --train_steps) and --mixed_precision / --mixed_precision_dtype.
+    """
+    from jarn_tf import config as config_lib
+
+    flags.DEFINE_enum(
+        "mode", "classifier", sorted(config_lib.MODE_SECTIONS), "Training mode.", flag_values=flag_values
+    )
+    flags.DEFINE_integer(
+        "seed", 0, "Seed of initialisation, data order, noise and attacks.", flag_values=flag_values
+    )
+    for section in list(config_lib.COMMON_SECTIONS.values()) + list(config_lib.MODE_SECTIONS.values()):
+        define_section_flags(section, flag_values)
+    flags.DEFINE_float(
+        "epochs",
+        None,
+        "Train for this many epochs instead of --train_steps.",
+        lower_bound=0.0,
+        flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
+        "mixed_precision",
+        False,
+        "Mixed precision (see --mixed_precision_dtype); float32 weights and logits.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_enum(
+        "mixed_precision_dtype",
+        "auto",
+        ["auto", "float16", "bfloat16"],
+        "auto: float16 with loss scaling on GPU, bfloat16 on CPU/TPU.",
+        flag_values=flag_values,
+    )
+    flags.register_multi_flags_validator(
+        ["train_steps", "epochs"],
+        lambda f: f["train_steps"] is None or f["epochs"] is None,
+        message="Give --train_steps or --epochs, not both.",
+        flag_values=flag_values,
+    )
+
+
+def _field_value(field: dataclasses.Field, value: Any) -> Any:
+    kind = field.metadata.get("list_of")
+    if kind is not None and value is not None:
+        return tuple(kind(v) for v in value)
+    return value
+
+
+def section_from_flags(section: type, fv: flags.FlagValues, presets: Mapping[str, Any], **fixed: Any) -> Any:
+    """Builds a config section from the flags named like its fields.
+
+    A flag left at None takes ``presets[name]`` (the paper's value for the
+    dataset); then the section's ``derive`` (if any) fills defaults that
+    follow from other flags.
+
+    Args:
+      section: the section's dataclass.
+      fv: the parsed flags.
+      presets: per-dataset defaults for flags left unset.
+      **fixed: values of fields that have no generated flag.
+
+    Returns:
+      The section.
+    """
+    values = {}
+    for field in flag_fields(section):
+        value = _field_value(field, fv[field.name].value)
+        if value is None and field.name in presets:
+            value = presets[field.name]
+        values[field.name] = value
+    values.update(fixed)
+    derive = getattr(section, "derive", None)
+    if derive is not None:
+        values = derive(values)
+    return section(**values)
+
+
+def config_from_flags(fv: flags.FlagValues = flags.FLAGS):
+    """Resolves the flags of ``define_config_flags`` into an ExperimentConfig.
+
+    Flags left unset take the paper's setting for the dataset
+    (``config.PAPER_DEFAULTS``) or, where documented, follow other flags.
+    ``--epochs`` reads the training split to count its steps.
+
+    Args:
+      fv: the parsed flags.
+
+    Returns:
+      The resolved (not yet validated) configuration.
+    """
+    from jarn_tf import config as config_lib
+
+    presets = config_lib.PAPER_DEFAULTS[fv.dataset]
+    data_cfg = section_from_flags(config_lib.DataConfig, fv, presets)
+    train_steps = fv.train_steps
+    if fv.epochs is not None:
+        from jarn_tf import data  # loads the training split to count it
+
+        train_steps = max(1, int(round(fv.epochs * data.steps_per_epoch(data_cfg, fv.batch_size))))
+    if train_steps is None:
+        train_steps = config_lib.OptimizerConfig.train_steps
+    return config_lib.ExperimentConfig(
+        mode=fv.mode,
+        seed=fv.seed,
+        data=data_cfg,
+        model=section_from_flags(
+            config_lib.ModelConfig,
+            fv,
+            presets,
+            mixed_precision=fv.mixed_precision_dtype if fv.mixed_precision else "none",
+        ),
+        optimizer=section_from_flags(config_lib.OptimizerConfig, fv, presets, train_steps=train_steps),
+        runtime=section_from_flags(config_lib.RuntimeConfig, fv, presets),
+        mode_config=section_from_flags(config_lib.mode_section_class(fv.mode), fv, presets),
     )

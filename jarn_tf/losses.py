@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import tensorflow as tf
 
-JACOBIAN_KINDS = ("xent", "prob")
+from jarn_tf.config import JACOBIAN_KINDS
 
 # Discriminator labels: 0 = adapted Jacobian ("fake"), 1 = image ("real").
 FAKE_LABEL = 0

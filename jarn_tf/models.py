@@ -24,10 +24,8 @@ from typing import Sequence
 
 import keras
 
-from jarn_tf.config import ModelConfig
+from jarn_tf.config import MODELS, ModelConfig
 from jarn_tf.layers import PadChannelsShortcut, PerImageStandardization
-
-MODELS = ("wrn", "mnist_cnn")
 
 # Batch norm of the reference: tf.contrib.layers.batch_norm(decay=0.9) with its
 # default epsilon of 1e-3 (not 1e-5). Epsilon matters here: the L2-standardised

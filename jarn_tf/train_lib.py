@@ -17,7 +17,7 @@ import signal
 import tempfile
 import threading
 import time
-from typing import Callable, Dict, Hashable, Optional, Tuple
+from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import keras
 import tensorflow as tf
@@ -25,7 +25,7 @@ import tensorflow as tf
 from jarn_tf import config as config_lib
 from jarn_tf import data, distribute, export, models
 from jarn_tf.summaries import SummaryWriter
-from jarn_tf.train_step import Trainer, build_trainer
+from jarn_tf.trainers import Trainer, build_trainer
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -45,7 +45,7 @@ class TrainResult:
       start_step: the step it started from (> 0 when it resumed).
       step: the step it stopped at.
       metrics: the last scalar summaries written.
-      export_dir: where the classifier was exported, if it was.
+      export_dir: where the run was exported, if it was.
       seconds: wall time of the training loop.
       trainer: the live trainer (networks, optimizers), for inspection.
       preempted: it stopped early on SIGTERM, after saving a checkpoint.
@@ -95,56 +95,14 @@ class _PreemptionWatch:
 def validate_config(config: config_lib.ExperimentConfig) -> None:
     """Rejects impossible or inconsistent settings, naming the flag.
 
+    Each config section checks its own fields (``ExperimentConfig.validate``);
+    the architecture is checked against the dataset's image shape.
+
     Raises:
       ValueError: with the offending flag in its message.
     """
-    t = config.train
-    info = data.dataset_info(config.data.dataset)
-    models.validate_model_config(config.model, info.image_shape)
-    checks = [
-        (t.train_steps > 0, f"--train_steps must be positive, got {t.train_steps}"),
-        (t.batch_size > 0, f"--batch_size must be positive, got {t.batch_size}"),
-        (t.at_steps >= 0, f"--at_steps must be >= 0, got {t.at_steps}"),
-        (0.0 <= t.eps <= 1.0, f"--eps must be in [0, 1] (pixel units of [0, 1] images), got {t.eps}"),
-        (0.0 <= t.step_size <= 1.0, f"--step_size must be in [0, 1], got {t.step_size}"),
-        (0.0 <= t.noise_eps <= 1.0, f"--noise_eps must be in [0, 1], got {t.noise_eps}"),
-        (0.0 <= t.jarn_start < 1.0, f"--jarn_start must be in [0, 1), got {t.jarn_start}"),
-        (t.disc_update_every >= 1, f"--disc_update_every must be >= 1, got {t.disc_update_every}"),
-        (t.double_backprop >= 0, f"--double_backprop must be >= 0, got {t.double_backprop}"),
-        (t.lambda_adv >= 0, f"--lambda_adv must be >= 0, got {t.lambda_adv}"),
-        (t.learning_rate > 0, f"--learning_rate must be positive, got {t.learning_rate}"),
-        (t.weight_decay >= 0, f"--weight_decay must be >= 0, got {t.weight_decay}"),
-        (t.jacobian in ("xent", "prob"), f"--jacobian must be xent or prob, got {t.jacobian!r}"),
-        (
-            t.disc_optimizer in ("sgd", "adam"),
-            f"--disc_optimizer must be sgd or adam, got {t.disc_optimizer!r}",
-        ),
-        (
-            t.strategy in distribute.STRATEGIES,
-            f"--strategy must be one of {distribute.STRATEGIES}, got {t.strategy!r}",
-        ),
-        (
-            all(0.0 < b < 1.0 for b in t.lr_boundaries) and list(t.lr_boundaries) == sorted(t.lr_boundaries),
-            f"--lr_boundaries must be increasing fractions in (0, 1), got {t.lr_boundaries}",
-        ),
-        (
-            not (t.jarn and t.double_backprop > 0),
-            "--jarn and --double_backprop are separate regularisers of the paper; use one of them",
-        ),
-        (t.steps_per_loop >= 1, f"--steps_per_loop must be >= 1, got {t.steps_per_loop}"),
-        (
-            t.mixed_precision in config_lib.MIXED_PRECISION,
-            f"--mixed_precision_dtype must be one of {config_lib.MIXED_PRECISION}, got {t.mixed_precision!r}",
-        ),
-        (t.checkpoint_every >= 1, f"--checkpoint_every must be >= 1, got {t.checkpoint_every}"),
-        (t.summary_every >= 1, f"--summary_every must be >= 1, got {t.summary_every}"),
-        (t.export_every >= 0, f"--export_every must be >= 0, got {t.export_every}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
-    if t.jarn and t.jarn_start_step >= t.train_steps:
-        raise ValueError(f"--jarn_start={t.jarn_start} leaves no JARN step in --train_steps={t.train_steps}")
+    config.validate()
+    models.validate_model_config(config.model, data.dataset_info(config.data.dataset).image_shape)
 
 
 def mixed_precision_policy(setting: str) -> Optional[str]:
@@ -186,48 +144,68 @@ def check_model_dir(config: config_lib.ExperimentConfig, model_dir: str) -> None
         )
 
 
-def _chunks(trainer: Trainer, start: int, end: int, max_len: int):
-    """Splits [start, end) into chunks whose steps after the first share a variant.
-
-    Yields (first_step, num_steps, first_variant, rest_variant).
-    """
-    step = start
-    while step < end:
-        first = trainer.variant(step)
-        rest = trainer.variant(step + 1) if step + 1 < end else first
-        n = 1
-        while n < max_len and step + n < end and trainer.variant(step + n) == rest:
-            n += 1
-        yield step, n, first, rest
-        step += n
-
-
-def _next_stop(step: int, end: int, intervals) -> int:
-    """The first step after ``step`` that is a multiple of an interval, or end."""
+def next_stop(step: int, end: int, intervals: Sequence[int]) -> int:
+    """The first step after ``step`` that is a multiple of an interval, or ``end``."""
     return min([end] + [(step // i + 1) * i for i in intervals if i])
 
 
-class _LoopFunctions:
-    """Compiled ``tf.function`` loops, one per (first, rest) variant pair."""
+class StepRunner:
+    """Runs a trainer's steps in compiled chunks: the public runner API.
 
-    def __init__(self, trainer: Trainer, strategy: tf.distribute.Strategy):
+    ``strategy.run`` runs ``trainer.replica_step`` on every replica; a
+    ``tf.function`` loop runs a chunk of up to ``steps_per_loop`` steps whose
+    steps after the first share a variant, one compiled loop per (first,
+    rest) variant pair. Every named loss of every step is summed over the
+    replicas and checked: the first step with a NaN/Inf loss and the names of
+    those losses are kept (``nonfinite``), and the caller decides what to do
+    (``train`` stops before writing another checkpoint).
+
+    Args:
+      trainer: the mode's trainer (built in ``strategy``'s scope).
+      strategy: the distribution strategy.
+      steps_per_loop: most steps in one compiled loop.
+      jit_compile: compile the replica step with XLA (the input iterator
+        stays outside the compiled function).
+    """
+
+    def __init__(
+        self,
+        trainer: Trainer,
+        strategy: tf.distribute.Strategy,
+        steps_per_loop: int,
+        jit_compile: bool = False,
+    ):
         self.trainer = trainer
         self.strategy = strategy
+        self.steps_per_loop = steps_per_loop
         self.bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="nonfinite_step")
+        self.bad_losses = tf.Variable(0, dtype=tf.int64, trainable=False, name="nonfinite_losses")
+        self.loss_names: List[str] = []  # bit i of bad_losses is loss_names[i]
+        self.variants_run: List[Tuple[Hashable, Hashable]] = []
         self._fns: Dict[Tuple[Hashable, Hashable], Callable] = {}
-        # XLA compiles the replica step only: the input iterator stays outside.
-        jit = trainer.config.train.jit_compile
-        self._step_fn = tf.function(trainer.replica_step, jit_compile=True) if jit else trainer.replica_step
+        self._step_fn = (
+            tf.function(trainer.replica_step, jit_compile=True) if jit_compile else trainer.replica_step
+        )
+
+    def _loss_bit(self, name: str) -> int:
+        if name not in self.loss_names:
+            self.loss_names.append(name)
+        return 1 << self.loss_names.index(name)
 
     def _one_step(self, iterator, variant) -> None:
         per_replica = self.strategy.run(self._step_fn, args=(next(iterator), variant))
-        loss = self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-        # Remember the first step whose loss was not finite.
-        first_bad = tf.logical_and(self.bad_step < 0, tf.logical_not(tf.math.is_finite(loss)))
+        bad = tf.constant(0, tf.int64)
+        for name, value in per_replica.items():
+            total = self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+            bit = tf.constant(self._loss_bit(name), tf.int64)
+            bad = tf.bitwise.bitwise_or(bad, tf.where(tf.math.is_finite(total), tf.zeros_like(bit), bit))
+        # Remember the first step with a non-finite loss, and which ones.
+        first_bad = tf.logical_and(self.bad_step < 0, bad != 0)
         self.bad_step.assign(tf.where(first_bad, self.trainer.step, self.bad_step))
+        self.bad_losses.assign(tf.where(first_bad, bad, self.bad_losses))
         self.trainer.step.assign_add(1)
 
-    def get(self, first: Hashable, rest: Hashable) -> Callable:
+    def _loop(self, first: Hashable, rest: Hashable) -> Callable:
         key = (first, rest)
         if key not in self._fns:
 
@@ -240,20 +218,40 @@ class _LoopFunctions:
             self._fns[key] = loop
         return self._fns[key]
 
+    def run(self, iterator, end: int) -> int:
+        """Runs from the trainer's current step up to step ``end``.
+
+        Args:
+          iterator: a (distributed) iterator of training batches.
+          end: the step to stop at.
+
+        Returns:
+          The trainer's step afterwards (reading it waits for the device).
+        """
+        step = int(self.trainer.step.numpy())
+        while step < end:
+            first = self.trainer.variant(step)
+            rest = self.trainer.variant(step + 1) if step + 1 < end else first
+            n = 1
+            while n < self.steps_per_loop and step + n < end and self.trainer.variant(step + n) == rest:
+                n += 1
+            self._loop(first, rest)(iterator, tf.constant(n, tf.int64))
+            self.variants_run.append((first, rest))
+            step += n
+        return int(self.trainer.step.numpy())
+
+    def nonfinite(self) -> Optional[Tuple[int, List[str]]]:
+        """The first step with a NaN/Inf loss and the names of those losses, or None."""
+        bad = int(self.bad_step.numpy())
+        if bad < 0:
+            return None
+        mask = int(self.bad_losses.numpy())
+        return bad, [name for i, name in enumerate(self.loss_names) if mask >> i & 1]
+
 
 def _fixed_summary_batch(config: config_lib.ExperimentConfig) -> Tuple[tf.Tensor, tf.Tensor]:
     ds = data.make_eval_dataset(config.data, batch_size=_NUM_SUMMARY_IMAGES, num_examples=_NUM_SUMMARY_IMAGES)
     return next(iter(ds))
-
-
-def _evaluate_clean(classifier: keras.Model, config: config_lib.ExperimentConfig, num_examples: int) -> float:
-    """Clean accuracy on the first ``num_examples`` test images."""
-    correct, total = 0, 0
-    predict = tf.function(lambda x: tf.argmax(classifier(x, training=False), axis=-1))
-    for images, labels in data.make_eval_dataset(config.data, batch_size=256, num_examples=num_examples):
-        correct += int(tf.reduce_sum(tf.cast(predict(images) == labels, tf.int32)))
-        total += int(labels.shape[0])
-    return correct / max(total, 1)
 
 
 def train(
@@ -275,7 +273,7 @@ def train(
         reached; for tests that simulate an interrupted run.
       verbose: 1 shows a progress bar, 0 is silent (non-chief workers are
         always silent).
-      strategy: the strategy of ``config.train.strategy``, when the caller
+      strategy: the strategy of ``config.runtime.strategy``, when the caller
         had to build it first (``multi_worker`` and ``tpu`` must exist before
         any other TensorFlow op); None builds it here.
 
@@ -291,21 +289,21 @@ def train(
     validate_config(config)
     data.describe_source(config.data)  # fail fast when the data is missing
     check_model_dir(config, model_dir)
-    t = config.train
+    r, o = config.runtime, config.optimizer
 
     if strategy is None:
-        strategy = distribute.get_strategy(t.strategy, t.num_gpus)
-    if t.batch_size % strategy.num_replicas_in_sync:
+        strategy = distribute.get_strategy(r.strategy, r.num_gpus)
+    if o.batch_size % strategy.num_replicas_in_sync:
         raise ValueError(
-            f"--batch_size={t.batch_size} must be divisible by the "
-            f"{strategy.num_replicas_in_sync} replicas of --strategy={t.strategy}"
+            f"--batch_size={o.batch_size} must be divisible by the "
+            f"{strategy.num_replicas_in_sync} replicas of --strategy={r.strategy}"
         )
-    if t.jit_compile and strategy.num_replicas_in_sync > 1 and not tf.config.list_logical_devices("GPU"):
+    if r.jit_compile and strategy.num_replicas_in_sync > 1 and not tf.config.list_logical_devices("GPU"):
         # TensorFlow: "Collectives are not yet implemented for CPU devices
         # when compiling with XLA"; the step's gradient all-reduce is one.
         raise ValueError(
             f"--jit_compile cannot compile the cross-replica gradient sum on CPU devices "
-            f"({strategy.num_replicas_in_sync} replicas of --strategy={t.strategy}); drop --jit_compile, "
+            f"({strategy.num_replicas_in_sync} replicas of --strategy={r.strategy}); drop --jit_compile, "
             "or use GPUs"
         )
     os.makedirs(model_dir, exist_ok=True)
@@ -315,7 +313,9 @@ def train(
     # directory that is removed at the end.
     scratch = None if chief else tempfile.mkdtemp(prefix="jarn_tf-%s%d-" % distribute.task(strategy))
     try:
-        return _train(config, model_dir, strategy, chief, scratch or model_dir, eval_examples, stop_after, verbose)
+        return _train(
+            config, model_dir, strategy, chief, scratch or model_dir, eval_examples, stop_after, verbose
+        )
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -332,21 +332,21 @@ def _train(
     verbose: int,
 ) -> TrainResult:
     """``train`` once the strategy is known; this process writes to ``write_dir``."""
-    t = config.train
+    r, o = config.runtime, config.optimizer
     info = data.dataset_info(config.data.dataset)
     verbose = verbose if chief else 0
-    if t.deterministic:
+    if r.deterministic:
         tf.config.experimental.enable_op_determinism()
-    keras.utils.set_random_seed(t.seed)
+    keras.utils.set_random_seed(config.seed)
 
-    with mixed_precision_scope(t.mixed_precision):
+    with mixed_precision_scope(config.model.mixed_precision):
         trainer = build_trainer(config, info, strategy)
     with strategy.scope():
         checkpoint = tf.train.Checkpoint(**trainer.checkpoint_items())
         manager = tf.train.CheckpointManager(
             checkpoint,
             os.path.join(write_dir, CHECKPOINT_DIR),
-            max_to_keep=t.keep_checkpoints if chief else 1,
+            max_to_keep=r.keep_checkpoints if chief else 1,
             step_counter=trainer.step,
         )
     # Every worker restores the chief's latest checkpoint, so a restarted
@@ -360,14 +360,14 @@ def _train(
     if chief:
         config_lib.write_config(config, os.path.join(model_dir, CONFIG_FILE))
 
-    end = t.train_steps if stop_after is None else min(t.train_steps, stop_after)
+    end = o.train_steps if stop_after is None else min(o.train_steps, stop_after)
     dataset = strategy.distribute_datasets_from_function(
         lambda ctx: data.make_train_dataset(
-            config.data, t.batch_size, t.seed, start_step=start, input_context=ctx
+            config.data, o.batch_size, config.seed, start_step=start, input_context=ctx
         )
     )
     iterator = iter(dataset)
-    loops = _LoopFunctions(trainer, strategy)
+    runner = StepRunner(trainer, strategy, r.steps_per_loop, r.jit_compile)
     writer = SummaryWriter(model_dir, "train", enabled=chief)
     eval_writer = SummaryWriter(model_dir, "eval", enabled=chief)
     summary_images = tf.function(trainer.summary_images)
@@ -375,31 +375,30 @@ def _train(
 
     def do_export(step: int) -> str:
         export_dir = os.path.join(write_dir, EXPORT_DIR)
-        classifier = trainer.export_model()
         metadata = {
             "dataset": config.data.dataset,
             "num_classes": info.num_classes,
             "step": step,
-            "mode": t.mode,
+            "mode": config.mode,
             "config": config.to_dict(),
         }
+        evaluation: Dict[str, float] = {}
         if eval_examples and chief:  # the other workers' exports are thrown away
-            acc = _evaluate_clean(classifier, config, eval_examples)
-            metadata["clean_accuracy"] = {"value": acc, "num_test_examples": eval_examples}
-            eval_writer.scalars(step, {"eval/clean_accuracy": acc})
-        export.export_classifier(classifier, export_dir, info.image_shape, metadata)
+            evaluation = trainer.evaluate(eval_examples)
+            eval_writer.scalars(step, evaluation)
+        trainer.export(export_dir, metadata, evaluation, eval_examples)
         return export_dir
 
-    shown = ("train/xent", "train/accuracy", "train/adv_loss", "train/disc_accuracy")
+    shown = trainer.progress_metrics
     # The values shown are already means over the current summary window.
     progbar = keras.utils.Progbar(
-        t.train_steps, verbose=verbose, stateful_metrics=[k.split("/")[-1] for k in shown]
+        o.train_steps, verbose=verbose, stateful_metrics=[k.split("/")[-1] for k in shown]
     )
     if verbose and start:
         progbar.update(start)
     # Steps after which the host has work: summaries, checkpoints, exports,
     # images, and a progress update every steps_per_loop steps.
-    intervals = [t.summary_every, t.checkpoint_every, t.steps_per_loop, t.export_every, t.image_summary_every]
+    intervals = [r.summary_every, r.checkpoint_every, r.steps_per_loop, r.export_every, r.image_summary_every]
     tic = time.time()
     window_start, window_steps = time.time(), 0
     step = start
@@ -413,37 +412,36 @@ def _train(
         nonlocal last_saved
         manager.save(checkpoint_number=step, check_interval=False)
         last_saved = step
+
     with _PreemptionWatch() as watch:
         while step < end:
             # Run up to the next step where the host has work to do.
-            stop = _next_stop(step, end, intervals)
-            for _, n, first, rest in _chunks(trainer, step, stop, t.steps_per_loop):
-                loops.get(first, rest)(iterator, tf.constant(n, tf.int64))
+            stop = next_stop(step, end, intervals)
             window_steps += stop - step
-            step = int(trainer.step.numpy())
-            bad = int(loops.bad_step.numpy())
-            if bad >= 0:
+            step = runner.run(iterator, stop)
+            bad = runner.nonfinite()
+            if bad is not None:
                 kept = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_DIR))
                 raise NonFiniteLossError(
-                    f"Non-finite loss at step {bad}; stopped at step {step}. The last good checkpoint "
-                    f"({kept or 'none'}) was left untouched."
+                    f"Non-finite loss at step {bad[0]}; stopped at step {step}. Not finite: "
+                    f"{', '.join(bad[1])}. The last good checkpoint ({kept or 'none'}) was left untouched."
                 )
             values = trainer.metrics.result()
             if verbose:
                 progbar.update(step, [(k.split("/")[-1], v) for k, v in values.items() if k in shown])
-            if step % t.summary_every == 0 or step == end:
+            if step % r.summary_every == 0 or step == end:
                 elapsed = time.time() - window_start
-                values["train/examples_per_second"] = window_steps * t.batch_size / max(elapsed, 1e-9)
+                values["train/examples_per_second"] = window_steps * o.batch_size / max(elapsed, 1e-9)
                 values.update(trainer.learning_rates())
                 writer.scalars(step, values)
                 last = values
                 trainer.metrics.reset()
                 window_start, window_steps = time.time(), 0
-            if t.image_summary_every and (step % t.image_summary_every == 0 or step == end):
+            if r.image_summary_every and (step % r.image_summary_every == 0 or step == end):
                 writer.images(step, summary_images(fixed_images, fixed_labels), _NUM_SUMMARY_IMAGES)
-            if step % t.checkpoint_every == 0:
+            if step % r.checkpoint_every == 0:
                 save(step)
-            if t.export_every and step % t.export_every == 0 and step < t.train_steps:
+            if r.export_every and step % r.export_every == 0 and step < o.train_steps:
                 export_dir = do_export(step)
             if any_worker(watch.requested):
                 preempted = True
@@ -451,7 +449,7 @@ def _train(
 
     if last_saved != step:
         save(step)
-    if step >= t.train_steps:
+    if step >= o.train_steps:
         export_dir = do_export(step)
     if preempted:
         logging.warning("Preempted: checkpoint saved at step %d; run again to resume.", step)

@@ -10,16 +10,14 @@ import tensorflow as tf
 
 from jarn_tf import attacks, data, train_lib
 
-from test_train import _tiny_config
-
 cleverhans_pgd = pytest.importorskip("cleverhans.tf2.attacks.projected_gradient_descent")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("eps, steps", [(0.05, 10), (0.1, 1)])
-def test_pgd_matches_cleverhans_without_random_start(tiny_data_dir, tmp_path, eps, steps):
-    config = _tiny_config(tiny_data_dir, train_steps=30)
+def test_pgd_matches_cleverhans_without_random_start(tiny_data_dir, tmp_path, eps, steps, tiny_config):
+    config = tiny_config(train_steps=30)
     model = train_lib.train(config, str(tmp_path / "run"), eval_examples=0, verbose=0).trainer.networks[
         "classifier"
     ]

@@ -15,8 +15,6 @@ from absl import flags
 from jarn_tf import data, export, train_lib
 from jarn_tf import train as train_entry
 
-from test_train import TINY, _tiny_config, run_main, train_cli
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGFILES = sorted(glob.glob(os.path.join(REPO, "flags", "*.cfg")))
 
@@ -28,7 +26,7 @@ def _prepare_tfds_metadata(data_dir: str, tfds_name: str) -> None:
     builder.info.write_to_directory(builder.data_dir)
 
 
-def test_main_command_jarn_at1_on_cifar10(tmp_path, monkeypatch):
+def test_main_command_jarn_at1_on_cifar10(tmp_path, monkeypatch, run_main):
     """`python -m jarn_tf.train --dataset=cifar10 --jarn --at_steps=1` via its flagfile."""
     data_dir, model_dir = str(tmp_path / "tfds"), str(tmp_path / "jarn_at1")
     _prepare_tfds_metadata(data_dir, "cifar10")
@@ -54,7 +52,7 @@ def test_main_command_jarn_at1_on_cifar10(tmp_path, monkeypatch):
         assert run_main(["--flagfile=flags/cifar10_jarn_at1.cfg"] + small) == 0
     data.clear_cache()
     cfg = json.load(open(os.path.join(model_dir, "config.json")))
-    t, m = cfg["train"], cfg["model"]
+    t, o, m = cfg["classifier"], cfg["optimizer"], cfg["model"]
     # The paper's JARN-AT1 settings survive the small overrides.
     assert (t["jarn"], t["at_steps"], t["at_random_start"]) == (True, 1, False)
     assert t["eps"] == pytest.approx(8 / 255) and t["step_size"] == pytest.approx(8 / 255)
@@ -64,7 +62,7 @@ def test_main_command_jarn_at1_on_cifar10(tmp_path, monkeypatch):
         20,
         "xent",
     )
-    assert (t["learning_rate"], t["lr_boundaries"], t["weight_decay"]) == (0.1, [0.5, 0.75], 2e-4)
+    assert (o["learning_rate"], o["lr_boundaries"], o["weight_decay"]) == (0.1, [0.5, 0.75], 2e-4)
     assert (m["model"], m["disc_layers"]) == ("wrn", 5)
     meta = json.load(open(os.path.join(model_dir, "export", "metadata.json")))
     assert meta["image_shape"] == [32, 32, 3] and meta["step"] == 8 and meta["dataset"] == "cifar10"
@@ -88,23 +86,23 @@ def test_every_flagfile_resolves_to_a_valid_config(path, monkeypatch, tmp_path):
     name = os.path.basename(path)
     expected = "fashion_mnist" if name.startswith("fashion") else name.split("_")[0]
     assert config.data.dataset == expected
-    assert config.train.jarn == ("jarn" in name)
+    assert config.mode_config.jarn == ("jarn" in name)
     if "at1" in name:
-        assert config.train.at_steps == 1
+        assert config.mode_config.at_steps == 1
     if "at7" in name:
-        assert config.train.at_steps == 7 and config.train.step_size == pytest.approx(2 / 255)
+        assert config.mode_config.at_steps == 7 and config.mode_config.step_size == pytest.approx(2 / 255)
 
 
-def test_epochs_sets_train_steps(tiny_data_dir, tmp_path):
+def test_epochs_sets_train_steps(tiny_data_dir, tmp_path, run_main, tiny_flags):
     model_dir = str(tmp_path / "epochs")
     # 256 training images, batch 32: 8 steps an epoch.
-    args = TINY + [f"--data_dir={tiny_data_dir}", f"--model_dir={model_dir}", "--epochs=1.5"]
+    args = tiny_flags + [f"--data_dir={tiny_data_dir}", f"--model_dir={model_dir}", "--epochs=1.5"]
     assert run_main([a for a in args if not a.startswith("--summary_every")] + ["--summary_every=4"]) == 0
-    assert json.load(open(os.path.join(model_dir, "config.json")))["train"]["train_steps"] == 12
+    assert json.load(open(os.path.join(model_dir, "config.json")))["optimizer"]["train_steps"] == 12
 
 
-def test_failed_export_keeps_previous_export(tiny_data_dir, tmp_path, monkeypatch):
-    config = _tiny_config(tiny_data_dir, train_steps=2)
+def test_failed_export_keeps_previous_export(tiny_data_dir, tmp_path, monkeypatch, tiny_config):
+    config = tiny_config(train_steps=2)
     result = train_lib.train(config, str(tmp_path / "run"), eval_examples=0, verbose=0)
     classifier = result.trainer.networks["classifier"]
     images = tf.random.stateless_uniform([4, 28, 28, 1], seed=[0, 1])
@@ -153,7 +151,7 @@ def test_later_of_epochs_and_train_steps_wins(tmp_path):
     assert keep(["--epochs=2"]) == ["--epochs=2"]
 
 
-def test_train_steps_overrides_a_flagfiles_epochs_on_the_command_line(tiny_data_dir, tmp_path):
+def test_train_steps_overrides_a_flagfiles_epochs_on_the_command_line(tiny_data_dir, tmp_path, train_cli):
     flagfile = tmp_path / "run.cfg"
     flagfile.write_text("--epochs=4\n")
     proc = train_cli(

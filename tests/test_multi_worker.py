@@ -22,9 +22,6 @@ import time
 import numpy as np
 import pytest
 
-from test_faults import _checkpoint_values, _latest_step
-from test_train import TINY, train_cli
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(REPO, "run_scripts", "multi_worker_local.sh")
 STEPS = 8
@@ -34,7 +31,7 @@ STEPS = 8
 # start and JARN without noise (AT replaces it) draw no random numbers, and
 # synchronised batch norm makes a 2 x 16 batch the same as one of 32, so one
 # process can reproduce the two workers.
-FLAGS = TINY + [
+RUN_FLAGS = [
     "--jarn",
     "--jarn_start=0.5",
     "--disc_update_every=2",
@@ -60,7 +57,7 @@ flags.FLAGS(["jarn_tf.train"] + sys.argv[2:])
 from jarn_tf import distribute, train_lib
 config = entry.config_from_flags()
 strategy = None
-if config.train.strategy == "multi_worker":
+if config.runtime.strategy == "multi_worker":
     strategy = distribute.get_strategy("multi_worker")
 result = train_lib.train(config, flags.FLAGS.model_dir, eval_examples=0, verbose=0, strategy=strategy)
 weights = {f"{name}/{v.path}": v.numpy() for name, net in result.trainer.networks.items() for v in net.weights}
@@ -96,11 +93,11 @@ def _load(path: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def two_worker_run(tiny_data_dir, tmp_path_factory):
+def two_worker_run(tiny_data_dir, tmp_path_factory, tiny_flags):
     """Two worker processes and one single process, same flags and batches."""
     tmp = tmp_path_factory.mktemp("multi_worker")
     model_dir = str(tmp / "two_workers")
-    args = FLAGS + [f"--data_dir={tiny_data_dir}", f"--train_steps={STEPS}"]
+    args = tiny_flags + RUN_FLAGS + [f"--data_dir={tiny_data_dir}", f"--train_steps={STEPS}"]
     scratch = tmp / "tmpdir"
     scratch.mkdir()
     ports = _free_ports(2)
@@ -138,7 +135,7 @@ def two_worker_run(tiny_data_dir, tmp_path_factory):
     )
 
 
-def test_two_workers_end_identical_and_equal_to_one_process(two_worker_run):
+def test_two_workers_end_identical_and_equal_to_one_process(two_worker_run, checkpoint_values):
     w0, w1 = two_worker_run["workers"]
     single = two_worker_run["single"]
     assert bool(w0["chief"]) and not bool(w1["chief"])
@@ -153,8 +150,8 @@ def test_two_workers_end_identical_and_equal_to_one_process(two_worker_run):
     assert diff < 1e-5 * max(1.0, scale), (diff, scale)
     # Every network trained across the workers between the first checkpoint
     # and the last, so the equality above is not one of untouched weights.
-    early = _checkpoint_values(two_worker_run["model_dir"], 4)  # JARN starts at step 4
-    final = _checkpoint_values(two_worker_run["model_dir"], STEPS)
+    early = checkpoint_values(two_worker_run["model_dir"], 4)  # JARN starts at step 4
+    final = checkpoint_values(two_worker_run["model_dir"], STEPS)
     for net in ("classifier", "adaptor", "discriminator"):
         weights = [k for k in final if k.startswith(f"{net}_optimizer/_trainable_variables/")]
         assert weights and any(not np.array_equal(early[k], final[k]) for k in weights), net
@@ -217,19 +214,25 @@ def _wait(condition, proc, output: _Output, timeout: float = 300.0) -> None:
         time.sleep(0.2)
 
 
-def test_killed_worker_then_restarted_job_resumes_all_from_one_step(two_worker_run, tiny_data_dir, tmp_path):
+def test_killed_worker_then_restarted_job_resumes_all_from_one_step(
+    two_worker_run, tiny_data_dir, tmp_path, tiny_flags, checkpoint_values, latest_step
+):
     model_dir = str(tmp_path / "killed")
-    args = FLAGS + [f"--data_dir={tiny_data_dir}", f"--model_dir={model_dir}", f"--train_steps={STEPS}"]
+    args = (
+        tiny_flags
+        + RUN_FLAGS
+        + [f"--data_dir={tiny_data_dir}", f"--model_dir={model_dir}", f"--train_steps={STEPS}"]
+    )
     kill_after = random.Random().choice([2, 4])
     proc = _launch(2, args)
     output = _Output(proc)
-    _wait(lambda: output.pid(1) and _latest_step(model_dir) >= kill_after, proc, output)
+    _wait(lambda: output.pid(1) and latest_step(model_dir) >= kill_after, proc, output)
     os.kill(output.pid(1), signal.SIGKILL)
     proc.wait(timeout=120)
     text = output.join()
     assert proc.returncode != 0, text[-3000:]
     assert "worker 1 failed" in text
-    resumed_from = _latest_step(model_dir)
+    resumed_from = latest_step(model_dir)
     assert kill_after <= resumed_from <= STEPS
 
     proc = _launch(2, args)
@@ -242,26 +245,34 @@ def test_killed_worker_then_restarted_job_resumes_all_from_one_step(two_worker_r
             assert f"[worker {worker}] Finished at step {STEPS} in" in text, text[-3000:]
             assert f"(resumed from step {resumed_from})" in _lines_of(text, worker), text[-3000:]
     # Same final weights as the uninterrupted two-worker run.
-    reference = _checkpoint_values(two_worker_run["model_dir"], STEPS)
-    resumed = _checkpoint_values(model_dir, STEPS)
+    reference = checkpoint_values(two_worker_run["model_dir"], STEPS)
+    resumed = checkpoint_values(model_dir, STEPS)
     assert reference.keys() == resumed.keys()
     for name in reference:
-        np.testing.assert_array_equal(reference[name], resumed[name], err_msg=f"{name} (killed after {kill_after})")
+        np.testing.assert_array_equal(
+            reference[name], resumed[name], err_msg=f"{name} (killed after {kill_after})"
+        )
 
 
 def _lines_of(text: str, worker: int) -> str:
     return "".join(line for line in text.splitlines(keepends=True) if line.startswith(f"[worker {worker}]"))
 
 
-def test_sigterm_to_one_worker_checkpoints_every_worker_at_one_step(tiny_data_dir, tmp_path):
+def test_sigterm_to_one_worker_checkpoints_every_worker_at_one_step(
+    tiny_data_dir, tmp_path, tiny_flags, checkpoint_values, latest_step
+):
     model_dir = str(tmp_path / "preempted")
-    args = FLAGS + [
-        f"--data_dir={tiny_data_dir}",
-        f"--model_dir={model_dir}",
-        "--train_steps=400",
-        "--checkpoint_every=1000",  # only the SIGTERM path can save mid-run
-        "--summary_every=1",
-    ]
+    args = (
+        tiny_flags
+        + RUN_FLAGS
+        + [
+            f"--data_dir={tiny_data_dir}",
+            f"--model_dir={model_dir}",
+            "--train_steps=400",
+            "--checkpoint_every=1000",  # only the SIGTERM path can save mid-run
+            "--summary_every=1",
+        ]
+    )
     proc = _launch(2, args)
     output = _Output(proc)
     train_dir = os.path.join(model_dir, "train")
@@ -271,11 +282,14 @@ def test_sigterm_to_one_worker_checkpoints_every_worker_at_one_step(tiny_data_di
     proc.wait(timeout=180)
     text = output.join()
     assert proc.returncode == 0, text[-3000:]
-    steps = [int(m) for m in re.findall(r"\[worker \d\] Preempted \(SIGTERM\): checkpoint saved at step (\d+)", text)]
+    steps = [
+        int(m)
+        for m in re.findall(r"\[worker \d\] Preempted \(SIGTERM\): checkpoint saved at step (\d+)", text)
+    ]
     assert len(steps) == 2 and steps[0] == steps[1], text[-3000:]
-    saved = _latest_step(model_dir)
+    saved = latest_step(model_dir)
     assert saved == steps[0] and 0 < saved < 400
-    assert int(_checkpoint_values(model_dir, saved)["step/.ATTRIBUTES/VARIABLE_VALUE"]) == saved
+    assert int(checkpoint_values(model_dir, saved)["step/.ATTRIBUTES/VARIABLE_VALUE"]) == saved
     assert not os.path.exists(os.path.join(model_dir, "export"))
 
 
@@ -284,21 +298,30 @@ def test_sigterm_to_one_worker_checkpoints_every_worker_at_one_step(tiny_data_di
     [
         (None, "needs the TF_CONFIG environment variable"),
         ("{not json", "not valid JSON"),
-        ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 3}}', "not in its cluster"),
+        (
+            '{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 3}}',
+            "not in its cluster",
+        ),
         ('{"cluster": {"ps": ["localhost:1"]}, "task": {"type": "ps", "index": 0}}', "parameter servers"),
     ],
 )
-def test_bad_tf_config_fails_before_work(tf_config, message, tiny_data_dir, tmp_path):
+def test_bad_tf_config_fails_before_work(tf_config, message, tiny_data_dir, tmp_path, train_cli):
     env = _env() if tf_config is None else _env(TF_CONFIG=tf_config)
-    _assert_fails_before_work("--strategy=multi_worker", env, message, tiny_data_dir, tmp_path)
+    _assert_fails_before_work(train_cli, "--strategy=multi_worker", env, message, tiny_data_dir, tmp_path)
 
 
-def test_tpu_without_a_tpu_fails_clearly(tiny_data_dir, tmp_path):
-    _assert_fails_before_work("--strategy=tpu", _env(), "--strategy=tpu found no TPU", tiny_data_dir, tmp_path)
+def test_tpu_without_a_tpu_fails_clearly(tiny_data_dir, tmp_path, train_cli):
+    _assert_fails_before_work(
+        train_cli, "--strategy=tpu", _env(), "--strategy=tpu found no TPU", tiny_data_dir, tmp_path
+    )
 
 
-def _assert_fails_before_work(strategy_flag: str, env: dict, message: str, data_dir: str, tmp_path) -> None:
-    proc = train_cli(f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'm'}", strategy_flag, env=env, timeout=120)
+def _assert_fails_before_work(
+    train_cli, strategy_flag: str, env: dict, message: str, data_dir: str, tmp_path
+) -> None:
+    proc = train_cli(
+        f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'm'}", strategy_flag, env=env, timeout=120
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr
     assert not os.path.exists(tmp_path / "m")
@@ -315,13 +338,19 @@ def test_read_tf_config_accepts_clusters_and_names_the_problem():
 
     chief_cluster = {"chief": ["a:1"], "worker": ["b:1", "c:1"]}
     for task in ({"type": "chief", "index": 0}, {"type": "worker", "index": 1}):
-        config = distribute.read_tf_config({"TF_CONFIG": json.dumps({"cluster": chief_cluster, "task": task})})
+        config = distribute.read_tf_config(
+            {"TF_CONFIG": json.dumps({"cluster": chief_cluster, "task": task})}
+        )
         assert config["task"] == task
     bad = {
-        json.dumps({"cluster": {"chief": ["a:1", "b:1"]}, "task": {"type": "chief", "index": 0}}): "at most one",
-        json.dumps({"cluster": {"worker": ["a:1"]}}): "no \"task\"",
-        json.dumps({"task": {"type": "worker", "index": 0}}): "no \"cluster\"",
-        json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}): "not in its cluster",
+        json.dumps(
+            {"cluster": {"chief": ["a:1", "b:1"]}, "task": {"type": "chief", "index": 0}}
+        ): "at most one",
+        json.dumps({"cluster": {"worker": ["a:1"]}}): 'no "task"',
+        json.dumps({"task": {"type": "worker", "index": 0}}): 'no "cluster"',
+        json.dumps(
+            {"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}
+        ): "not in its cluster",
     }
     for raw, message in bad.items():
         with pytest.raises(ValueError, match=message):

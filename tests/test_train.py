@@ -13,31 +13,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 
-from jarn_tf import config as config_lib
-from jarn_tf import data, train_lib, train_step
-from jarn_tf import train as train_entry
+from jarn_tf import data, train_lib, trainers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-TINY = [
-    "--dataset=fashion_mnist",
-    "--nodownload",
-    "--model=mnist_cnn",
-    "--cnn_channels=8,16,16",
-    "--disc_layers=2",
-    "--disc_base_channels=8",
-    "--batch_size=32",
-    "--learning_rate=0.1",
-    "--steps_per_loop=5",
-    "--summary_every=10",
-    "--checkpoint_every=10",
-    "--image_summary_every=20",
-    "--eval_examples=64",
-    "--verbose=0",
-    "--eps=0.02",
-]
 
 MODES = {
     "standard": [],
@@ -52,48 +31,20 @@ MODES = {
 }
 
 
-def run_main(args: list) -> int:
-    """Parses ``args`` as ``python -m jarn_tf.train`` would and runs main()."""
-    fv = flags.FLAGS
-    if "model_dir" not in fv:
-        train_entry.define_train_flags()
-    fv.unparse_flags()
-    fv(["jarn_tf.train"] + args)
-    return train_entry.main(["jarn_tf.train"])
-
-
-def train_cli(*args: str, env: dict = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Runs ``python -m jarn_tf.train TINY + args`` in a fresh process."""
-    return subprocess.run(
-        [sys.executable, "-m", "jarn_tf.train"] + TINY + list(args),
-        capture_output=True,
-        text=True,
-        env=env or dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2"),
-        cwd=REPO,
-        timeout=timeout,
-    )
-
-
-def read_events(logdir: str) -> dict:
-    """TensorBoard tag -> list of (step, value) from the event files."""
-    out: dict = {}
-    for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                out.setdefault(value.tag, []).append((event.step, tf.make_ndarray(value.tensor)))
-    return out
-
-
 @pytest.mark.parametrize("mode", sorted(MODES))
-def test_each_mode_trains_exports_and_loss_goes_down(mode, tiny_data_dir, tmp_path):
+def test_each_mode_trains_exports_and_loss_goes_down(
+    mode, tiny_data_dir, tmp_path, run_main, read_events, tiny_flags
+):
     model_dir = str(tmp_path / mode)
     rc = run_main(
-        TINY + MODES[mode] + [f"--data_dir={tiny_data_dir}", f"--model_dir={model_dir}", "--train_steps=60"]
+        tiny_flags
+        + MODES[mode]
+        + [f"--data_dir={tiny_data_dir}", f"--model_dir={model_dir}", "--train_steps=60"]
     )
     assert rc == 0
 
     cfg = json.load(open(os.path.join(model_dir, "config.json")))
-    assert cfg["train"]["train_steps"] == 60
+    assert cfg["optimizer"]["train_steps"] == 60
     assert os.path.exists(os.path.join(model_dir, "checkpoints", "ckpt-60.index"))
     meta = json.load(open(os.path.join(model_dir, "export", "metadata.json")))
     assert meta["step"] == 60 and meta["image_shape"] == [28, 28, 1]
@@ -112,30 +63,6 @@ def test_each_mode_trains_exports_and_loss_goes_down(mode, tiny_data_dir, tmp_pa
     assert meta["clean_accuracy"]["value"] > 0.2, meta["clean_accuracy"]
 
 
-def _tiny_config(data_dir: str, **train_kwargs) -> config_lib.ExperimentConfig:
-    train_defaults = dict(
-        train_steps=6,
-        batch_size=16,
-        learning_rate=0.05,
-        steps_per_loop=2,
-        checkpoint_every=2,
-        summary_every=2,
-        image_summary_every=0,
-        disc_update_every=3,
-        noise_eps=0.1,
-        eps=0.1,
-        step_size=0.1,
-    )
-    train_defaults.update(train_kwargs)
-    return config_lib.ExperimentConfig(
-        data=config_lib.DataConfig(dataset="fashion_mnist", data_dir=data_dir, download=False),
-        model=config_lib.ModelConfig(
-            model="mnist_cnn", cnn_channels=(8, 16, 16), disc_layers=2, disc_base_channels=8
-        ),
-        train=config_lib.TrainConfig(**train_defaults),
-    )
-
-
 def _weights(model: keras.Model) -> list:
     return [w.numpy().copy() for w in model.trainable_weights]
 
@@ -146,21 +73,20 @@ def _changed(before: list, after: list) -> bool:
 
 def _single_steps(config, num_steps):
     """Builds a trainer and yields it after each single training step."""
-    keras.utils.set_random_seed(config.train.seed)
+    keras.utils.set_random_seed(config.seed)
     strategy = tf.distribute.get_strategy()
     info = data.dataset_info(config.data.dataset)
-    trainer = train_step.build_trainer(config, info, strategy)
-    iterator = iter(data.make_train_dataset(config.data, config.train.batch_size, config.train.seed))
-    loops = train_lib._LoopFunctions(trainer, strategy)
+    trainer = trainers.build_trainer(config, info, strategy)
+    iterator = iter(data.make_train_dataset(config.data, config.optimizer.batch_size, config.seed))
+    runner = train_lib.StepRunner(trainer, strategy, steps_per_loop=1, jit_compile=config.runtime.jit_compile)
     yield trainer
     for step in range(num_steps):
-        v = trainer.variant(step)
-        loops.get(v, v)(iterator, tf.constant(1, tf.int64))
+        runner.run(iterator, step + 1)
         yield trainer
 
 
-def test_discriminator_updates_only_on_schedule(tiny_data_dir):
-    config = _tiny_config(tiny_data_dir, jarn=True, jarn_start=0.0, disc_update_every=3)
+def test_discriminator_updates_only_on_schedule(tiny_data_dir, tiny_config):
+    config = tiny_config(jarn=True, jarn_start=0.0, disc_update_every=3)
     steps = _single_steps(config, 6)
     trainer = next(steps)
     prev = {name: _weights(net) for name, net in trainer.networks.items()}
@@ -172,8 +98,8 @@ def test_discriminator_updates_only_on_schedule(tiny_data_dir):
         prev = now
 
 
-def test_jarn_waits_for_jarn_start(tiny_data_dir):
-    config = _tiny_config(tiny_data_dir, jarn=True, jarn_start=0.5, disc_update_every=1)
+def test_jarn_waits_for_jarn_start(tiny_data_dir, tiny_config):
+    config = tiny_config(jarn=True, jarn_start=0.5, disc_update_every=1)
     steps = _single_steps(config, 6)
     trainer = next(steps)
     prev = _weights(trainer.networks["adaptor"])
@@ -183,11 +109,11 @@ def test_jarn_waits_for_jarn_start(tiny_data_dir):
         prev = now
 
 
-def test_lambda_zero_jarn_equals_standard_classifier_update(tiny_data_dir):
-    jarn = _tiny_config(
+def test_lambda_zero_jarn_equals_standard_classifier_update(tiny_data_dir, tiny_config):
+    jarn = tiny_config(
         tiny_data_dir, jarn=True, jarn_start=0.0, lambda_adv=0.0, noise_eps=0.0, disc_update_every=1
     )
-    standard = _tiny_config(tiny_data_dir)
+    standard = tiny_config()
     results = []
     for config in (jarn, standard):
         *_, trainer = _single_steps(config, 3)
@@ -196,10 +122,10 @@ def test_lambda_zero_jarn_equals_standard_classifier_update(tiny_data_dir):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_xla_compiled_step_equals_plain_step(tiny_data_dir):
+def test_xla_compiled_step_equals_plain_step(tiny_data_dir, tiny_config):
     results = []
     for jit in (False, True):
-        config = _tiny_config(
+        config = tiny_config(
             tiny_data_dir,
             jarn=True,
             jarn_start=0.0,
@@ -217,8 +143,8 @@ def test_xla_compiled_step_equals_plain_step(tiny_data_dir):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
-def test_training_jacobian_equals_independent_gradient(tiny_data_dir):
-    config = _tiny_config(tiny_data_dir, jarn=True, jarn_start=0.0)
+def test_training_jacobian_equals_independent_gradient(tiny_data_dir, tiny_config):
+    config = tiny_config(jarn=True, jarn_start=0.0)
     trainer = next(_single_steps(config, 0))
     images, labels = next(iter(data.make_eval_dataset(config.data, batch_size=4)))
     for kind in ("xent", "prob"):
@@ -247,8 +173,8 @@ def test_training_jacobian_equals_independent_gradient(tiny_data_dir):
         assert fd == pytest.approx(float(jac.numpy()[idx]), rel=0.05, abs=1e-3)
 
 
-def test_interrupted_run_resumes_from_checkpoint(tiny_data_dir, tmp_path):
-    config = _tiny_config(tiny_data_dir, jarn=True, jarn_start=0.0, at_steps=1)
+def test_interrupted_run_resumes_from_checkpoint(tiny_data_dir, tmp_path, tiny_config):
+    config = tiny_config(jarn=True, jarn_start=0.0, at_steps=1)
     full = train_lib.train(config, str(tmp_path / "full"), eval_examples=0, verbose=0)
     part = train_lib.train(config, str(tmp_path / "resumed"), eval_examples=0, verbose=0, stop_after=4)
     assert part.step == 4 and part.export_dir is None
@@ -259,8 +185,8 @@ def test_interrupted_run_resumes_from_checkpoint(tiny_data_dir, tmp_path):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_export_loads_with_plain_tensorflow_and_keras(tiny_data_dir, tmp_path):
-    config = _tiny_config(tiny_data_dir)
+def test_export_loads_with_plain_tensorflow_and_keras(tiny_data_dir, tmp_path, tiny_config):
+    config = tiny_config()
     result = train_lib.train(config, str(tmp_path / "run"), eval_examples=16, verbose=0)
     images, _ = next(iter(data.make_eval_dataset(config.data, batch_size=8)))
     live = result.trainer.networks["classifier"](images, training=False).numpy()
@@ -284,11 +210,9 @@ def test_export_loads_with_plain_tensorflow_and_keras(tiny_data_dir, tmp_path):
     np.testing.assert_allclose(loaded(images, training=False).numpy(), live, rtol=1e-5, atol=1e-5)
 
 
-def test_nan_loss_stops_run_and_keeps_good_checkpoints(tiny_data_dir, tmp_path):
+def test_nan_loss_stops_run_and_keeps_good_checkpoints(tiny_data_dir, tmp_path, tiny_config):
     model_dir = str(tmp_path / "nan")
-    config = _tiny_config(
-        tiny_data_dir, learning_rate=1e12, steps_per_loop=1, checkpoint_every=1, train_steps=20
-    )
+    config = tiny_config(learning_rate=1e12, steps_per_loop=1, checkpoint_every=1, train_steps=20)
     with pytest.raises(train_lib.NonFiniteLossError, match=r"Non-finite loss at step (\d+)") as err:
         train_lib.train(config, model_dir, eval_examples=0, verbose=0)
     bad = int(err.value.args[0].split("step ")[1].split(";")[0])
@@ -314,20 +238,20 @@ def test_nan_loss_stops_run_and_keeps_good_checkpoints(tiny_data_dir, tmp_path):
         (["--train_steps=10", "--epochs=1"], "epochs"),
     ],
 )
-def test_bad_flags_fail_before_work(args, message, tiny_data_dir, tmp_path):
+def test_bad_flags_fail_before_work(args, message, tiny_data_dir, tmp_path, run_main, tiny_flags):
     model_dir = tmp_path / "bad"
     with pytest.raises(Exception, match=message):
-        rc = run_main(TINY + args + [f"--data_dir={tiny_data_dir}", f"--model_dir={model_dir}"])
+        rc = run_main(tiny_flags + args + [f"--data_dir={tiny_data_dir}", f"--model_dir={model_dir}"])
         if rc:
             raise ValueError(f"exit {rc} mentioning {message}")  # validated in main
     assert not (model_dir / "checkpoints").exists()
 
 
-def test_cli_reports_missing_data_and_config_mismatch(tiny_data_dir, tmp_path):
+def test_cli_reports_missing_data_and_config_mismatch(tiny_data_dir, tmp_path, tiny_flags):
     env = dict(os.environ, PYTHONPATH=REPO)
     base = (
         [sys.executable, "-m", "jarn_tf.train"]
-        + TINY
+        + tiny_flags
         + ["--train_steps=2", "--summary_every=1", "--checkpoint_every=1"]
     )
     empty = tmp_path / "empty"
@@ -367,13 +291,14 @@ import json, sys
 from jarn_tf import distribute
 distribute.configure_cpu_devices(2)
 import keras, numpy as np, tensorflow as tf
-from jarn_tf import config as C, data, train_lib, train_step
+from jarn_tf import config as C, data, train_lib, trainers
 
 data_dir = sys.argv[1]
 cfg = C.ExperimentConfig(
     data=C.DataConfig(dataset="fashion_mnist", data_dir=data_dir, download=False),
     model=C.ModelConfig(model="mnist_cnn", cnn_channels=(8, 16, 16), disc_layers=2, disc_base_channels=8, sync_batchnorm=True),
-    train=C.TrainConfig(train_steps=3, batch_size=16, learning_rate=0.05, jarn=True, jarn_start=0.0,
+    optimizer=C.OptimizerConfig(train_steps=3, batch_size=16, learning_rate=0.05),
+    mode_config=C.ClassifierConfig(jarn=True, jarn_start=0.0,
                         disc_update_every=1, noise_eps=0.0, at_steps=1, eps=0.1, step_size=0.1, at_random_start=False),
 )
 info = data.dataset_info("fashion_mnist")
@@ -381,11 +306,10 @@ out = {}
 for name in ("default", "mirrored"):
     keras.utils.set_random_seed(0)
     strategy = distribute.get_strategy(name)
-    trainer = train_step.build_trainer(cfg, info, strategy)
+    trainer = trainers.build_trainer(cfg, info, strategy)
     ds = strategy.distribute_datasets_from_function(lambda ctx: data.make_train_dataset(cfg.data, 16, 0, 0, ctx))
-    loops = train_lib._LoopFunctions(trainer, strategy)
-    v = trainer.variant(0)
-    loops.get(v, v)(iter(ds), tf.constant(3, tf.int64))
+    runner = train_lib.StepRunner(trainer, strategy, steps_per_loop=3)
+    runner.run(iter(ds), 3)
     out[name] = dict(
         replicas=strategy.num_replicas_in_sync,
         weights=[w.numpy() for n in sorted(trainer.networks) for w in trainer.networks[n].trainable_weights],
@@ -417,8 +341,8 @@ def test_mirrored_two_cpus_equals_one_device(tiny_data_dir):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_mixed_precision_jarn_step(tiny_data_dir, dtype):
-    config = _tiny_config(
+def test_mixed_precision_jarn_step(tiny_data_dir, dtype, tiny_config):
+    config = tiny_config(
         tiny_data_dir, jarn=True, jarn_start=0.0, at_steps=1, disc_update_every=1, mixed_precision=dtype
     )
     with train_lib.mixed_precision_scope(dtype):
@@ -441,7 +365,7 @@ def test_mixed_precision_jarn_step(tiny_data_dir, dtype):
     assert trainer.loss_scaling == (dtype == "float16")
 
 
-def test_mirrored_run_resumes_from_its_checkpoint(tiny_data_dir, tmp_path):
+def test_mirrored_run_resumes_from_its_checkpoint(tiny_data_dir, tmp_path, train_cli):
     # Restoring reads the step of a MirroredVariable (a regression: it failed).
     args = [
         f"--data_dir={tiny_data_dir}",
@@ -460,15 +384,17 @@ def test_mirrored_run_resumes_from_its_checkpoint(tiny_data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_mixed_precision_whole_run_with_image_summaries_and_export(dtype, tiny_data_dir, tmp_path):
+def test_mixed_precision_whole_run_with_image_summaries_and_export(
+    dtype, tiny_data_dir, tmp_path, tiny_config, read_events
+):
     # The loop around the step: image summaries of the (half-precision)
     # adapted Jacobian, checkpoints, the export and its clean accuracy.
-    config = _tiny_config(
+    config = tiny_config(
         tiny_data_dir, jarn=True, jarn_start=0.5, image_summary_every=3, mixed_precision=dtype
     )
     model_dir = str(tmp_path / dtype)
     result = train_lib.train(config, model_dir, eval_examples=32, verbose=0)
-    assert result.step == config.train.train_steps and result.export_dir
+    assert result.step == config.optimizer.train_steps and result.export_dir
     images = read_events(os.path.join(model_dir, "train"))
     assert "images/adapted_jacobian" in images and "images/jacobian" in images
     loaded = tf.saved_model.load(os.path.join(result.export_dir, "saved_model"))
@@ -477,7 +403,7 @@ def test_mixed_precision_whole_run_with_image_summaries_and_export(dtype, tiny_d
     assert logits.dtype == tf.float32 and np.all(np.isfinite(logits.numpy()))
 
 
-def test_jit_compile_with_cpu_replicas_fails_before_work(tiny_data_dir, tmp_path):
+def test_jit_compile_with_cpu_replicas_fails_before_work(tiny_data_dir, tmp_path, train_cli):
     # XLA cannot compile collectives on CPU devices: a clear error, not a crash.
     proc = train_cli(
         f"--data_dir={tiny_data_dir}",

@@ -1,158 +1,28 @@
-"""Training steps: one replica step per mode, run by ``train_lib``'s loop.
-
-A mode is a ``Trainer``: its networks, one optimizer per network, the
-metrics it logs, and ``replica_step(batch, variant)``. ``variant(step)`` tells
-the loop which static flavour of the step runs at a given step (JARN on or
-off, discriminator update or not), so the loop compiles one function per
-flavour and the schedule never needs control flow around an optimizer.
+"""The ``classifier`` mode: standard training and its regularisers.
 
 ``ClassifierTrainer`` implements standard training, uniform noise,
 adversarial training (FGSM / PGD), double backpropagation and JARN
-(Algorithm 1 of Chan et al., ICLR 2020), alone or combined.
+(Algorithm 1 of Chan et al., ICLR 2020), alone or combined, on the settings
+of ``config.ClassifierConfig``. It exports the classifier.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Hashable, List, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 import keras
 import tensorflow as tf
 
-from jarn_tf import attacks, losses, models
-from jarn_tf.config import ExperimentConfig
+from jarn_tf import attacks, data, export, losses, models
+from jarn_tf.config import ClassifierConfig, ExperimentConfig
 from jarn_tf.data import DatasetInfo
-from jarn_tf.summaries import MetricSet
+from jarn_tf.trainers.base import Trainer, learning_rate_schedule
 
 # Purposes folded into the per-step random seed, so that noise and attack
 # starts are independent streams.
 _NOISE_SEED = 1
 _ATTACK_SEED = 2
-
-
-def learning_rate_schedule(
-    base: float, boundaries: Tuple[float, ...], decay: float, train_steps: int
-) -> keras.optimizers.schedules.LearningRateSchedule:
-    """Piecewise-constant learning rate: ``base * decay^i`` after boundary i.
-
-    Args:
-      base: initial learning rate.
-      boundaries: fractions of ``train_steps`` (paper: 0.5 and 0.75).
-      decay: multiplier at each boundary.
-      train_steps: total steps of the run.
-
-    Returns:
-      A schedule mapping the global step to the learning rate.
-    """
-    steps = [max(1, int(round(b * train_steps))) for b in boundaries]
-    values = [base * decay**i for i in range(len(steps) + 1)]
-    if not steps:
-        return keras.optimizers.schedules.PiecewiseConstantDecay([train_steps + 1], [base, base])
-    return keras.optimizers.schedules.PiecewiseConstantDecay(steps, values)
-
-
-class Trainer:
-    """Networks, optimizers, metrics and replica step of one training mode.
-
-    Build inside ``strategy.scope()``. Subclasses set ``self.networks``,
-    ``self.optimizers`` and ``self.metrics`` and implement ``replica_step``.
-    """
-
-    metric_names: Tuple[str, ...] = ()
-
-    def __init__(self, config: ExperimentConfig, info: DatasetInfo, strategy: tf.distribute.Strategy):
-        self.config = config
-        self.info = info
-        self.strategy = strategy
-        self.num_replicas = strategy.num_replicas_in_sync
-        self.global_batch_size = config.train.batch_size
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-        self.networks: Dict[str, keras.Model] = {}
-        self.optimizers: Dict[str, keras.optimizers.Optimizer] = {}
-        self.metrics = MetricSet(self.metric_names)
-        # float16 needs loss scaling; bfloat16 has float32's range and does not.
-        self.loss_scaling = keras.mixed_precision.dtype_policy().name == "mixed_float16"
-
-    # -- schedule -------------------------------------------------------------
-    def variant(self, step: int) -> Hashable:
-        """The static flavour of the step run at ``step``."""
-        return ()
-
-    # -- state ----------------------------------------------------------------
-    def checkpoint_items(self) -> Dict[str, object]:
-        items = {"step": self.step}
-        items.update(self.networks)
-        items.update({f"{name}_optimizer": opt for name, opt in self.optimizers.items()})
-        return items
-
-    def export_model(self) -> keras.Model:
-        """The classifier to export for evaluation."""
-        return self.networks["classifier"]
-
-    def learning_rates(self) -> Dict[str, float]:
-        return {}
-
-    # -- helpers for subclasses -----------------------------------------------
-    def _seed(self, purpose: int) -> tf.Tensor:
-        """A stateless seed unique to (run seed, purpose, step, replica)."""
-        ctx = tf.distribute.get_replica_context()
-        replica = ctx.replica_id_in_sync_group if ctx is not None else 0
-        seed = tf.constant([self.config.train.seed, purpose], tf.int64)
-        seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(self.step, tf.int64))
-        return tf.random.experimental.stateless_fold_in(seed, tf.cast(replica, tf.int64))
-
-    def _weight_decay(self, model: keras.Model) -> tf.Tensor:
-        # Every replica adds it and the optimizer sums replica gradients, so
-        # each replica contributes 1/R of it.
-        wd = self.config.train.weight_decay
-        if wd == 0:
-            return tf.constant(0.0)
-        return wd * losses.l2_weight_decay(models.kernel_variables(model)) / self.num_replicas
-
-    def _make_sgd(self, schedule, name: str) -> keras.optimizers.Optimizer:
-        # The schedule follows the global step, not the optimizer's own
-        # iteration count: the discriminator updates only every k steps.
-        return self._maybe_scaled(
-            keras.optimizers.SGD(
-                learning_rate=lambda: schedule(self.step),
-                momentum=self.config.train.momentum,
-                name=f"{name}_sgd",
-            )
-        )
-
-    def _maybe_scaled(self, optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
-        """Wraps the optimizer in dynamic loss scaling under mixed_float16."""
-        if self.loss_scaling:
-            return keras.optimizers.LossScaleOptimizer(optimizer, name=f"{optimizer.name}_scaled")
-        return optimizer
-
-    def _gradients(self, tape: tf.GradientTape, name: str, loss: tf.Tensor) -> list:
-        """Gradients of ``loss`` for network ``name``, loss-scaled if needed.
-
-        The LossScaleOptimizer unscales them in ``apply_gradients`` (and
-        skips the update when they overflow).
-        """
-        if self.loss_scaling:
-            loss = self.optimizers[name].scale_loss(loss)
-        return tape.gradient(loss, self.networks[name].trainable_variables)
-
-    def _inner_scale(self) -> tf.Tensor:
-        """Scale for the inner (input-gradient) tape under float16.
-
-        J would underflow in float16 like any gradient; the classifier
-        optimizer's current loss scale keeps it representable, and J is
-        divided by it again (exactly: the scale is a power of two).
-        """
-        if self.loss_scaling:
-            return tf.cast(self.optimizers["classifier"].scale_loss(tf.constant(1.0)), tf.float32)
-        return tf.constant(1.0)
-
-    def replica_step(self, batch: Tuple[tf.Tensor, tf.Tensor], variant: Hashable) -> tf.Tensor:
-        """Runs one step on this replica's batch; returns its scaled loss."""
-        raise NotImplementedError
-
-    def summary_images(self, images: tf.Tensor, labels: tf.Tensor) -> Dict[str, tf.Tensor]:
-        return {"images/x": images}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,10 +48,13 @@ class ClassifierTrainer(Trainer):
         "train/adaptor_loss",
     )
 
+    progress_metrics = ("train/xent", "train/accuracy", "train/adv_loss", "train/disc_accuracy")
+
     def __init__(self, config: ExperimentConfig, info: DatasetInfo, strategy: tf.distribute.Strategy):
         super().__init__(config, info, strategy)
-        t, m = config.train, config.model
-        self.schedule = learning_rate_schedule(t.learning_rate, t.lr_boundaries, t.lr_decay, t.train_steps)
+        self.params: ClassifierConfig = config.mode_config
+        t, m, o = self.params, config.model, config.optimizer
+        self.schedule = learning_rate_schedule(o.learning_rate, o.lr_boundaries, o.lr_decay, o.train_steps)
         self.networks["classifier"] = models.build_classifier(m, info.image_shape, info.num_classes)
         self.optimizers["classifier"] = self._make_sgd(self.schedule, "classifier")
         if t.jarn:
@@ -194,33 +67,65 @@ class ClassifierTrainer(Trainer):
                 )
             else:
                 self.optimizers["discriminator"] = self._make_sgd(self.schedule, "discriminator")
-        for name, opt in self.optimizers.items():
-            # Optimizer slots must exist before a checkpoint is restored.
-            opt.build(self.networks[name].trainable_variables)
+        self._build_optimizers()
 
     @property
     def classifier(self) -> keras.Model:
         return self.networks["classifier"]
 
     def variant(self, step: int) -> ClassifierVariant:
-        t = self.config.train
-        jarn = t.jarn and step >= t.jarn_start_step
+        t = self.params
+        jarn = t.jarn and step >= t.jarn_start_step(self.config.optimizer.train_steps)
         return ClassifierVariant(jarn=jarn, update_discriminator=jarn and step % t.disc_update_every == 0)
 
     def learning_rates(self) -> Dict[str, float]:
         lr = float(self.schedule(self.step))
         rates = {"train/learning_rate": lr}
-        if "discriminator" in self.optimizers and self.config.train.disc_optimizer == "adam":
-            rates["train/disc_learning_rate"] = self.config.train.disc_learning_rate
+        if "discriminator" in self.optimizers and self.params.disc_optimizer == "adam":
+            rates["train/disc_learning_rate"] = self.params.disc_learning_rate
         return rates
 
+    def evaluate(self, num_examples: int) -> Dict[str, float]:
+        """Clean accuracy on the first ``num_examples`` test images."""
+        correct, total = 0, 0
+        predict = tf.function(lambda x: tf.argmax(self.classifier(x, training=False), axis=-1))
+        for images, labels in data.make_eval_dataset(
+            self.config.data, batch_size=256, num_examples=num_examples
+        ):
+            correct += int(tf.reduce_sum(tf.cast(predict(images) == labels, tf.int32)))
+            total += int(labels.shape[0])
+        return {"eval/clean_accuracy": correct / max(total, 1)}
+
+    def export(
+        self, export_dir: str, metadata: Mapping[str, Any], evaluation: Mapping[str, float], num_examples: int
+    ) -> None:
+        """Exports the classifier (SavedModel, .keras, metadata.json)."""
+        metadata = dict(metadata)
+        if "eval/clean_accuracy" in evaluation:
+            metadata["clean_accuracy"] = {
+                "value": evaluation["eval/clean_accuracy"],
+                "num_test_examples": num_examples,
+            }
+        export.export_classifier(self.classifier, export_dir, self.info.image_shape, metadata)
+
     # -- pieces of the step ---------------------------------------------------
+    def _inner_scale(self) -> tf.Tensor:
+        """Scale for the inner (input-gradient) tape under float16.
+
+        J would underflow in float16 like any gradient; the classifier
+        optimizer's current loss scale keeps it representable, and J is
+        divided by it again (exactly: the scale is a power of two).
+        """
+        if self.loss_scaling:
+            return tf.cast(self.optimizers["classifier"].scale_loss(tf.constant(1.0)), tf.float32)
+        return tf.constant(1.0)
+
     def _inference(self, x: tf.Tensor) -> tf.Tensor:
         return self.classifier(x, training=False)
 
     def _inputs(self, images: tf.Tensor, labels: tf.Tensor, jarn: bool) -> tf.Tensor:
         """Training inputs: uniform noise and/or adversarial examples."""
-        t = self.config.train
+        t = self.params
         x = images
         # JARN adds uniform noise (Algorithm 1, line 4) unless adversarial
         # training already perturbs the inputs around the image.
@@ -278,8 +183,12 @@ class ClassifierTrainer(Trainer):
         return adapted, fake_logits, real_logits
 
     # -- the step -------------------------------------------------------------
-    def replica_step(self, batch: Tuple[tf.Tensor, tf.Tensor], variant: ClassifierVariant) -> tf.Tensor:
-        t = self.config.train
+    def replica_step(
+        self, batch: Tuple[tf.Tensor, tf.Tensor], variant: ClassifierVariant
+    ) -> Dict[str, tf.Tensor]:
+        """One step; returns the classifier's (and with JARN the adaptor's and
+        discriminator's) loss on this replica."""
+        t = self.params
         images, labels = batch
         x = self._inputs(images, labels, variant.jarn)
         batch_size = self.global_batch_size
@@ -332,11 +241,13 @@ class ClassifierTrainer(Trainer):
             values["train/disc_loss"] = tf.fill([1], disc_loss * self.num_replicas)
             values["train/adaptor_loss"] = tf.fill([1], adaptor_loss * self.num_replicas)
         self.metrics.update(values)
-        return classifier_loss
+        if variant.jarn:
+            return {"classifier": classifier_loss, "adaptor": adaptor_loss, "discriminator": disc_loss}
+        return {"classifier": classifier_loss}
 
     def summary_images(self, images: tf.Tensor, labels: tf.Tensor) -> Dict[str, tf.Tensor]:
         """x, its Jacobian J and (with JARN) the adapted Jacobian J'."""
-        kind = self.config.train.jacobian
+        kind = self.params.jacobian
         _, jacobian = self.input_jacobian(images, labels, kind, training=False)
         out = {"images/x": images, "images/jacobian": losses.standardize_per_example(jacobian)}
         if "adaptor" in self.networks:
@@ -344,15 +255,3 @@ class ClassifierTrainer(Trainer):
                 losses.standardize_per_example(jacobian), training=False
             )
         return out
-
-
-TRAINERS = {"classifier": ClassifierTrainer}
-
-
-def build_trainer(config: ExperimentConfig, info: DatasetInfo, strategy: tf.distribute.Strategy) -> Trainer:
-    """Builds the trainer of ``config.train.mode`` (inside the strategy scope)."""
-    mode = config.train.mode
-    if mode not in TRAINERS:
-        raise ValueError(f"--mode={mode!r} is not available; choose one of {sorted(TRAINERS)}.")
-    with strategy.scope():
-        return TRAINERS[mode](config, info, strategy)
