@@ -77,6 +77,13 @@ def flag_field(default: Any, help: str, **flag: Any) -> Any:
     return dataclasses.field(default=default, metadata={"help": help, **flag})
 
 
+def image_fraction(default: float, help: str) -> Any:
+    """A field in [0, 1] image units whose flag takes fractions (``8/255``) and
+    defaults to None (the paper's value for the dataset, or one derived from
+    other flags)."""
+    return flag_field(default, help, fraction=True, lower=0.0, upper=1.0, flag_default=None)
+
+
 def _check(checks: List[Tuple[bool, str]]) -> None:
     """Raises ValueError with the message of the first failed check."""
     for ok, message in checks:
@@ -258,33 +265,21 @@ class ClassifierConfig:
     disc_learning_rate: float = flag_field(1e-3, "Discriminator learning rate with --disc_optimizer=adam.")
     # Adversarial training and baselines.
     at_steps: int = flag_field(0, "PGD steps of adversarial training; 0 off, 1 FGSM-AT, 7 PGD-AT7.", lower=0)
-    eps: float = flag_field(
+    eps: float = image_fraction(
         8.0 / 255.0,
         "L-inf radius in [0, 1] units, e.g. 8/255. Default: 0.3 MNIST, 0.1 Fashion-MNIST, 8/255 otherwise.",
-        fraction=True,
-        lower=0.0,
-        upper=1.0,
-        flag_default=None,
     )
-    step_size: float = flag_field(
+    step_size: float = image_fraction(
         2.0 / 255.0,
         "PGD step size. Default: eps for --at_steps=1, eps/4 otherwise.",
-        fraction=True,
-        lower=0.0,
-        upper=1.0,
-        flag_default=None,
     )
     at_random_start: bool = flag_field(
         True, "Random start for training PGD. Default: on unless --at_steps=1.", flag_default=None
     )
     uniform_noise: bool = flag_field(False, "Uniform-noise augmentation baseline.")
-    noise_eps: float = flag_field(
+    noise_eps: float = image_fraction(
         8.0 / 255.0,
         "Half-width of the uniform input noise (JARN, --uniform_noise). Default: --eps.",
-        fraction=True,
-        lower=0.0,
-        upper=1.0,
-        flag_default=None,
     )
     double_backprop: float = flag_field(
         0.0, "Weight of the input-gradient Frobenius penalty; 0 = off.", lower=0.0
