@@ -163,6 +163,18 @@ class Trainer:
             return keras.optimizers.LossScaleOptimizer(optimizer, name=f"{optimizer.name}_scaled")
         return optimizer
 
+    def _scaled(self, name: str, loss: tf.Tensor) -> tf.Tensor:
+        """``loss`` times network ``name``'s loss scale under mixed_float16, else ``loss``.
+
+        Call it inside the tape. The LossScaleOptimizer divides the gradients
+        by the scale again in ``apply_gradients`` (and skips the update when
+        they overflow), so an unscaled loss would shrink every update by the
+        scale (2^15 at first).
+        """
+        if self.loss_scaling:
+            return self.optimizers[name].scale_loss(loss)
+        return loss
+
     def _build_optimizers(self) -> None:
         """Creates every optimizer's slots, which must exist before a restore."""
         for name, opt in self.optimizers.items():

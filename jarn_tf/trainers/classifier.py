@@ -9,7 +9,7 @@ of ``config.ClassifierConfig``. It exports the classifier.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, Mapping, Tuple
 
 import keras
 import tensorflow as tf
@@ -216,13 +216,18 @@ class ClassifierTrainer(Trainer):
                 disc_loss = -adv_loss + self._weight_decay(self.networks["discriminator"])
                 disc_xent = losses.discriminator_cross_entropy(fake_logits, real_logits)
 
+            # What each optimizer minimises (loss-scaled under float16).
+            objectives = {"classifier": self._scaled("classifier", classifier_loss)}
+            if variant.jarn:
+                objectives["adaptor"] = self._scaled("adaptor", adaptor_loss)
+                if variant.update_discriminator:
+                    objectives["discriminator"] = self._scaled("discriminator", disc_loss)
+
         # All gradients come from the same forward pass; then all updates.
-        updates: List[Tuple[str, tf.Tensor]] = [("classifier", classifier_loss)]
-        if variant.jarn:
-            updates.append(("adaptor", adaptor_loss))
-            if variant.update_discriminator:
-                updates.append(("discriminator", disc_loss))
-        grads = {name: tape.gradient(loss, self.networks[name].trainable_variables) for name, loss in updates}
+        grads = {
+            name: tape.gradient(loss, self.networks[name].trainable_variables)
+            for name, loss in objectives.items()
+        }
         del tape
         for name, g in grads.items():
             self.optimizers[name].apply_gradients(zip(g, self.networks[name].trainable_variables))
