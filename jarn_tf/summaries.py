@@ -6,7 +6,6 @@ import os
 from typing import Dict, Mapping, Sequence
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 
@@ -73,6 +72,3 @@ class SummaryWriter:
     def close(self) -> None:
         self.writer.close()
 
-
-def is_finite(values: Mapping[str, float]) -> bool:
-    return all(np.isfinite(v) for v in values.values())
