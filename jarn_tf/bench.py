@@ -89,6 +89,8 @@ def define_bench_flags() -> None:
     flags.DEFINE_bool("isolate", True, "Run each mode in its own process (clean peak memory).")
     flags.DEFINE_string("output_json", None, "Also write the figures to this JSON file.")
     flags.DEFINE_bool("quiet", False, "Print nothing (with --output_json).")
+    # --help lists the training flags too, not only those defined here.
+    flags.adopt_module_key_flags(flag_utils)
 
 
 def _round_up(n: int, k: int) -> int:

@@ -47,6 +47,8 @@ def define_train_flags() -> None:
     )
     flags.DEFINE_integer("verbose", 1, "1: progress bar; 0: quiet.", lower_bound=0)
     flags.mark_flag_as_required("model_dir")
+    # --help lists the generated flags too, not only those defined here.
+    flags.adopt_module_key_flags(flag_utils)
 
 
 def config_from_flags(fv: flags.FlagValues = FLAGS) -> config_lib.ExperimentConfig:

@@ -198,3 +198,21 @@ def test_every_section_field_has_a_flag_of_its_name_except_mixed_precision():
             assert field.name in fv, field.name
             assert field.metadata["help"] in fv[field.name].help, field.name
     assert [n for n in flag_utils.config_flag_names() if n not in fv] == []
+
+
+@pytest.mark.parametrize("entry", ["jarn_tf.train", "jarn_tf.bench"])
+def test_help_lists_the_generated_flags(entry):
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, "-m", entry, "--help"],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+        env=dict(os.environ, PYTHONPATH=repo, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    listed = {line.split(":")[0].strip() for line in proc.stdout.splitlines() if line.startswith("  --")}
+    for name in ("--dataset", "--jarn", "--eps", "--noise_eps", "--train_steps", "--steps_per_loop", "--seed"):
+        assert name in listed, (name, proc.stdout[-2000:])
