@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from jarn_tf import eval_lib, losses  # noqa: E402
+from jarn_tf import attacks, eval_lib, export, losses  # noqa: E402
 
 EPS_SWEEP_FILES = ("eps_sweep.png", "eps_sweep.json", "eps_sweep.csv")
 LOSS_SURFACE_FILES = ("loss_surface.png", "loss_surface.npy", "loss_surface.json")
@@ -43,7 +43,7 @@ def _next_eps(eps: float, max_eps: float) -> float:
 
 
 def eps_sweep(
-    models: Mapping[str, eval_lib.ModelFn],
+    models: Mapping[str, export.ModelFn],
     dataset: tf.data.Dataset,
     attack_names: Sequence[str],
     eps_grid: Sequence[float],
@@ -159,13 +159,13 @@ def write_eps_sweep(sweep: Mapping[str, Any], output_dir: str, title: str = "") 
     return paths
 
 
-def _xent_gradient(model_fn: eval_lib.ModelFn, images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-    _, grad = eval_lib.attacks_lib.loss_gradient(model_fn, images, labels, "xent")
+def _xent_gradient(model_fn: export.ModelFn, images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    _, grad = attacks.loss_gradient(model_fn, images, labels, "xent")
     return grad
 
 
 def loss_surface(
-    model_fn: eval_lib.ModelFn,
+    model_fn: export.ModelFn,
     images: np.ndarray,
     labels: np.ndarray,
     radius: float,
@@ -199,7 +199,7 @@ def loss_surface(
     grad = _xent_gradient(model_fn, images, labels)
     # A saturated softmax makes the cross-entropy gradient exactly 0 in
     # float32; the margin loss's gradient still gives the attack direction.
-    _, margin_grad = eval_lib.attacks_lib.loss_gradient(model_fn, images, labels, "margin")
+    _, margin_grad = attacks.loss_gradient(model_fn, images, labels, "margin")
     axes = list(range(1, len(images.shape)))
     vanished = tf.reduce_all(tf.equal(grad, 0.0), axis=axes, keepdims=True)
     d1 = tf.sign(tf.where(vanished, margin_grad, grad))
@@ -273,7 +273,7 @@ def _to_unit_range(x: np.ndarray) -> np.ndarray:
 
 
 def jacobian_figure(
-    model_fn: eval_lib.ModelFn,
+    model_fn: export.ModelFn,
     images: np.ndarray,
     labels: np.ndarray,
     num_classes: int,

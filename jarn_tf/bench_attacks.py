@@ -21,17 +21,17 @@ from typing import Callable, Dict
 import numpy as np
 from absl import app, flags
 
+from jarn_tf import config
+
 FLAGS = flags.FLAGS
 
 
 def define_bench_flags() -> None:
     from jarn_tf.flag_utils import define_fraction
 
-    flags.DEFINE_enum(
-        "dataset", "fashion_mnist", ["mnist", "fashion_mnist", "svhn", "cifar10"], "Input shape."
-    )
+    flags.DEFINE_enum("dataset", "fashion_mnist", config.DATASETS, "Input shape.")
     flags.DEFINE_string("model_path", None, "An exported model (.keras or model_dir); default: random init.")
-    flags.DEFINE_enum("model", None, ["wrn", "mnist_cnn"], "Architecture for a random-init model.")
+    flags.DEFINE_enum("model", None, config.MODELS, "Architecture for a random-init model.")
     flags.DEFINE_list("cnn_channels", ["64", "128", "256"], "MNIST CNN channels.")
     flags.DEFINE_integer("wrn_depth", 34, "WRN depth.")
     flags.DEFINE_integer("wrn_width", 10, "WRN width.")
@@ -60,8 +60,7 @@ def main(argv) -> int:
     import keras
     import tensorflow as tf
 
-    from jarn_tf import attacks, data, eval_lib, models
-    from jarn_tf.config import ModelConfig
+    from jarn_tf import attacks, autoattack, data, export, models
 
     try:
         from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
@@ -72,11 +71,11 @@ def main(argv) -> int:
     keras.utils.set_random_seed(FLAGS.seed)
     info = data.dataset_info(FLAGS.dataset)
     if FLAGS.model_path:
-        model_fn = eval_lib.load_model(FLAGS.model_path).model_fn
+        model_fn = export.load_model(FLAGS.model_path).model_fn
         description = FLAGS.model_path
     else:
         arch = FLAGS.model or ("mnist_cnn" if info.image_shape[0] == 28 else "wrn")
-        cfg = ModelConfig(
+        cfg = config.ModelConfig(
             model=arch,
             cnn_channels=tuple(int(c) for c in FLAGS.cnn_channels),
             wrn_depth=FLAGS.wrn_depth,
@@ -136,11 +135,6 @@ def main(argv) -> int:
     )
 
     if FLAGS.autoattack_examples:
-        try:
-            from jarn_tf import autoattack
-        except ImportError:
-            print("AutoAttack is not available in this version.")
-            return 0
         n = FLAGS.autoattack_examples
         x = (
             images[:n]

@@ -22,11 +22,10 @@ from typing import List, Optional
 
 from absl import app, flags, logging
 
+from jarn_tf import config
 from jarn_tf.flag_utils import define_fraction, parse_fraction
 
 FLAGS = flags.FLAGS
-
-DATASETS = ("mnist", "fashion_mnist", "svhn", "cifar10")
 
 
 def define_evaluate_flags() -> None:
@@ -37,7 +36,9 @@ def define_evaluate_flags() -> None:
         "What to evaluate: a training run's model_dir (uses export/classifier.keras, else "
         "export/saved_model), an export directory, a SavedModel directory or a .keras file. Required.",
     )
-    flags.DEFINE_enum("dataset", None, DATASETS, "Dataset. Default: the one in the export's metadata.json.")
+    flags.DEFINE_enum(
+        "dataset", None, config.DATASETS, "Dataset. Default: the one in the export's metadata.json."
+    )
     flags.DEFINE_string(
         "data_dir", None, "TFDS data directory, or a directory with MNIST-format IDX files. Default: TFDS's."
     )
@@ -188,8 +189,8 @@ def main(argv) -> Optional[int]:
     from jarn_tf import distribute
 
     distribute.configure_cpu_devices(FLAGS.cpu_devices)
-    from jarn_tf import analysis, data, eval_lib, train
-    from jarn_tf.config import DataConfig
+    from jarn_tf import analysis, data, eval_lib, export, masking
+    from jarn_tf import results as results_lib
 
     # TensorFlow's INFO lines and retracing notes drown the progress bar.
     std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
@@ -202,21 +203,21 @@ def main(argv) -> Optional[int]:
         sweep_specs = eval_lib.parse_attacks(FLAGS.sweep_attacks) if FLAGS.eps_sweep else []
         if any(not s.gradient_based for s in sweep_specs):
             raise ValueError(f"--sweep_attacks takes fgsm and pgdK attacks, got {FLAGS.sweep_attacks}.")
-        model = eval_lib.load_model(FLAGS.model)
+        model = export.load_model(FLAGS.model)
         dataset_name = FLAGS.dataset or model.dataset
         if dataset_name is None:
             raise ValueError(f"{model.path} has no metadata.json naming its dataset; pass --dataset.")
         info = data.dataset_info(dataset_name)
-        eval_lib.check_model_matches_dataset(model, info.name, info.image_shape)
+        export.check_model_matches_dataset(model, info.name, info.image_shape)
         if FLAGS.source_model:
-            source = eval_lib.load_model(FLAGS.source_model)
-            eval_lib.check_model_matches_dataset(source, info.name, info.image_shape)
-        compare = [eval_lib.load_model(p) for p in FLAGS.compare_models] if FLAGS.eps_sweep else []
+            source = export.load_model(FLAGS.source_model)
+            export.check_model_matches_dataset(source, info.name, info.image_shape)
+        compare = [export.load_model(p) for p in FLAGS.compare_models] if FLAGS.eps_sweep else []
         for other in compare:
-            eval_lib.check_model_matches_dataset(other, info.name, info.image_shape)
+            export.check_model_matches_dataset(other, info.name, info.image_shape)
         eps = FLAGS.eps
         if eps is None:
-            eps = model.train_eps if model.train_eps is not None else train.PAPER_DEFAULTS[info.name]["eps"]
+            eps = model.train_eps if model.train_eps is not None else config.PAPER_DEFAULTS[info.name]["eps"]
         params = eval_lib.AttackParams(
             eps=float(eps),
             pgd_step_size=FLAGS.pgd_step_size,
@@ -227,7 +228,7 @@ def main(argv) -> Optional[int]:
         )
         params.validate()
         strategy = distribute.get_strategy(FLAGS.strategy, FLAGS.num_gpus)
-        data_config = DataConfig(dataset=info.name, data_dir=FLAGS.data_dir, download=FLAGS.download)
+        data_config = config.DataConfig(dataset=info.name, data_dir=FLAGS.data_dir, download=FLAGS.download)
         data.describe_source(data_config)
         dataset = data.make_eval_dataset(data_config, FLAGS.batch_size, FLAGS.num_examples, FLAGS.split)
         available = len(data.load_arrays(data_config, FLAGS.split)[1])
@@ -253,10 +254,10 @@ def main(argv) -> Optional[int]:
             num_examples=num_examples,
             verbose=FLAGS.verbose,
         )
-    checks = eval_lib.masking_checks(output, specs, FLAGS.masking_tolerance)
+    checks = masking.masking_checks(output, specs, FLAGS.masking_tolerance)
     if FLAGS.eps_checks and params.eps > 0 and any(spec.kind != "clean" for spec in specs):
         with strategy.scope():
-            checks += eval_lib.eps_checks(
+            checks += masking.eps_checks(
                 model.model_fn,
                 dataset,
                 specs,
@@ -278,12 +279,12 @@ def main(argv) -> Optional[int]:
             "flag" if FLAGS.eps is not None else ("metadata" if model.train_eps is not None else "paper")
         ),
     }
-    results = eval_lib.build_results(output, specs, params, checks, run_info, time.time() - start)
-    paths = eval_lib.write_results(results, output_dir)
+    results = results_lib.build_results(output, specs, params, checks, run_info, time.time() - start)
+    paths = results_lib.write_results(results, output_dir)
     print()
-    print(eval_lib.format_table(results))
+    print(results_lib.format_table(results))
     print("\nGradient-masking checks:")
-    print(eval_lib.format_checks(results["checks"]))
+    print(results_lib.format_checks(results["checks"]))
     for c in checks:
         if not c.passed:
             logging.warning("Possible gradient masking (%s): %s", c.name, c.message)

@@ -12,15 +12,20 @@
 
 Every artefact is written next to its final place and moved in with a
 rename, so a run killed while exporting leaves the previous export usable.
+
+``load_model`` reads an export back (or a bare SavedModel or .keras file) as
+a differentiable ``images -> logits`` function with what is known about its
+inputs, for the evaluation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import tempfile
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import keras
 import tensorflow as tf
@@ -28,6 +33,8 @@ import tensorflow as tf
 SAVED_MODEL_DIR = "saved_model"
 KERAS_FILE = "classifier.keras"
 METADATA_FILE = "metadata.json"
+
+ModelFn = Callable[[tf.Tensor], tf.Tensor]
 
 
 class ServingModule(tf.Module):
@@ -108,3 +115,202 @@ def export_classifier(
         f.write("\n")
     os.replace(tmp_meta, os.path.join(export_dir, METADATA_FILE))
     return final
+
+
+# ---------------------------------------------------------------------------
+# Loading.
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A classifier ready to attack.
+
+    Attributes:
+      model_fn: images float32 [B, H, W, C] in [0, 1] -> logits float32
+        [B, K]; differentiable with respect to the images.
+      path: what was loaded (the .keras file or SavedModel directory).
+      format: ``keras`` or ``saved_model``.
+      image_shape: (H, W, C) the model takes, or None when unknown.
+      input_range: (low, high) of the input values it expects.
+      metadata: the export's metadata.json ({} when there is none).
+      model_dir: the training run's directory when ``path`` came from one.
+    """
+
+    model_fn: ModelFn
+    path: str
+    format: str
+    image_shape: Optional[Tuple[int, int, int]]
+    input_range: Tuple[float, float]
+    metadata: Dict[str, Any]
+    model_dir: Optional[str] = None
+
+    @property
+    def dataset(self) -> Optional[str]:
+        """The dataset the model was trained on, from its metadata."""
+        return self.metadata.get("dataset")
+
+    @property
+    def train_eps(self) -> Optional[float]:
+        """The eps it was adversarially trained with, from its metadata, if any.
+
+        Exports hold it at ``config["classifier"]["eps"]``; exports written
+        before the training config was re-sectioned hold it at
+        ``config["train"]["eps"]``.
+        """
+        config = self.metadata.get("config") or {}
+        for section in ("classifier", "train"):
+            eps = (config.get(section) or {}).get("eps")
+            if eps is not None:
+                return eps
+        return None
+
+
+def _read_metadata(directory: str) -> Dict[str, Any]:
+    path = os.path.join(directory, METADATA_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _is_saved_model(directory: str) -> bool:
+    return os.path.isfile(os.path.join(directory, "saved_model.pb"))
+
+
+def _load_keras(path: str) -> Tuple[ModelFn, Optional[Tuple[int, int, int]]]:
+    import jarn_tf.layers  # noqa: F401  registers the custom layers
+
+    model = keras.saving.load_model(path, compile=False)
+    shape = model.input_shape
+    if isinstance(shape, list):
+        shape = shape[0]
+    image_shape = tuple(int(d) for d in shape[1:]) if all(d is not None for d in shape[1:]) else None
+
+    def model_fn(images: tf.Tensor) -> tf.Tensor:
+        return tf.cast(model(images, training=False), tf.float32)
+
+    return model_fn, image_shape
+
+
+def _load_saved_model(path: str) -> Tuple[ModelFn, Optional[Tuple[int, int, int]]]:
+    loaded = tf.saved_model.load(path)
+    if "serving_default" not in loaded.signatures:
+        raise ValueError(f"SavedModel {path} has no 'serving_default' signature.")
+    signature = loaded.signatures["serving_default"]
+    _, kwargs = signature.structured_input_signature
+    if len(kwargs) != 1:
+        raise ValueError(f"SavedModel {path}: expected one image input, found inputs {sorted(kwargs)}.")
+    ((input_name, spec),) = kwargs.items()
+    outputs = signature.structured_outputs
+    if "logits" not in outputs:
+        raise ValueError(f"SavedModel {path}: the signature returns {sorted(outputs)}, not 'logits'.")
+    dims = spec.shape.as_list()[1:]
+    image_shape = tuple(dims) if dims and all(d is not None for d in dims) else None
+
+    def model_fn(images: tf.Tensor) -> tf.Tensor:
+        # The signature's concrete function is differentiable like any other.
+        return tf.cast(signature(**{input_name: images})["logits"], tf.float32)
+
+    model_fn.loaded = loaded  # keeps the restored variables alive
+    return model_fn, image_shape
+
+
+def load_model(path: str) -> LoadedModel:
+    """Loads a classifier to evaluate.
+
+    Args:
+      path: one of
+        * a training run's ``model_dir`` (uses ``export/classifier.keras``, or
+          ``export/saved_model`` when there is no .keras file);
+        * an export directory (holding ``classifier.keras`` or
+          ``saved_model/``, and ``metadata.json``);
+        * a SavedModel directory (``saved_model.pb``), whose
+          ``serving_default`` signature takes [0, 1] images and returns
+          ``logits``;
+        * a ``.keras`` file.
+      The .keras model is preferred: it is the same network and its gradients
+      are cheaper to compute than the SavedModel's.
+
+    Returns:
+      The loaded model.
+
+    Raises:
+      ValueError: nothing loadable at ``path``; the message says what was
+        looked for.
+    """
+    path = os.path.abspath(path)
+    model_dir = None
+    if os.path.isdir(os.path.join(path, SAVED_MODEL_DIR)) or os.path.isfile(
+        os.path.join(path, KERAS_FILE)
+    ):
+        export_dir = path
+    elif os.path.isdir(os.path.join(path, "export")):
+        model_dir, export_dir = path, os.path.join(path, "export")
+    else:
+        export_dir = None
+
+    if path.endswith(".keras"):
+        if not os.path.isfile(path):
+            raise ValueError(f"--model={path}: no such .keras file.")
+        target, fmt, metadata = path, "keras", _read_metadata(os.path.dirname(path))
+    elif os.path.isdir(path) and _is_saved_model(path):
+        parent = os.path.dirname(path)
+        target, fmt, metadata = path, "saved_model", _read_metadata(parent)
+    elif export_dir is not None:
+        metadata = _read_metadata(export_dir)
+        keras_file = os.path.join(export_dir, KERAS_FILE)
+        saved_model = os.path.join(export_dir, SAVED_MODEL_DIR)
+        if os.path.isfile(keras_file):
+            target, fmt = keras_file, "keras"
+        elif _is_saved_model(saved_model):
+            target, fmt = saved_model, "saved_model"
+        else:
+            raise ValueError(
+                f"--model={path}: {export_dir} holds neither {KERAS_FILE} nor a SavedModel."
+            )
+    else:
+        raise ValueError(
+            f"--model={path} is not a model: expected a training run's model_dir (with export/), "
+            f"an export directory, a SavedModel directory (with saved_model.pb) or a .keras file."
+        )
+
+    if fmt == "keras":
+        model_fn, image_shape = _load_keras(target)
+    else:
+        model_fn, image_shape = _load_saved_model(target)
+    if image_shape is None and metadata.get("image_shape"):
+        image_shape = tuple(int(d) for d in metadata["image_shape"])
+    low, high = metadata.get("input_range", (0.0, 1.0))
+    return LoadedModel(
+        model_fn=model_fn,
+        path=target,
+        format=fmt,
+        image_shape=image_shape,
+        input_range=(float(low), float(high)),
+        metadata=metadata,
+        model_dir=model_dir,
+    )
+
+
+def check_model_matches_dataset(model: LoadedModel, dataset: str, image_shape: Sequence[int]) -> None:
+    """Checks that the model takes the dataset's images, in [0, 1].
+
+    Args:
+      model: the loaded model.
+      dataset: the dataset's name (for messages).
+      image_shape: the dataset's (H, W, C).
+
+    Raises:
+      ValueError: the input shape or value range does not match.
+    """
+    if model.image_shape is not None and tuple(model.image_shape) != tuple(image_shape):
+        raise ValueError(
+            f"The model {model.path} takes images of shape {list(model.image_shape)} but {dataset} "
+            f"images are {list(image_shape)}; pass the --dataset it was trained on"
+            + (f" ({model.dataset})." if model.dataset else ".")
+        )
+    if model.input_range != (0.0, 1.0):
+        raise ValueError(
+            f"The model {model.path} expects inputs in {list(model.input_range)} (metadata input_range) "
+            f"but the evaluation feeds images in [0, 1] and measures eps in those units."
+        )

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import csv
-import importlib.machinery
 import json
 import os
 import subprocess
 import sys
-import types
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from jarn_tf import analysis
+from jarn_tf import analysis, attacks, autoattack
 from jarn_tf import config as config_lib
-from jarn_tf import data, eval_lib, losses, train_lib
+from jarn_tf import data, eval_lib, export, losses, masking
+from jarn_tf import results as results_lib
+from jarn_tf import train_lib
 
 from test_train import _tiny_config
 
@@ -51,7 +51,7 @@ def runs(tiny_data_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_a(runs):
-    return eval_lib.load_model(runs["a"])
+    return export.load_model(runs["a"])
 
 
 def _dataset(data_dir: str, n: int = 48, batch_size: int = 20) -> tf.data.Dataset:
@@ -82,23 +82,45 @@ def test_load_model_forms_agree(runs, model_a, tiny_data_dir):
         (os.path.join(export_dir, "saved_model"), "saved_model"),
         (os.path.join(export_dir, "classifier.keras"), "keras"),
     ):
-        m = eval_lib.load_model(path)
+        m = export.load_model(path)
         assert m.format == fmt and m.image_shape == (28, 28, 1) and m.dataset == "fashion_mnist", path
         np.testing.assert_allclose(m.model_fn(images).numpy(), expected, rtol=1e-4, atol=1e-4)
     # The SavedModel is differentiable too.
-    sm = eval_lib.load_model(os.path.join(export_dir, "saved_model"))
+    sm = export.load_model(os.path.join(export_dir, "saved_model"))
     labels = tf.zeros([8], tf.int64)
-    _, g_sm = eval_lib.attacks_lib.loss_gradient(sm.model_fn, images, labels, "margin")
-    _, g_k = eval_lib.attacks_lib.loss_gradient(model_a.model_fn, images, labels, "margin")
+    _, g_sm = attacks.loss_gradient(sm.model_fn, images, labels, "margin")
+    _, g_k = attacks.loss_gradient(model_a.model_fn, images, labels, "margin")
     np.testing.assert_allclose(g_sm.numpy(), g_k.numpy(), rtol=1e-3, atol=1e-4)
     with pytest.raises(ValueError, match="not a model"):
-        eval_lib.load_model(os.path.join(runs["a"], "checkpoints"))
+        export.load_model(os.path.join(runs["a"], "checkpoints"))
+
+
+@pytest.mark.parametrize(
+    "metadata, eps",
+    [
+        ({"config": {"classifier": {"eps": 0.1}, "train": {"train_steps": 60}}}, 0.1),
+        ({"config": {"train": {"eps": 0.3}}}, 0.3),  # exports written before the config was re-sectioned
+        ({"config": {"classifier": {"eps": 0.1}, "train": {"eps": 0.3}}}, 0.1),
+        ({"config": {}}, None),
+        ({}, None),
+    ],
+)
+def test_train_eps_read_from_new_and_old_config_layouts(metadata, eps):
+    model = export.LoadedModel(
+        model_fn=lambda x: x,
+        path="classifier.keras",
+        format="keras",
+        image_shape=None,
+        input_range=(0.0, 1.0),
+        metadata=metadata,
+    )
+    assert model.train_eps == eps
 
 
 def test_model_dataset_mismatch_is_an_error(model_a):
-    eval_lib.check_model_matches_dataset(model_a, "fashion_mnist", (28, 28, 1))
+    export.check_model_matches_dataset(model_a, "fashion_mnist", (28, 28, 1))
     with pytest.raises(ValueError, match=r"shape \[28, 28, 1\].*cifar10"):
-        eval_lib.check_model_matches_dataset(model_a, "cifar10", (32, 32, 3))
+        export.check_model_matches_dataset(model_a, "cifar10", (32, 32, 3))
 
 
 # ---------------------------------------------------------------------------
@@ -126,7 +148,7 @@ ATTACKS = ["fgsm", "pgd5", "pgd5_margin", "transfer_pgd5"]
 @pytest.mark.parametrize("name", ATTACKS)
 def test_adversarial_examples_stay_in_the_eps_ball_and_in_range(name, runs, model_a, tiny_data_dir):
     eps = 0.15
-    source = eval_lib.load_model(runs["b"]).model_fn
+    source = export.load_model(runs["b"]).model_fn
     spec = next(s for s in eval_lib.parse_attacks([name], transfer=True) if s.name == name)
     params = eval_lib.AttackParams(eps=eps, pgd_step_size=0.1, seed=3)
     for images, labels in _dataset(tiny_data_dir, 40, 20):
@@ -192,9 +214,9 @@ def test_gradient_masking_is_detected(model_a, tiny_data_dir, tmp_path):
     results = {}
     for name, fn in (("plain", model_a.model_fn), ("masked", masked)):
         out = eval_lib.evaluate(fn, ds, specs, params, verbose=0)
-        checks = eval_lib.masking_checks(out, specs, tolerance=0.05)
-        res = eval_lib.build_results(out, specs, params, checks, {"model": name}, 1.0)
-        eval_lib.write_results(res, str(tmp_path / name))
+        checks = masking.masking_checks(out, specs, tolerance=0.05)
+        res = results_lib.build_results(out, specs, params, checks, {"model": name}, 1.0)
+        results_lib.write_results(res, str(tmp_path / name))
         results[name] = json.load(open(tmp_path / name / "results.json"))
 
     masked_res = results["masked"]
@@ -235,7 +257,7 @@ def test_each_masking_check_can_fail():
             "transfer_pgd20": [True] * 10,
         }
     )
-    checks = {c.name: c for c in eval_lib.masking_checks(out, specs, tolerance=0.0)}
+    checks = {c.name: c for c in masking.masking_checks(out, specs, tolerance=0.0)}
     assert not checks["pgd_beats_fgsm"].passed
     assert checks["pgd_beats_fgsm"].detail["robust_to_pgd_but_not_fgsm"] == {"pgd5": 5, "pgd20": n}
     assert not checks["more_steps_not_better_xent"].passed
@@ -245,10 +267,10 @@ def test_each_masking_check_can_fail():
     good = _fake_output(
         {"fgsm": ok, "pgd5": ok, "transfer_pgd5": [True] * 10, "pgd20": ok, "transfer_pgd20": ok}
     )
-    assert all(c.passed for c in eval_lib.masking_checks(good, specs, tolerance=0.0))
+    assert all(c.passed for c in masking.masking_checks(good, specs, tolerance=0.0))
 
 
-def test_autoattack_integration_when_module_exists(monkeypatch, model_a, tiny_data_dir):
+def test_autoattack_integration_with_a_stub_run_autoattack(monkeypatch, model_a, tiny_data_dir):
     calls = []
 
     def run_autoattack(model_fn, images, labels, eps, attacks=eval_lib.AUTOATTACK_PARTS, seed=0):
@@ -262,11 +284,7 @@ def test_autoattack_integration_when_module_exists(monkeypatch, model_a, tiny_da
             "seconds": {a: 0.0 for a in attacks},
         }
 
-    fake = types.ModuleType(eval_lib.AUTOATTACK_MODULE)
-    fake.__spec__ = importlib.machinery.ModuleSpec(eval_lib.AUTOATTACK_MODULE, None)
-    fake.run_autoattack = run_autoattack
-    monkeypatch.setitem(sys.modules, eval_lib.AUTOATTACK_MODULE, fake)
-    assert eval_lib.autoattack_available()
+    monkeypatch.setattr(autoattack, "run_autoattack", run_autoattack)
     specs = eval_lib.parse_attacks(["clean", "pgd5", "autoattack", "square"])
     assert [s.parts for s in specs[2:]] == [eval_lib.AUTOATTACK_PARTS, ("square",)]
     params = eval_lib.AttackParams(eps=0.05, seed=7)
@@ -274,12 +292,11 @@ def test_autoattack_integration_when_module_exists(monkeypatch, model_a, tiny_da
     assert out.accuracies()["autoattack"] == 0.0 and out.accuracies()["worst_case"] == 0.0
     assert calls[0] == (eval_lib.AUTOATTACK_PARTS, 0.05, 7, 20) and len(calls) == 6
     # Far below PGD: the gradient-free attack flags PGD as unreliable.
-    checks = {c.name: c for c in eval_lib.masking_checks(out, specs)}
+    checks = {c.name: c for c in masking.masking_checks(out, specs)}
     assert not checks["blackbox_not_below_whitebox"].passed
     assert checks["blackbox_not_below_whitebox"].detail["failed"] == ["autoattack", "square"]
 
 
-@pytest.mark.skipif(not eval_lib.autoattack_available(), reason="jarn_tf.autoattack is not in this checkout")
 def test_real_autoattack_parts_run_through_evaluate(model_a, tiny_data_dir):
     specs = eval_lib.parse_attacks(["clean", "pgd10_margin", "apgd-ce", "square"])
     params = eval_lib.AttackParams(eps=0.2, seed=1)
@@ -289,13 +306,7 @@ def test_real_autoattack_parts_run_through_evaluate(model_a, tiny_data_dir):
         assert out.max_perturbation[name] <= 0.2 + 1e-6 and acc[name] <= acc["clean"], name
         assert 0.0 <= out.pixel_range[name][0] and out.pixel_range[name][1] <= 1.0
     assert acc["worst_case"] <= min(acc["apgd-ce"], acc["square"], acc["pgd10_margin"])
-    assert "blackbox_not_below_whitebox" in {c.name for c in eval_lib.masking_checks(out, specs)}
-
-
-def test_autoattack_names_rejected_without_module(monkeypatch):
-    monkeypatch.setattr(eval_lib, "autoattack_available", lambda: False)
-    with pytest.raises(ValueError, match="not installed"):
-        eval_lib.parse_attacks(["autoattack"])
+    assert "blackbox_not_below_whitebox" in {c.name for c in masking.masking_checks(out, specs)}
 
 
 # ---------------------------------------------------------------------------
@@ -303,7 +314,7 @@ def test_autoattack_names_rejected_without_module(monkeypatch):
 
 
 def test_eps_sweep_falls_monotonically_to_zero(model_a, runs, tiny_data_dir, tmp_path):
-    model_b = eval_lib.load_model(runs["b"])
+    model_b = export.load_model(runs["b"])
     grid = [0.0, 0.05, 0.1]
     sweep = analysis.eps_sweep(
         {"a": model_a.model_fn, "b": model_b.model_fn}, _dataset(tiny_data_dir), ["fgsm", "pgd10"], grid
@@ -487,7 +498,7 @@ def test_eps_checks_pass_on_plain_and_fail_on_masked_model(model_a, tiny_data_di
     verdicts = {}
     for name, fn in (("plain", model_a.model_fn), ("masked", masked)):
         output = eval_lib.evaluate(fn, dataset, specs, params, verbose=0)
-        checks = eval_lib.eps_checks(fn, dataset, specs, output, params, num_classes=10)
+        checks = masking.eps_checks(fn, dataset, specs, output, params, num_classes=10)
         verdicts[name] = {c.name: c for c in checks}
     assert set(verdicts["plain"]) == {"accuracy_not_rising_with_eps", "large_eps_reaches_chance"}
     assert verdicts["plain"]["large_eps_reaches_chance"].passed, verdicts["plain"]["large_eps_reaches_chance"]
@@ -498,7 +509,7 @@ def test_eps_checks_pass_on_plain_and_fail_on_masked_model(model_a, tiny_data_di
 
 @pytest.mark.parametrize("form", ["keras", "saved_model"])
 def test_xla_compiled_attacks_match_plain_graphs(form, runs, model_a, tiny_data_dir):
-    model = model_a if form == "keras" else eval_lib.load_model(os.path.join(runs["a"], "export", "saved_model"))
+    model = model_a if form == "keras" else export.load_model(os.path.join(runs["a"], "export", "saved_model"))
     specs = eval_lib.parse_attacks(["clean", "fgsm", "pgd5", "pgd5_margin"])
     out = {}
     for jit in (False, True):
