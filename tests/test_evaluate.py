@@ -19,13 +19,11 @@ from jarn_tf import data, eval_lib, export, losses, masking
 from jarn_tf import results as results_lib
 from jarn_tf import train_lib
 
-from test_train import _tiny_config
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _config(data_dir: str, **train_kwargs) -> config_lib.ExperimentConfig:
-    """test_train's tiny config, trained longer (60 steps of 32) for the evaluated models."""
+def _config(tiny_config, **fields) -> config_lib.ExperimentConfig:
+    """The tiny config, trained longer (60 steps of 32) for the evaluated models."""
     settings = dict(
         train_steps=60,
         batch_size=32,
@@ -34,17 +32,17 @@ def _config(data_dir: str, **train_kwargs) -> config_lib.ExperimentConfig:
         checkpoint_every=60,
         summary_every=60,
     )
-    settings.update(train_kwargs)
-    return _tiny_config(data_dir, **settings)
+    settings.update(fields)
+    return tiny_config(**settings)
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_data_dir, tmp_path_factory):
+def runs(tiny_config, tmp_path_factory):
     """Two undefended tiny CNNs trained by train_lib (different seeds)."""
     out = {}
     for name, seed in (("a", 0), ("b", 1)):
         model_dir = str(tmp_path_factory.mktemp(f"run_{name}"))
-        train_lib.train(_config(tiny_data_dir, seed=seed), model_dir, eval_examples=0, verbose=0)
+        train_lib.train(_config(tiny_config, seed=seed), model_dir, eval_examples=0, verbose=0)
         out[name] = model_dir
     return out
 
