@@ -218,6 +218,21 @@ class RuntimeConfig:
         False, "Op determinism: two runs with the same flags give bit-identical weights (CPU)."
     )
     jit_compile: bool = flag_field(False, "Compile the training step with XLA.")
+    eval_every: int = flag_field(
+        -1,
+        "Steps between evaluations on the first --eval_examples test images (clean and PGD accuracy "
+        "for classifiers), logged under eval/ in TensorBoard; -1: four times per run; 0: only at export.",
+        lower=-1,
+    )
+    eval_pgd_steps: int = flag_field(
+        10, "PGD steps of the evaluations (step eps/4, random start); 0: clean accuracy only.", lower=0
+    )
+
+    def eval_interval(self, train_steps: int) -> int:
+        """Steps between evaluations (0: none before the export)."""
+        if self.eval_every < 0:
+            return max(1, -(-train_steps // 4))
+        return self.eval_every
 
     def validate(self) -> None:
         _check(
@@ -230,6 +245,8 @@ class RuntimeConfig:
                 (self.checkpoint_every >= 1, f"--checkpoint_every must be >= 1, got {self.checkpoint_every}"),
                 (self.summary_every >= 1, f"--summary_every must be >= 1, got {self.summary_every}"),
                 (self.export_every >= 0, f"--export_every must be >= 0, got {self.export_every}"),
+                (self.eval_every >= -1, f"--eval_every must be >= -1, got {self.eval_every}"),
+                (self.eval_pgd_steps >= 0, f"--eval_pgd_steps must be >= 0, got {self.eval_pgd_steps}"),
             ]
         )
 

@@ -43,7 +43,10 @@ def define_train_flags() -> None:
         lower_bound=0,
     )
     flags.DEFINE_integer(
-        "eval_examples", 1000, "Test images for the clean accuracy logged at export.", lower_bound=0
+        "eval_examples",
+        1000,
+        "Test images (the first of the test split) of the evaluations (--eval_every) and the export's.",
+        lower_bound=0,
     )
     flags.DEFINE_integer("verbose", 1, "1: progress bar; 0: quiet.", lower_bound=0)
     flags.mark_flag_as_required("model_dir")

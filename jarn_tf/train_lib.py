@@ -267,8 +267,9 @@ def train(
     Args:
       config: the resolved experiment configuration.
       model_dir: holds config.json, checkpoints/, train/ summaries, export/.
-      eval_examples: test images for the clean accuracy logged at each
-        export (0 to skip).
+      eval_examples: test images of the evaluations (``trainer.evaluate``)
+        every ``config.runtime.eval_interval`` steps and at each export,
+        logged under ``eval/`` (0 to skip them).
       stop_after: stop (checkpointed, not exported) once this step is
         reached; for tests that simulate an interrupted run.
       verbose: 1 shows a progress bar, 0 is silent (non-chief workers are
@@ -398,7 +399,15 @@ def _train(
         progbar.update(start)
     # Steps after which the host has work: summaries, checkpoints, exports,
     # images, and a progress update every steps_per_loop steps.
-    intervals = [r.summary_every, r.checkpoint_every, r.steps_per_loop, r.export_every, r.image_summary_every]
+    eval_every = r.eval_interval(o.train_steps) if eval_examples else 0
+    intervals = [
+        r.summary_every,
+        r.checkpoint_every,
+        r.steps_per_loop,
+        r.export_every,
+        r.image_summary_every,
+        eval_every,
+    ]
     tic = time.time()
     window_start, window_steps = time.time(), 0
     step = start
@@ -441,8 +450,11 @@ def _train(
                 writer.images(step, summary_images(fixed_images, fixed_labels), _NUM_SUMMARY_IMAGES)
             if step % r.checkpoint_every == 0:
                 save(step)
-            if r.export_every and step % r.export_every == 0 and step < o.train_steps:
-                export_dir = do_export(step)
+            exporting = r.export_every and step % r.export_every == 0 and step < o.train_steps
+            if exporting:
+                export_dir = do_export(step)  # evaluates too
+            elif eval_every and step % eval_every == 0 and step < o.train_steps and chief:
+                eval_writer.scalars(step, trainer.evaluate(eval_examples))
             if any_worker(watch.requested):
                 preempted = True
                 break

@@ -439,3 +439,38 @@ def test_float16_updates_are_as_large_as_float32_updates(tiny_config):
         assert 0.5 < deltas["float16"][name] / deltas["none"][name] < 2.0, (name, deltas)
     # The adaptor's first update is tiny (~1e-5) either way; float16 rounding dominates it.
     assert deltas["float16"]["adaptor"] > 0.1 * deltas["none"]["adaptor"], deltas
+
+
+def test_periodic_evaluation_logs_clean_and_pgd_accuracy(tiny_config, read_events, tmp_path):
+    config = tiny_config(train_steps=8, eval_every=2, eval_pgd_steps=3, eps=0.1)
+    model_dir = str(tmp_path / "eval")
+    result = train_lib.train(config, model_dir, eval_examples=40, verbose=0)
+    events = read_events(os.path.join(model_dir, "eval"))
+    clean, pgd = events["eval/clean_accuracy"], events["eval/pgd3_accuracy"]
+    # Every 2 steps, the last at the export.
+    assert [s for s, _ in clean] == [2, 4, 6, 8] and [s for s, _ in pgd] == [2, 4, 6, 8]
+    for (_, c), (_, p) in zip(clean, pgd):
+        assert 0.0 <= float(p) <= float(c) <= 1.0
+    assert float(pgd[-1][1]) < float(clean[-1][1])  # eps 0.1 breaks some of a 8-step model's answers
+    meta = json.load(open(os.path.join(result.export_dir, "metadata.json")))
+    assert meta["clean_accuracy"]["value"] == pytest.approx(float(clean[-1][1]))
+    assert meta["pgd_accuracy"] == {
+        "value": pytest.approx(float(pgd[-1][1])),
+        "num_test_examples": 40,
+        "eps": 0.1,
+        "steps": 3,
+        "step_size": 0.025,
+    }
+    # The same images and random starts each time: evaluating again gives the same numbers.
+    again = result.trainer.evaluate(40)
+    assert again == {
+        "eval/clean_accuracy": meta["clean_accuracy"]["value"],
+        "eval/pgd3_accuracy": meta["pgd_accuracy"]["value"],
+    }
+    off = train_lib.train(
+        tiny_config(train_steps=4, eval_every=0), str(tmp_path / "off"), eval_examples=40, verbose=0
+    )
+    assert [
+        s for s, _ in read_events(os.path.join(str(tmp_path / "off"), "eval"))["eval/clean_accuracy"]
+    ] == [4]
+    assert off.step == 4

@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any, Dict, Mapping, Tuple
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from jarn_tf import attacks, data, export, losses, models
@@ -23,6 +24,7 @@ from jarn_tf.trainers.base import Trainer, learning_rate_schedule
 # starts are independent streams.
 _NOISE_SEED = 1
 _ATTACK_SEED = 2
+_EVAL_SEED = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +70,7 @@ class ClassifierTrainer(Trainer):
             else:
                 self.optimizers["discriminator"] = self._make_sgd(self.schedule, "discriminator")
         self._build_optimizers()
+        self._eval_fn = None  # the compiled evaluation of one batch, built at first use
 
     @property
     def classifier(self) -> keras.Model:
@@ -86,15 +89,44 @@ class ClassifierTrainer(Trainer):
         return rates
 
     def evaluate(self, num_examples: int) -> Dict[str, float]:
-        """Clean accuracy on the first ``num_examples`` test images."""
-        correct, total = 0, 0
-        predict = tf.function(lambda x: tf.argmax(self.classifier(x, training=False), axis=-1))
-        for images, labels in data.make_eval_dataset(
-            self.config.data, batch_size=256, num_examples=num_examples
-        ):
-            correct += int(tf.reduce_sum(tf.cast(predict(images) == labels, tf.int32)))
+        """Clean and PGD accuracy on the first ``num_examples`` test images.
+
+        PGD: ``config.runtime.eval_pgd_steps`` sign steps of eps/4 from a
+        seeded random start, eps of the mode (skipped when 0). The images and
+        the random starts are the same at every evaluation, so the curves
+        in TensorBoard compare the same examples.
+        """
+        steps = self.config.runtime.eval_pgd_steps if self.params.eps > 0 else 0
+        if self._eval_fn is None:
+            self._eval_fn = tf.function(self._eval_batch)
+        correct = np.zeros(2, np.int64)
+        total = 0
+        batches = data.make_eval_dataset(self.config.data, batch_size=256, num_examples=num_examples)
+        for i, (images, labels) in enumerate(batches):
+            correct += self._eval_fn(images, labels, tf.constant(i, tf.int64), steps).numpy()
             total += int(labels.shape[0])
-        return {"eval/clean_accuracy": correct / max(total, 1)}
+        out = {"eval/clean_accuracy": correct[0] / max(total, 1)}
+        if steps:
+            out[f"eval/pgd{steps}_accuracy"] = correct[1] / max(total, 1)
+        return {k: float(v) for k, v in out.items()}
+
+    def _eval_batch(self, images: tf.Tensor, labels: tf.Tensor, index: tf.Tensor, steps: int) -> tf.Tensor:
+        """Correct predictions [clean, PGD] on one batch."""
+        labels = tf.cast(labels, tf.int64)
+
+        def correct(x):
+            predicted = tf.argmax(self._inference(x), axis=-1, output_type=tf.int64)
+            return tf.reduce_sum(tf.cast(predicted == labels, tf.int64))
+
+        clean = correct(images)
+        if not steps:
+            return tf.stack([clean, tf.constant(0, tf.int64)])
+        eps = self.params.eps
+        seed = tf.random.experimental.stateless_fold_in(
+            tf.constant([self.config.seed, _EVAL_SEED], tf.int64), index
+        )
+        adv = attacks.pgd(self._inference, images, labels, eps, eps / 4, steps, random_start=True, seed=seed)
+        return tf.stack([clean, correct(adv)])
 
     def export(
         self, export_dir: str, metadata: Mapping[str, Any], evaluation: Mapping[str, float], num_examples: int
@@ -105,6 +137,15 @@ class ClassifierTrainer(Trainer):
             metadata["clean_accuracy"] = {
                 "value": evaluation["eval/clean_accuracy"],
                 "num_test_examples": num_examples,
+            }
+        pgd = [k for k in evaluation if k.startswith("eval/pgd")]
+        if pgd:
+            metadata["pgd_accuracy"] = {
+                "value": evaluation[pgd[0]],
+                "num_test_examples": num_examples,
+                "eps": self.params.eps,
+                "steps": self.config.runtime.eval_pgd_steps,
+                "step_size": self.params.eps / 4,
             }
         export.export_classifier(self.classifier, export_dir, self.info.image_shape, metadata)
 
