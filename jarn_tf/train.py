@@ -102,7 +102,8 @@ def main(argv) -> Optional[int]:
         print(f"Preempted (SIGTERM): checkpoint saved at step {result.step}. Run the same command to resume.")
         return 0
     resumed = f" (resumed from step {result.start_step})" if result.start_step else ""
-    print(f"Finished at step {result.step} in {result.seconds:.0f} s{resumed}.")
+    evaluations = f", evaluations {result.eval_seconds:.0f} s of it" if result.eval_seconds >= 0.5 else ""
+    print(f"Finished at step {result.step} in {result.seconds:.0f} s{resumed}{evaluations}.")
     if result.export_dir:
         print(f"Exported to {result.export_dir}")
     return 0

@@ -51,6 +51,8 @@ class TrainResult:
       preempted: it stopped early on SIGTERM, after saving a checkpoint.
       chief: this process wrote the run's files (always, except on the
         non-chief workers of ``--strategy=multi_worker``).
+      eval_seconds: wall time of the evaluations (``--eval_every`` and the
+        export's), included in ``seconds``.
     """
 
     start_step: int
@@ -61,6 +63,7 @@ class TrainResult:
     trainer: Trainer
     preempted: bool = False
     chief: bool = True
+    eval_seconds: float = 0.0
 
 
 class _PreemptionWatch:
@@ -374,6 +377,18 @@ def _train(
     summary_images = tf.function(trainer.summary_images)
     fixed_images, fixed_labels = _fixed_summary_batch(config)
 
+    eval_seconds = 0.0
+
+    def evaluate(step: int) -> Dict[str, float]:
+        """The trainer's evaluation, logged under eval/ with its cost (eval/seconds)."""
+        nonlocal eval_seconds
+        tic = time.time()
+        evaluation = trainer.evaluate(eval_examples)
+        seconds = time.time() - tic
+        eval_seconds += seconds
+        eval_writer.scalars(step, {**evaluation, "eval/seconds": seconds})
+        return evaluation
+
     def do_export(step: int) -> str:
         export_dir = os.path.join(write_dir, EXPORT_DIR)
         metadata = {
@@ -385,8 +400,7 @@ def _train(
         }
         evaluation: Dict[str, float] = {}
         if eval_examples and chief:  # the other workers' exports are thrown away
-            evaluation = trainer.evaluate(eval_examples)
-            eval_writer.scalars(step, evaluation)
+            evaluation = evaluate(step)
         trainer.export(export_dir, metadata, evaluation, eval_examples)
         return export_dir
 
@@ -454,7 +468,7 @@ def _train(
             if exporting:
                 export_dir = do_export(step)  # evaluates too
             elif eval_every and step % eval_every == 0 and step < o.train_steps and chief:
-                eval_writer.scalars(step, trainer.evaluate(eval_examples))
+                evaluate(step)
             if any_worker(watch.requested):
                 preempted = True
                 break
@@ -477,4 +491,5 @@ def _train(
         trainer=trainer,
         preempted=preempted,
         chief=chief,
+        eval_seconds=eval_seconds,
     )

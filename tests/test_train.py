@@ -452,6 +452,8 @@ def test_periodic_evaluation_logs_clean_and_pgd_accuracy(tiny_config, read_event
     for (_, c), (_, p) in zip(clean, pgd):
         assert 0.0 <= float(p) <= float(c) <= 1.0
     assert float(pgd[-1][1]) < float(clean[-1][1])  # eps 0.1 breaks some of a 8-step model's answers
+    assert [s for s, _ in events["eval/seconds"]] == [2, 4, 6, 8]
+    assert 0 < result.eval_seconds <= result.seconds
     meta = json.load(open(os.path.join(result.export_dir, "metadata.json")))
     assert meta["clean_accuracy"]["value"] == pytest.approx(float(clean[-1][1]))
     assert meta["pgd_accuracy"] == {
