@@ -228,3 +228,13 @@ def test_help_lists_the_generated_flags(entry):
         "--seed",
     ):
         assert name in listed, (name, proc.stdout[-2000:])
+
+
+def test_name_tables_agree_with_the_modules_that_implement_them():
+    from jarn_tf import data, distribute, losses, models
+
+    assert tuple(data.DATASETS) == config_lib.DATASETS
+    assert set(config_lib.PAPER_DEFAULTS) == set(config_lib.DATASETS)
+    assert set(config_lib.MODE_SECTIONS) == set(trainers.TRAINERS)
+    assert models.MODELS is config_lib.MODELS and losses.JACOBIAN_KINDS is config_lib.JACOBIAN_KINDS
+    assert distribute.STRATEGIES is config_lib.STRATEGIES
