@@ -227,6 +227,12 @@ class RuntimeConfig:
     eval_pgd_steps: int = flag_field(
         10, "PGD steps of the evaluations (step eps/4, random start); 0: clean accuracy only.", lower=0
     )
+    eval_pgd_examples: int = flag_field(
+        256,
+        "Test images attacked by the evaluations' PGD (the first of the --eval_examples); PGD costs "
+        "--eval_pgd_steps forward and backward passes per image.",
+        lower=1,
+    )
 
     def eval_interval(self, train_steps: int) -> int:
         """Steps between evaluations (0: none before the export)."""
@@ -247,6 +253,10 @@ class RuntimeConfig:
                 (self.export_every >= 0, f"--export_every must be >= 0, got {self.export_every}"),
                 (self.eval_every >= -1, f"--eval_every must be >= -1, got {self.eval_every}"),
                 (self.eval_pgd_steps >= 0, f"--eval_pgd_steps must be >= 0, got {self.eval_pgd_steps}"),
+                (
+                    self.eval_pgd_examples >= 1,
+                    f"--eval_pgd_examples must be >= 1, got {self.eval_pgd_examples}",
+                ),
             ]
         )
 

@@ -442,7 +442,7 @@ def test_float16_updates_are_as_large_as_float32_updates(tiny_config):
 
 
 def test_periodic_evaluation_logs_clean_and_pgd_accuracy(tiny_config, read_events, tmp_path):
-    config = tiny_config(train_steps=8, eval_every=2, eval_pgd_steps=3, eps=0.1)
+    config = tiny_config(train_steps=8, eval_every=2, eval_pgd_steps=3, eval_pgd_examples=30, eps=0.1)
     model_dir = str(tmp_path / "eval")
     result = train_lib.train(config, model_dir, eval_examples=40, verbose=0)
     events = read_events(os.path.join(model_dir, "eval"))
@@ -458,7 +458,7 @@ def test_periodic_evaluation_logs_clean_and_pgd_accuracy(tiny_config, read_event
     assert meta["clean_accuracy"]["value"] == pytest.approx(float(clean[-1][1]))
     assert meta["pgd_accuracy"] == {
         "value": pytest.approx(float(pgd[-1][1])),
-        "num_test_examples": 40,
+        "num_test_examples": 30,
         "eps": 0.1,
         "steps": 3,
         "step_size": 0.025,

@@ -96,37 +96,45 @@ class ClassifierTrainer(Trainer):
         the random starts are the same at every evaluation, so the curves
         in TensorBoard compare the same examples.
         """
-        steps = self.config.runtime.eval_pgd_steps if self.params.eps > 0 else 0
+        r = self.config.runtime
+        steps = r.eval_pgd_steps if self.params.eps > 0 else 0
+        attacked = min(num_examples, r.eval_pgd_examples) if steps else 0
         if self._eval_fn is None:
             self._eval_fn = tf.function(self._eval_batch)
         correct = np.zeros(2, np.int64)
         total = 0
         batches = data.make_eval_dataset(self.config.data, batch_size=256, num_examples=num_examples)
         for i, (images, labels) in enumerate(batches):
-            correct += self._eval_fn(images, labels, tf.constant(i, tf.int64), steps).numpy()
-            total += int(labels.shape[0])
+            n = int(labels.shape[0])
+            # PGD on the first ``attacked`` images only (the batches are 256).
+            k = max(0, min(n, attacked - total))
+            correct += self._eval_fn(images, labels, tf.constant(i, tf.int64), steps if k else 0, k).numpy()
+            total += n
         out = {"eval/clean_accuracy": correct[0] / max(total, 1)}
-        if steps:
-            out[f"eval/pgd{steps}_accuracy"] = correct[1] / max(total, 1)
+        if attacked:
+            out[f"eval/pgd{steps}_accuracy"] = correct[1] / min(attacked, max(total, 1))
         return {k: float(v) for k, v in out.items()}
 
-    def _eval_batch(self, images: tf.Tensor, labels: tf.Tensor, index: tf.Tensor, steps: int) -> tf.Tensor:
-        """Correct predictions [clean, PGD] on one batch."""
+    def _eval_batch(
+        self, images: tf.Tensor, labels: tf.Tensor, index: tf.Tensor, steps: int, attacked: int
+    ) -> tf.Tensor:
+        """Correct predictions [clean, PGD on the first ``attacked`` images] on one batch."""
         labels = tf.cast(labels, tf.int64)
 
-        def correct(x):
+        def correct(x, y):
             predicted = tf.argmax(self._inference(x), axis=-1, output_type=tf.int64)
-            return tf.reduce_sum(tf.cast(predicted == labels, tf.int64))
+            return tf.reduce_sum(tf.cast(predicted == y, tf.int64))
 
-        clean = correct(images)
+        clean = correct(images, labels)
         if not steps:
             return tf.stack([clean, tf.constant(0, tf.int64)])
         eps = self.params.eps
         seed = tf.random.experimental.stateless_fold_in(
             tf.constant([self.config.seed, _EVAL_SEED], tf.int64), index
         )
-        adv = attacks.pgd(self._inference, images, labels, eps, eps / 4, steps, random_start=True, seed=seed)
-        return tf.stack([clean, correct(adv)])
+        x, y = images[:attacked], labels[:attacked]
+        adv = attacks.pgd(self._inference, x, y, eps, eps / 4, steps, random_start=True, seed=seed)
+        return tf.stack([clean, correct(adv, y)])
 
     def export(
         self, export_dir: str, metadata: Mapping[str, Any], evaluation: Mapping[str, float], num_examples: int
@@ -142,7 +150,7 @@ class ClassifierTrainer(Trainer):
         if pgd:
             metadata["pgd_accuracy"] = {
                 "value": evaluation[pgd[0]],
-                "num_test_examples": num_examples,
+                "num_test_examples": min(num_examples, self.config.runtime.eval_pgd_examples),
                 "eps": self.params.eps,
                 "steps": self.config.runtime.eval_pgd_steps,
                 "step_size": self.params.eps / 4,
