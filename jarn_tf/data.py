@@ -28,6 +28,7 @@ import gzip
 import os
 import struct
 import threading
+import zlib
 from typing import Optional
 
 import numpy as np
@@ -277,24 +278,54 @@ def describe_source(config: DataConfig) -> str:
 # Reading IDX files.
 
 
+# What reading a damaged file raises: EOFError (a truncated .gz),
+# gzip.BadGzipFile (not gzip data, or a failed CRC check; an OSError),
+# zlib.error (damaged compressed data), OSError (permissions, I/O).
+_IDX_READ_ERRORS = (OSError, EOFError, zlib.error)
+
+_IDX_FIX = "Replace it with a complete copy of the dataset's file (download or copy it again)."
+
+
 def _open_idx(path: str):
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+def _idx_read_error(path: str, error: BaseException) -> ValueError:
+    """A one-line error for an IDX file that cannot be read, with the fix."""
+    if isinstance(error, EOFError):
+        reason = "it is truncated"
+    elif isinstance(error, (gzip.BadGzipFile, zlib.error)):
+        reason = "it is not valid gzip data although its name ends in .gz"
+    else:
+        reason = "it cannot be read"
+    detail = (str(error).splitlines() or [""])[0]
+    return ValueError(f"IDX file {path}: {reason} ({type(error).__name__}: {detail}). {_IDX_FIX}")
 
 
 def _read_idx_header(f, path: str, magic: int, rank: int) -> tuple[int, ...]:
     head = f.read(4 + 4 * rank)
     if len(head) < 4:
-        raise ValueError(f"IDX file {path} is truncated: no magic number.")
+        raise ValueError(f"IDX file {path} is truncated: no magic number. {_IDX_FIX}")
     (found,) = struct.unpack(">I", head[:4])
     if found != magic:
         raise ValueError(
             f"IDX file {path} has magic number 0x{found:08x}, expected "
             f"0x{magic:08x} (unsigned bytes, {rank} dimensions); it is not an "
-            f"MNIST-format {'image' if rank == 3 else 'label'} file or is corrupt."
+            f"MNIST-format {'image' if rank == 3 else 'label'} file or is corrupt. {_IDX_FIX}"
         )
     if len(head) < 4 + 4 * rank:
-        raise ValueError(f"IDX file {path} is truncated inside its header.")
+        raise ValueError(f"IDX file {path} is truncated inside its header. {_IDX_FIX}")
     return struct.unpack(f">{rank}I", head[4:])
+
+
+def _read_idx_file(path: str, magic: int, rank: int, header_only: bool) -> tuple[tuple[int, ...], bytes]:
+    """The header's dimensions and (unless ``header_only``) the data bytes."""
+    try:
+        with _open_idx(path) as f:
+            dims = _read_idx_header(f, path, magic, rank)
+            return dims, b"" if header_only else f.read()
+    except _IDX_READ_ERRORS as e:
+        raise _idx_read_error(path, e) from e
 
 
 def read_idx(path: str, rank: int) -> np.ndarray:
@@ -308,18 +339,17 @@ def read_idx(path: str, rank: int) -> np.ndarray:
       A uint8 array of the shape stored in the header.
 
     Raises:
-      ValueError: wrong magic number, truncated header, or a data size that
-        does not match the header; the message names the file.
+      ValueError: wrong magic number, truncated header, a data size that
+        does not match the header, or a file that cannot be read (damaged
+        gzip data, permissions); the message names the file and the fix.
     """
     magic = _IDX_IMAGES_MAGIC if rank == 3 else _IDX_LABELS_MAGIC
-    with _open_idx(path) as f:
-        dims = _read_idx_header(f, path, magic, rank)
-        payload = f.read()
+    dims, payload = _read_idx_file(path, magic, rank, header_only=False)
     expected = int(np.prod(dims, dtype=np.int64))
     if len(payload) != expected:
         raise ValueError(
             f"IDX file {path}: header says shape {tuple(dims)} "
-            f"({expected} bytes of data) but the file holds {len(payload)}."
+            f"({expected} bytes of data) but the file holds {len(payload)}. {_IDX_FIX}"
         )
     return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
 
@@ -327,19 +357,19 @@ def read_idx(path: str, rank: int) -> np.ndarray:
 def _check_idx_pair(directory: str, split: str, info: DatasetInfo) -> None:
     """Validates the headers of one split's IDX files (no data is read)."""
     images_path, labels_path = (_find_idx_file(directory, stem) for stem in _IDX_FILES[split])
-    with _open_idx(images_path) as f:
-        n_images, height, width = _read_idx_header(f, images_path, _IDX_IMAGES_MAGIC, 3)
-    with _open_idx(labels_path) as f:
-        (n_labels,) = _read_idx_header(f, labels_path, _IDX_LABELS_MAGIC, 1)
+    (n_images, height, width), _ = _read_idx_file(images_path, _IDX_IMAGES_MAGIC, 3, header_only=True)
+    (n_labels,), _ = _read_idx_file(labels_path, _IDX_LABELS_MAGIC, 1, header_only=True)
     if (height, width) != info.image_shape[:2]:
         raise ValueError(
             f"IDX file {images_path} holds {height}x{width} images; "
-            f"{info.name} images are {info.image_shape[0]}x{info.image_shape[1]}."
+            f"{info.name} images are {info.image_shape[0]}x{info.image_shape[1]}. "
+            f"Pass the --dataset these files hold, or put {info.name}'s files there."
         )
     if n_images != n_labels:
         raise ValueError(
             f"IDX files disagree: {images_path} has {n_images} images but "
-            f"{labels_path} has {n_labels} labels."
+            f"{labels_path} has {n_labels} labels. Replace them with complete copies of one "
+            "release of the dataset."
         )
 
 
@@ -351,7 +381,7 @@ def _load_idx(directory: str, split: str, info: DatasetInfo) -> tuple[np.ndarray
     if labels.size and labels.max() >= info.num_classes:
         raise ValueError(
             f"IDX file {labels_path} has label {labels.max()}; {info.name} "
-            f"has {info.num_classes} classes."
+            f"has {info.num_classes} classes. {_IDX_FIX}"
         )
     return images, labels
 

@@ -237,6 +237,11 @@ def main(argv) -> Optional[int]:
         return 2
     num_examples = min(available, FLAGS.num_examples or available)
     output_dir = os.path.abspath(FLAGS.output_dir or _default_output_dir(model))
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        print(
+            f"error: --output_dir={output_dir} is a file; pass a directory for the results.", file=sys.stderr
+        )
+        return 2
 
     print(
         f"Evaluating {model.path} ({model.format}) on the first {num_examples} {info.name} {FLAGS.split} "

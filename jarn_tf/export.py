@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import keras
@@ -165,12 +166,25 @@ class LoadedModel:
         return None
 
 
+def _first_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+
+
 def _read_metadata(directory: str) -> Dict[str, Any]:
     path = os.path.join(directory, METADATA_FILE)
     if not os.path.isfile(path):
         return {}
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            metadata = json.load(f)
+    except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+        raise ValueError(
+            f"{path} cannot be read ({_first_line(e)}). Export the model again, or delete the file and "
+            "pass --dataset and --eps."
+        ) from e
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{path} holds no JSON object. Export the model again, or delete the file.")
+    return metadata
 
 
 def _is_saved_model(directory: str) -> bool:
@@ -180,7 +194,17 @@ def _is_saved_model(directory: str) -> bool:
 def _load_keras(path: str) -> Tuple[ModelFn, Optional[Tuple[int, int, int]]]:
     import jarn_tf.layers  # noqa: F401  registers the custom layers
 
-    model = keras.saving.load_model(path, compile=False)
+    fix = (
+        "Export the model again (a .keras file is the zip archive that model.save writes), or pass its "
+        "SavedModel directory."
+    )
+    # Keras reports any file that is not a zip archive as "File not found".
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a .keras file: it is not a zip archive (truncated?). {fix}")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path} cannot be loaded as a .keras model ({_first_line(e)}). {fix}") from e
     shape = model.input_shape
     if isinstance(shape, list):
         shape = shape[0]
@@ -193,9 +217,20 @@ def _load_keras(path: str) -> Tuple[ModelFn, Optional[Tuple[int, int, int]]]:
 
 
 def _load_saved_model(path: str) -> Tuple[ModelFn, Optional[Tuple[int, int, int]]]:
-    loaded = tf.saved_model.load(path)
+    try:
+        loaded = tf.saved_model.load(path)
+    except (OSError, ValueError, tf.errors.OpError) as e:
+        raise ValueError(
+            f"SavedModel {path} cannot be loaded ({_first_line(e)}); saved_model.pb or variables/ is "
+            "damaged or missing. Export the model again."
+        ) from e
     if "serving_default" not in loaded.signatures:
-        raise ValueError(f"SavedModel {path} has no 'serving_default' signature.")
+        raise ValueError(
+            f"SavedModel {path} has no 'serving_default' signature (its signatures: "
+            f"{', '.join(sorted(loaded.signatures)) or 'none'}). Save it with tf.saved_model.save(module, "
+            "path, signatures={'serving_default': f}), f taking float32 images [N, H, W, C] in [0, 1] and "
+            "returning {'logits': ...}; or pass the model's .keras file."
+        )
     signature = loaded.signatures["serving_default"]
     _, kwargs = signature.structured_input_signature
     if len(kwargs) != 1:
@@ -240,9 +275,7 @@ def load_model(path: str) -> LoadedModel:
     """
     path = os.path.abspath(path)
     model_dir = None
-    if os.path.isdir(os.path.join(path, SAVED_MODEL_DIR)) or os.path.isfile(
-        os.path.join(path, KERAS_FILE)
-    ):
+    if os.path.isdir(os.path.join(path, SAVED_MODEL_DIR)) or os.path.isfile(os.path.join(path, KERAS_FILE)):
         export_dir = path
     elif os.path.isdir(os.path.join(path, "export")):
         model_dir, export_dir = path, os.path.join(path, "export")
@@ -265,9 +298,7 @@ def load_model(path: str) -> LoadedModel:
         elif _is_saved_model(saved_model):
             target, fmt = saved_model, "saved_model"
         else:
-            raise ValueError(
-                f"--model={path}: {export_dir} holds neither {KERAS_FILE} nor a SavedModel."
-            )
+            raise ValueError(f"--model={path}: {export_dir} holds neither {KERAS_FILE} nor a SavedModel.")
     else:
         raise ValueError(
             f"--model={path} is not a model: expected a training run's model_dir (with export/), "

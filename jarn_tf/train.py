@@ -76,6 +76,7 @@ def main(argv) -> Optional[int]:
         config = config_from_flags()
         train_lib.validate_config(config)
         data.describe_source(config.data)
+        train_lib.check_model_dir(config, os.path.abspath(FLAGS.model_dir))
         strategy = None
         if config.runtime.strategy in config_lib.CLUSTER_STRATEGIES:
             # These configure the runtime, so they come before any other op;
@@ -92,7 +93,7 @@ def main(argv) -> Optional[int]:
         result = train_lib.train(
             config, model_dir, eval_examples=FLAGS.eval_examples, verbose=FLAGS.verbose, strategy=strategy
         )
-    except ValueError as e:
+    except (ValueError, data.DatasetNotFoundError) as e:  # a CheckpointRestoreError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
     except train_lib.NonFiniteLossError as e:

@@ -154,6 +154,35 @@ def train_cli():
 
 
 @pytest.fixture(scope="session")
+def evaluate_cli():
+    """Runs ``python -m jarn_tf.evaluate args`` in a fresh process."""
+
+    def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "jarn_tf.evaluate"] + list(args),
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2"),
+            cwd=REPO,
+            timeout=timeout,
+        )
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_keras_file(tmp_path_factory) -> str:
+    """An untrained .keras classifier of 28x28x1 images (10 logits), no metadata."""
+    import keras
+
+    path = str(tmp_path_factory.mktemp("tiny_keras") / "tiny.keras")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def read_events():
     """``read_events(logdir)``: TensorBoard tag -> list of (step, value) from its event files."""
     import tensorflow as tf
