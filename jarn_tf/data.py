@@ -19,13 +19,23 @@ The training pipeline is deterministic and resumable: the global batch of step
 ``s`` is a pure function of (data, seed, s, global batch size), whatever the
 step the run was resumed from and however many input pipelines and replicas
 consume it.
+
+Example order (``EXAMPLE_ORDERS``): ``stored`` is the order of the copy read.
+IDX files are the dataset's original release, in its original order; TFDS
+shuffled its copy when preparing it (records sorted by a hash of their keys).
+``original`` is the order of the original release (MNIST's and
+Fashion-MNIST's IDX files, CIFAR-10's ``test_batch``, SVHN's ``.mat`` files),
+which RobustBench and the PyTorch loaders use, so that "the first N test
+images" are the same images everywhere. Training always reads ``stored``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import os
+import re
 import struct
 import threading
 import zlib
@@ -54,6 +64,10 @@ _IDX_FILES = {
 _IDX_IMAGES_MAGIC = 0x00000803
 _IDX_LABELS_MAGIC = 0x00000801
 
+# How an evaluation split's examples are ordered (see the module docstring);
+# ``auto`` is ``original`` where the source can give it, else ``stored``.
+EXAMPLE_ORDERS = ("auto", "original", "stored")
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
@@ -71,6 +85,10 @@ class DatasetInfo:
       idx_system_dirs: system directories holding IDX files, e.g. from a
         Debian package.
       idx_system_package: the Debian package that fills ``idx_system_dirs``.
+      tfds_original_order: TFDS's builder numbers each split's examples in the
+        original release's order: its example keys are 0..N-1 and, where it
+        has an ``id`` feature, the ids are ``<split>_<index>``; so the
+        original order can be recovered from a TFDS copy.
     """
 
     name: str
@@ -81,6 +99,7 @@ class DatasetInfo:
     idx_subdirs: tuple[str, ...] = ()
     idx_system_dirs: tuple[str, ...] = ()
     idx_system_package: Optional[str] = None
+    tfds_original_order: bool = False
 
     @property
     def has_idx(self) -> bool:
@@ -96,6 +115,7 @@ DATASETS: dict[str, DatasetInfo] = {
         num_classes=10,
         default_augment=False,
         idx_subdirs=("mnist",),
+        tfds_original_order=True,
     ),
     "fashion_mnist": DatasetInfo(
         name="fashion_mnist",
@@ -106,6 +126,7 @@ DATASETS: dict[str, DatasetInfo] = {
         idx_subdirs=("fashion_mnist", "fashion-mnist"),
         idx_system_dirs=("/usr/share/datasets/fashion-mnist",),
         idx_system_package="dataset-fashion-mnist",
+        tfds_original_order=True,
     ),
     "svhn": DatasetInfo(
         name="svhn",
@@ -113,6 +134,7 @@ DATASETS: dict[str, DatasetInfo] = {
         image_shape=(32, 32, 3),
         num_classes=10,
         default_augment=False,
+        tfds_original_order=True,
     ),
     "cifar10": DatasetInfo(
         name="cifar10",
@@ -120,6 +142,7 @@ DATASETS: dict[str, DatasetInfo] = {
         image_shape=(32, 32, 3),
         num_classes=10,
         default_augment=True,
+        tfds_original_order=True,
     ),
 }
 
@@ -130,6 +153,10 @@ class DatasetNotFoundError(RuntimeError):
     The message names the dataset, every place searched and the commands that
     get the data.
     """
+
+
+class ExampleOrderError(ValueError):
+    """The source cannot give the examples in the order asked for."""
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -405,7 +432,117 @@ def _load_tfds(
     return np.concatenate(images), np.concatenate(labels)
 
 
-_CACHE: dict[tuple[str, Optional[str], str], tuple[np.ndarray, np.ndarray]] = {}
+def _tfds_has_ids(builder: tfds.core.DatasetBuilder) -> bool:
+    return "id" in builder.info.features.keys()
+
+
+def _tfds_key_positions(split: str, num_examples: int) -> np.ndarray:
+    """Where TFDS stored the examples generated with keys 0..N-1.
+
+    TFDS writes a split's records sorted by the md5 hash of the split name
+    followed by the key as a decimal string (``tfds.core.hashing``: a change
+    of it would change every dataset's major version).
+
+    Args:
+      split: the split's name, TFDS's hash salt.
+      num_examples: N.
+
+    Returns:
+      int64 [N]: the example with key ``k`` is record ``positions[k]`` of the
+      stored order.
+    """
+    salt = hashlib.md5(split.encode("utf-8"))
+    hashes = []
+    for key in range(num_examples):
+        md5 = salt.copy()
+        md5.update(str(key).encode("utf-8"))
+        hashes.append(int(md5.hexdigest(), 16))
+    stored_keys = sorted(range(num_examples), key=hashes.__getitem__)
+    return np.argsort(np.asarray(stored_keys, np.int64))
+
+
+def _tfds_id_positions(ids: np.ndarray, split: str, tfds_name: str) -> np.ndarray:
+    """Where each original index sits, from ids ``<split>_<index>``.
+
+    Args:
+      ids: the ``id`` feature of every record, in the order read.
+      split: the split's name, the ids' prefix.
+      tfds_name: the TFDS dataset (for messages).
+
+    Returns:
+      int64 [N]: the example with original index ``k`` is record
+      ``positions[k]`` of the order read.
+
+    Raises:
+      ExampleOrderError: an id is not ``<split>_<index>``, or the indices are
+        not 0..N-1.
+    """
+    pattern = re.compile(rf"{re.escape(split)}_(\d+)")
+    indices = np.empty(len(ids), np.int64)
+    for i, raw in enumerate(ids):
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        match = pattern.fullmatch(text)
+        if match is None:
+            raise ExampleOrderError(
+                f"TFDS's {tfds_name} {split} record {i} has id {text!r}, not '{split}_<index>'"
+            )
+        indices[i] = int(match.group(1))
+    if not np.array_equal(np.sort(indices), np.arange(len(ids))):
+        raise ExampleOrderError(
+            f"TFDS's {tfds_name} {split} ids do not number the {len(ids)} records 0..{len(ids) - 1}"
+        )
+    positions = np.empty(len(ids), np.int64)
+    positions[indices] = np.arange(len(ids))
+    return positions
+
+
+def _load_tfds_original(
+    builder: tfds.core.DatasetBuilder, split: str, info: DatasetInfo
+) -> tuple[np.ndarray, np.ndarray]:
+    """A TFDS split in the original release's order.
+
+    Raises:
+      ExampleOrderError: the TFDS copy cannot give that order.
+    """
+    if not info.tfds_original_order:
+        raise ExampleOrderError(f"TFDS's {info.tfds_name} does not record its examples' original order")
+    with_ids = _tfds_has_ids(builder)
+    # One file after the other (no interleaving), so the records come in
+    # their stored order whatever the number of shards.
+    ds = builder.as_dataset(
+        split=split,
+        shuffle_files=False,
+        read_config=tfds.ReadConfig(interleave_cycle_length=1),
+        as_supervised=not with_ids,
+    )
+    if with_ids:
+        ds = ds.map(lambda example: (example["image"], example["label"], example["id"]))
+    else:
+        ds = ds.map(lambda image, label: (image, label, tf.constant(b"")))
+    images, labels, ids = [], [], []
+    for x, y, i in tfds.as_numpy(ds.batch(_TFDS_READ_BATCH)):
+        images.append(x)
+        labels.append(y)
+        ids.append(i)
+    if not images:
+        return np.zeros((0, *info.image_shape), np.uint8), np.zeros((0,), np.int64)
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    if with_ids:
+        positions = _tfds_id_positions(np.concatenate(ids), split, info.tfds_name)
+    elif builder.info.disable_shuffling:
+        positions = np.arange(len(labels))
+    else:
+        recorded = builder.info.splits[split].num_examples if split in builder.info.splits else 0
+        if recorded and recorded != len(labels):
+            raise ExampleOrderError(
+                f"TFDS's {info.tfds_name} {split} split holds {len(labels)} records but its metadata "
+                f"says {recorded}, so their keys are unknown"
+            )
+        positions = _tfds_key_positions(split, len(labels))
+    return images[positions], labels[positions]
+
+
+_CACHE: dict[tuple[str, Optional[str], str, str], tuple[np.ndarray, np.ndarray]] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -415,33 +552,41 @@ def clear_cache() -> None:
         _CACHE.clear()
 
 
-def load_arrays(config: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Loads a whole split into memory, in the dataset's own order.
+def load_arrays(config: DataConfig, split: str, order: str = "stored") -> tuple[np.ndarray, np.ndarray]:
+    """Loads a whole split into memory.
 
-    Results are cached in-process by (dataset, data_dir, split), since
+    Results are cached in-process by (dataset, data_dir, split, order), since
     training and evaluation both load; the cached arrays are read-only.
 
     Args:
       config: the data configuration.
       split: ``"train"`` or ``"test"``.
+      order: ``"stored"``, the order of the copy read (what training uses),
+        or ``"original"``, the original release's order (see the module
+        docstring); ``resolve_example_order`` picks one for ``"auto"``.
 
     Returns:
       ``(images uint8 [N, H, W, C], labels int64 [N])``.
 
     Raises:
-      ValueError: unknown dataset or split, or malformed data.
+      ValueError: unknown dataset, split or order, or malformed data.
+      ExampleOrderError: ``order="original"`` and the copy cannot give it.
       DatasetNotFoundError: no source has the data (or downloading failed).
     """
     info = dataset_info(config.dataset)
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}; valid splits: {SPLITS}.")
+    if order not in ("stored", "original"):
+        raise ValueError(f"Unknown example order {order!r}; load_arrays takes 'stored' or 'original'.")
     data_dir = os.path.abspath(config.data_dir) if config.data_dir else None
-    key = (info.name, data_dir, split)
+    key = (info.name, data_dir, split, order)
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
 
     source = _resolve_source(config)
+    if source.kind == "idx" and order == "original":
+        return load_arrays(config, split)  # IDX files are the original release, in its order
     if source.kind == "idx":
         images, labels = _load_idx(source.location, split, info)
     else:
@@ -459,7 +604,10 @@ def load_arrays(config: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]
                         f"{info.tfds_name!r} ({type(e).__name__}: {e})",
                     )
                 ) from e
-        images, labels = _load_tfds(builder, split, info)
+        if order == "original":
+            images, labels = _load_tfds_original(builder, split, info)
+        else:
+            images, labels = _load_tfds(builder, split, info)
 
     images = np.asarray(images, dtype=np.uint8)
     labels = np.asarray(labels).astype(np.int64)
@@ -475,6 +623,73 @@ def load_arrays(config: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]
     with _CACHE_LOCK:
         _CACHE[key] = (images, labels)
     return images, labels
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleOrder:
+    """The order an evaluation split was read in.
+
+    Attributes:
+      name: ``"original"`` (the original release's order) or ``"stored"``
+        (the copy's own order, when it differs).
+      detail: how that order was obtained, and why it is not the original
+        one where it is not; one sentence for logs and results files.
+    """
+
+    name: str
+    detail: str
+
+
+def resolve_example_order(config: DataConfig, split: str, requested: str = "auto") -> ExampleOrder:
+    """Decides the order of an evaluation split's examples (reads the split).
+
+    Args:
+      config: the data configuration.
+      split: ``"train"`` or ``"test"``.
+      requested: one of ``EXAMPLE_ORDERS``: ``"original"`` fails when the
+        source cannot give it, ``"auto"`` then falls back to ``"stored"``
+        and says why in ``detail``.
+
+    Returns:
+      The order to pass to ``load_arrays`` and ``make_eval_dataset``. IDX
+      files are in the original order, whatever was requested.
+
+    Raises:
+      ValueError: unknown order (or dataset, split, malformed data).
+      ExampleOrderError: ``requested="original"`` and the source cannot give it.
+      DatasetNotFoundError: no source has the data.
+    """
+    if requested not in EXAMPLE_ORDERS:
+        raise ValueError(f"Unknown example order {requested!r}; valid orders: {', '.join(EXAMPLE_ORDERS)}.")
+    info = dataset_info(config.dataset)
+    source = _resolve_source(config)
+    if source.kind == "idx":
+        return ExampleOrder(
+            "original", f"the order of the IDX files in {source.location} (the original release's)"
+        )
+    stored = (
+        f"the order of TFDS's copy of {info.tfds_name}, which TFDS shuffled when preparing it: "
+        "not the original order RobustBench and PyTorch loaders use"
+    )
+    if requested == "stored":
+        return ExampleOrder("stored", stored)
+    try:
+        load_arrays(config, split, "original")
+    except ExampleOrderError as e:
+        if requested == "original":
+            raise ExampleOrderError(
+                f"--example_order=original: {e}. Evaluate a copy in the original order (for "
+                f"{info.name}: {'its IDX files in --data_dir' if info.has_idx else 'a TFDS copy with ids'}), "
+                "or pass --example_order=stored to evaluate TFDS's order."
+            ) from e
+        return ExampleOrder("stored", f"{stored} (the original order is unavailable: {e})")
+    builder = _tfds_builder(info, config.data_dir)
+    how = (
+        f"from TFDS's per-example ids ({split}_00000, ...)"
+        if _tfds_has_ids(builder)
+        else "recomputed from the keys TFDS's builder gave the examples"
+    )
+    return ExampleOrder("original", f"the original release's order, {how}")
 
 
 def steps_per_epoch(config: DataConfig, global_batch_size: int) -> int:
@@ -667,6 +882,7 @@ def make_eval_dataset(
     batch_size: int,
     num_examples: Optional[int] = None,
     split: str = "test",
+    order: str = "stored",
 ) -> tf.data.Dataset:
     """The first examples of a split, in order, unaugmented.
 
@@ -676,6 +892,8 @@ def make_eval_dataset(
       num_examples: how many examples from the start of the split; None for
         all of them.
       split: ``"train"`` or ``"test"``.
+      order: ``"stored"`` or ``"original"`` (``load_arrays``); the name of
+        a ``resolve_example_order`` result.
 
     Returns:
       A finite dataset of ``(images float32 [b, H, W, C] in [0, 1], labels
@@ -688,7 +906,7 @@ def make_eval_dataset(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     if num_examples is not None and num_examples < 1:
         raise ValueError(f"num_examples must be >= 1 or None, got {num_examples}.")
-    images, labels = load_arrays(config, split)
+    images, labels = load_arrays(config, split, order)
     if len(images) == 0:
         raise ValueError(f"The {split} split of {config.dataset} is empty.")
     if num_examples is not None:

@@ -47,8 +47,17 @@ def define_evaluate_flags() -> None:
     flags.DEFINE_integer(
         "num_examples",
         None,
-        "Evaluate the first N examples of the split, in its order. Default: all.",
+        "Evaluate the first N examples of the split, in --example_order. Default: all.",
         lower_bound=1,
+    )
+    flags.DEFINE_enum(
+        "example_order",
+        "auto",
+        ["auto", "original", "stored"],
+        "Order of the split, so which images --num_examples takes. original: the original release's "
+        "(MNIST's IDX files, CIFAR-10's test_batch), the images RobustBench and PyTorch loaders take first; "
+        "stored: the order of the copy read (TFDS shuffled its copy when preparing it); auto: original "
+        "where the data allow it, else stored, saying why. Recorded in results.json.",
     )
     flags.DEFINE_integer(
         "batch_size", 100, "Examples per attack batch (global, over all replicas).", lower_bound=1
@@ -230,8 +239,11 @@ def main(argv) -> Optional[int]:
         strategy = distribute.get_strategy(FLAGS.strategy, FLAGS.num_gpus)
         data_config = config.DataConfig(dataset=info.name, data_dir=FLAGS.data_dir, download=FLAGS.download)
         data.describe_source(data_config)
-        dataset = data.make_eval_dataset(data_config, FLAGS.batch_size, FLAGS.num_examples, FLAGS.split)
-        available = len(data.load_arrays(data_config, FLAGS.split)[1])
+        order = data.resolve_example_order(data_config, FLAGS.split, FLAGS.example_order)
+        dataset = data.make_eval_dataset(
+            data_config, FLAGS.batch_size, FLAGS.num_examples, FLAGS.split, order.name
+        )
+        available = len(data.load_arrays(data_config, FLAGS.split, order.name)[1])
     except (ValueError, data.DatasetNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -247,6 +259,7 @@ def main(argv) -> Optional[int]:
         f"Evaluating {model.path} ({model.format}) on the first {num_examples} {info.name} {FLAGS.split} "
         f"examples, eps={params.eps:.6g}, attacks: {', '.join(s.name for s in specs)}"
     )
+    print(f"Example order: {order.name}: {order.detail}.")
     start = time.time()
     with strategy.scope():
         output = eval_lib.evaluate(
@@ -278,6 +291,8 @@ def main(argv) -> Optional[int]:
         "source_model": source.path if source else None,
         "dataset": info.name,
         "split": FLAGS.split,
+        "example_order": order.name,
+        "example_order_detail": order.detail,
         "batch_size": FLAGS.batch_size,
         "strategy": FLAGS.strategy,
         "eps_source": (
@@ -305,7 +320,7 @@ def main(argv) -> Optional[int]:
             else sorted({min(1.0, params.eps * k) for k in (0.0, 0.25, 0.5, 1.0, 2.0)})
         )
         sweep_n = FLAGS.sweep_examples or num_examples
-        sweep_ds = data.make_eval_dataset(data_config, FLAGS.batch_size, sweep_n, FLAGS.split)
+        sweep_ds = data.make_eval_dataset(data_config, FLAGS.batch_size, sweep_n, FLAGS.split, order.name)
         with strategy.scope():
             sweep = analysis.eps_sweep(
                 models,
