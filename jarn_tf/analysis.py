@@ -67,7 +67,7 @@ def eps_sweep(
       seed: seed of the random starts.
       max_eps: the largest eps the sweep extends to.
       strategy: tf.distribute strategy for the attacks.
-      verbose: progress bars.
+      verbose: 1 prints each run (model, eps) and its progress bar.
       jit_compile: compile the attacks with XLA.
 
     Returns:
@@ -98,6 +98,8 @@ def eps_sweep(
             jit_compile=jit_compile,
         )
         for name, model_fn in models.items():
+            if verbose:
+                print(f"eps sweep: {name} at eps {eps:.4g}")
             out = eval_lib.evaluate(model_fn, dataset, specs, params, strategy=strategy, verbose=verbose)
             acc = out.accuracies()
             for s in specs:

@@ -653,11 +653,14 @@ def run_autoattack(
     fab_steps: int = 100,
     num_queries: int = 5000,
     p_init: float = 0.8,
+    log: Optional[Callable[[str], None]] = None,
 ) -> Dict[str, object]:
     """Runs the attacks in order, each only on the examples that are still robust.
 
     Defaults are AutoAttack's "standard" L-inf version. Clean-misclassified examples count as
-    broken (their adversarial example is the clean image).
+    broken (their adversarial example is the clean image). With ``log``, reports progress as the
+    reference's log does: the clean accuracy, then after each chunk of ``batch_size`` examples how
+    many the attack broke, and after each attack the robust accuracy and the time so far.
 
     Args:
       model_fn: images -> logits.
@@ -672,6 +675,7 @@ def run_autoattack(
       fab_steps: FAB-T iterations.
       num_queries: Square queries.
       p_init: Square's initial fraction of changed pixels.
+      log: called with one line of progress at a time (e.g. ``print``); None is quiet.
 
     Returns:
       dict with ``robust`` (bool [N], worst case over the attacks run), ``per_attack`` ({name:
@@ -692,23 +696,38 @@ def run_autoattack(
         ),
         "square": lambda x, y: square(model_fn, x, y, eps, num_queries=num_queries, p_init=p_init, seed=seed),
     }
+    log = log or (lambda message: None)
+    first = time.perf_counter()
     clean = np.argmax(_logits(model_fn, images), axis=-1) == labels
     robust = clean.copy()
     adversarial = images.copy()
     per_attack, seconds = {}, {}
+    n = len(labels)
+    log(f"clean accuracy: {np.mean(clean) if n else 0.0:.2%} ({int(np.sum(clean))}/{n})")
     for name in attacks:
         start = time.perf_counter()
         todo = np.nonzero(robust)[0]
         step = len(todo) if batch_size is None else int(batch_size)
-        for begin in range(0, len(todo), max(step, 1)):
+        chunks = -(-len(todo) // max(step, 1))
+        for chunk, begin in enumerate(range(0, len(todo), max(step, 1))):
             idx = todo[begin : begin + step]
             x_adv = np.asarray(attack_fns[name](images[idx], labels[idx]), np.float32)
             x_adv = np.asarray(project_linf(x_adv, images[idx], eps))  # guard the constraint
             broken = np.argmax(_logits(model_fn, x_adv), axis=-1) != labels[idx]
             adversarial[idx[broken]] = x_adv[broken]
             robust[idx[broken]] = False
+            if chunks > 1:
+                log(
+                    f"{name} - {chunk + 1}/{chunks} - {int(np.sum(broken))} out of {len(idx)} "
+                    f"successfully perturbed ({time.perf_counter() - start:.1f} s)"
+                )
         per_attack[name] = robust.copy()
         seconds[name] = time.perf_counter() - start
+        log(
+            f"robust accuracy after {name.upper()}: {np.mean(robust) if n else 0.0:.2%} "
+            f"({int(np.sum(robust))}/{n} still robust; {seconds[name]:.1f} s, total "
+            f"{time.perf_counter() - first:.1f} s)"
+        )
     return {
         "robust": robust,
         "per_attack": per_attack,

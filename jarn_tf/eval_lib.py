@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -314,9 +314,16 @@ def _local_concat(strategy: tf.distribute.Strategy, value) -> np.ndarray:
     return np.concatenate([np.asarray(p) for p in parts], axis=0)
 
 
-def _run_autoattack(spec: AttackSpec, params: AttackParams, model_fn: ModelFn, images, labels):
+def _run_autoattack(
+    spec: AttackSpec,
+    params: AttackParams,
+    model_fn: ModelFn,
+    images,
+    labels,
+    log: Optional[Callable[[str], None]] = None,
+):
     result = autoattack.run_autoattack(
-        model_fn, images, labels, params.eps, attacks=tuple(spec.parts), seed=params.seed
+        model_fn, images, labels, params.eps, attacks=tuple(spec.parts), seed=params.seed, log=log
     )
     robust = np.asarray(result["robust"], bool)
     per_attack = {k: np.asarray(v, bool) for k, v in (result.get("per_attack") or {}).items()}
@@ -347,7 +354,9 @@ def evaluate(
       source_fn: source model of transfer attacks.
       strategy: a tf.distribute strategy; None is the default strategy.
       num_examples: the number of examples (for the progress bar).
-      verbose: 1 shows a progress bar.
+      verbose: 1 shows a progress bar of the running accuracies (its last
+        line holds the final ones) and AutoAttack's progress within each
+        batch (attack, examples still robust, time).
 
     Returns:
       Per-example outcomes.
@@ -385,7 +394,20 @@ def evaluate(
         s.name: (params.pgd_restarts if s.kind == "pgd" and params.pgd_random_start else 1) for s in specs
     }
 
-    progbar = keras.utils.Progbar(num_examples, verbose=verbose, unit_name="example")
+    # The bar shows running accuracies as stateful metrics: Keras would show the last batch's value
+    # on the final line otherwise.
+    bar_names = [s.name for s in specs] + ([WORST_CASE] if len(specs) > 1 else [])
+    progbar = keras.utils.Progbar(
+        num_examples, verbose=verbose, unit_name="example", stateful_metrics=bar_names
+    )
+    bar_open = False  # a bar line is on screen without its newline
+    num_correct = {name: 0 for name in bar_names}
+
+    def log_line(message: str) -> None:
+        nonlocal bar_open
+        print(("\n" if bar_open else "") + message, flush=True)
+        bar_open = False
+
     seen = 0
     dist_dataset = strategy.experimental_distribute_dataset(dataset)
     for batch_index, (images, labels) in enumerate(dist_dataset):
@@ -395,7 +417,13 @@ def evaluate(
         for spec in specs:
             start = time.perf_counter()
             if spec.kind == "autoattack":
-                ok, per_attack, adv = _run_autoattack(spec, params, model_fn, host_images, host_labels)
+                where = f"examples {seen + 1}-{seen + len(host_labels)}" + (
+                    f" of {num_examples}" if num_examples else ""
+                )
+                log = (lambda m, w=where, n=spec.name: log_line(f"{n} [{w}] {m}")) if verbose else None
+                ok, per_attack, adv = _run_autoattack(
+                    spec, params, model_fn, host_images, host_labels, log=log
+                )
                 for part, values in per_attack.items():
                     extra.setdefault(spec.name, {}).setdefault(part, []).append(values)
                 advs = [adv] if adv is not None else []
@@ -415,9 +443,18 @@ def evaluate(
                     lo[spec.name] = min(lo[spec.name], float(adv.min()))
                     hi[spec.name] = max(hi[spec.name], float(adv.max()))
         seen += len(host_labels)
-        progbar.update(
-            seen, values=[(s.name, float(np.mean(correct[s.name][-1]))) for s in specs if len(host_labels)]
-        )
+        for s in specs:
+            num_correct[s.name] += int(np.sum(correct[s.name][-1]))
+        if WORST_CASE in num_correct:
+            num_correct[WORST_CASE] += int(
+                np.sum(np.logical_and.reduce([correct[s.name][-1] for s in specs]))
+            )
+        if seen:
+            progbar.update(seen, values=[(k, v / seen) for k, v in num_correct.items()], finalize=False)
+            bar_open = bool(verbose)
+    if seen and verbose:
+        # The last line: the final accuracies, as in the results table.
+        progbar.update(seen, values=[(k, v / seen) for k, v in num_correct.items()], finalize=True)
 
     out = EvalOutput(
         correct={k: np.concatenate(v) for k, v in correct.items()},

@@ -293,3 +293,30 @@ def test_run_autoattack_masks_and_outputs(tiny):
     assert 0 < robust.mean() < result["clean"].mean()  # eps chosen so that some, not all, break
     with pytest.raises(ValueError):
         autoattack.run_autoattack(model_fn, x, y, eps, attacks=("pgd",))
+
+
+def test_run_autoattack_logs_progress_like_the_reference(tiny):
+    _, model_fn, x, y = tiny
+    x, y = x[:20], y[:20]
+    lines = []
+    result = autoattack.run_autoattack(
+        model_fn,
+        x,
+        y,
+        0.05,
+        batch_size=8,
+        num_steps=3,
+        num_target_classes=2,
+        fab_steps=3,
+        num_queries=10,
+        log=lines.append,
+    )
+    n_clean = int(result["clean"].sum())
+    assert lines[0] == f"clean accuracy: {n_clean / 20:.2%} ({n_clean}/20)"
+    for name in autoattack.ATTACKS:
+        left = int(result["per_attack"][name].sum())
+        after = [line for line in lines if line.startswith(f"robust accuracy after {name.upper()}: ")]
+        assert len(after) == 1 and f"({left}/20 still robust; " in after[0], (name, lines)
+    # APGD-CE attacks every clean-correct example, in chunks of 8, one line each.
+    chunks = [line for line in lines if line.startswith("apgd-ce - ")]
+    assert len(chunks) == -(-n_clean // 8) > 1 and chunks[0].startswith(f"apgd-ce - 1/{len(chunks)} - ")

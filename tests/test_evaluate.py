@@ -271,7 +271,7 @@ def test_each_masking_check_can_fail():
 def test_autoattack_integration_with_a_stub_run_autoattack(monkeypatch, model_a, tiny_data_dir):
     calls = []
 
-    def run_autoattack(model_fn, images, labels, eps, attacks=eval_lib.AUTOATTACK_PARTS, seed=0):
+    def run_autoattack(model_fn, images, labels, eps, attacks=eval_lib.AUTOATTACK_PARTS, seed=0, **kwargs):
         calls.append((tuple(attacks), eps, seed, len(labels)))
         n = len(labels)
         broken = np.zeros(n, bool)
@@ -507,7 +507,9 @@ def test_eps_checks_pass_on_plain_and_fail_on_masked_model(model_a, tiny_data_di
 
 @pytest.mark.parametrize("form", ["keras", "saved_model"])
 def test_xla_compiled_attacks_match_plain_graphs(form, runs, model_a, tiny_data_dir):
-    model = model_a if form == "keras" else export.load_model(os.path.join(runs["a"], "export", "saved_model"))
+    model = (
+        model_a if form == "keras" else export.load_model(os.path.join(runs["a"], "export", "saved_model"))
+    )
     specs = eval_lib.parse_attacks(["clean", "fgsm", "pgd5", "pgd5_margin"])
     out = {}
     for jit in (False, True):
@@ -520,8 +522,81 @@ def test_xla_compiled_attacks_match_plain_graphs(form, runs, model_a, tiny_data_
     # The adversarial images themselves agree (same path, same steps).
     images, labels = next(iter(_dataset(tiny_data_dir, 20, 20)))
     for spec in specs[1:]:
-        a, _ = eval_lib.craft_adversarial(spec, eval_lib.AttackParams(eps=0.2, pgd_random_start=False), model.model_fn, images, labels)
+        a, _ = eval_lib.craft_adversarial(
+            spec, eval_lib.AttackParams(eps=0.2, pgd_random_start=False), model.model_fn, images, labels
+        )
         b, _ = eval_lib.craft_adversarial(
-            spec, eval_lib.AttackParams(eps=0.2, pgd_random_start=False, jit_compile=True), model.model_fn, images, labels
+            spec,
+            eval_lib.AttackParams(eps=0.2, pgd_random_start=False, jit_compile=True),
+            model.model_fn,
+            images,
+            labels,
         )
         assert float(np.mean(np.abs(a.numpy() - b.numpy()) > 1e-4)) < 0.01, spec.name
+
+
+# ---------------------------------------------------------------------------
+# Progress.
+
+
+@keras.saving.register_keras_serializable(package="test_evaluate")
+class AlwaysDropout(keras.layers.Dropout):
+    """Dropout called with training=True whatever the model is called with (Monte-Carlo dropout).
+
+    Keras passes a model's ``training`` argument on to its layers, so ``Dropout()(x, training=True)``
+    in a functional model is off under ``model(x, training=False)``; this layer is not.
+    """
+
+    def call(self, inputs, training=None):
+        return super().call(inputs, training=True)
+
+
+def _tiny_keras_model(kind: str) -> keras.Model:
+    """Flatten -> Dense(10): logits; ``softmax`` returns probabilities; ``dropout`` keeps dropout on."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Flatten()(inputs)
+    if kind == "dropout":
+        x = AlwaysDropout(0.5)(x)
+    outputs = keras.layers.Dense(10, activation="softmax" if kind == "softmax" else None)(x)
+    return keras.Model(inputs, outputs)
+
+
+def _last_bar_values(text: str) -> dict:
+    """name -> value on the last line of the progress bar that shows clean accuracy."""
+    lines = [line for line in text.replace("\r", "\n").splitlines() if "/example - clean: " in line]
+    values = lines[-1].split("/example - ", 1)[1]
+    return {k: float(v) for k, v in (item.split(": ") for item in values.strip().split(" - "))}
+
+
+def test_progress_bar_ends_with_the_final_accuracies(tiny_data_dir, capsys):
+    model = _tiny_keras_model("logits")  # untrained: accuracy differs from batch to batch
+    specs = eval_lib.parse_attacks(["clean", "fgsm"])
+    out = eval_lib.evaluate(
+        lambda x: model(x, training=False),
+        _dataset(tiny_data_dir),
+        specs,
+        eval_lib.AttackParams(eps=0.05),
+        num_examples=48,
+        verbose=1,
+    )
+    bar = _last_bar_values(capsys.readouterr().out)
+    assert bar == pytest.approx(out.accuracies(), abs=5e-5)
+    # The last batch (8 examples) alone has other accuracies: the test can tell them apart.
+    assert float(np.mean(out.correct["clean"][40:])) != out.accuracies()["clean"]
+
+
+def test_autoattack_progress_within_each_batch(monkeypatch, model_a, tiny_data_dir, capsys):
+    real = autoattack.run_autoattack
+
+    def small_budget(*args, **kwargs):
+        return real(*args, **kwargs, num_steps=2, num_target_classes=2, fab_steps=2, num_queries=5)
+
+    monkeypatch.setattr(autoattack, "run_autoattack", small_budget)
+    specs = eval_lib.parse_attacks(["autoattack"])
+    params = eval_lib.AttackParams(eps=0.1)
+    eval_lib.evaluate(model_a.model_fn, _dataset(tiny_data_dir, 30, 20), specs, params, num_examples=30)
+    text = capsys.readouterr().out
+    for part in eval_lib.AUTOATTACK_PARTS:
+        assert f"autoattack [examples 1-20 of 30] robust accuracy after {part.upper()}: " in text
+        assert f"autoattack [examples 21-30 of 30] robust accuracy after {part.upper()}: " in text
