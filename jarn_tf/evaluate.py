@@ -5,9 +5,10 @@ r"""Evaluates a classifier's robustness to L-inf attacks.
       --output_dir=runs/jarn_at1/eval
 
 Prints a table of accuracies (per attack and the per-example worst case over
-all of them), runs gradient-masking checks, and writes results.json,
-results.md and results.csv to --output_dir. --eps_sweep, --loss_surface and
---jacobian_figure add the analyses of ``jarn_tf.analysis``. Bad inputs
+all of them), runs AutoAttack's checks of the model (logits, not probabilities;
+deterministic outputs) and gradient-masking checks (Square among them), and
+writes results.json, results.md and results.csv to --output_dir. --eps_sweep,
+--loss_surface and --jacobian_figure add the analyses of ``jarn_tf.analysis``. Bad inputs
 (unknown attack, eps outside [0, 1], a model that does not take the
 dataset's images, no data) fail before any attack runs.
 """
@@ -108,6 +109,27 @@ def define_evaluate_flags() -> None:
         True,
         "Also check that accuracy does not rise as eps shrinks and reaches chance at eps 0.5 "
         "(two extra PGD runs).",
+    )
+    flags.DEFINE_float(
+        "pgd_fgsm_tolerance",
+        0.0,
+        "Fraction of examples that may resist every PGD attack yet fall to FGSM (check pgd_beats_fgsm).",
+        lower_bound=0.0,
+    )
+    flags.DEFINE_integer(
+        "square_check_queries",
+        200,
+        "Queries of the Square attack run on the examples every white-box attack left standing, for the "
+        "check blackbox_not_below_whitebox, when --attacks has no square or autoattack; 0 skips it. "
+        "Costs about as much as PGD-20 with both losses; more queries make a stronger check.",
+        lower_bound=0,
+    )
+    flags.DEFINE_float(
+        "square_tolerance",
+        0.01,
+        "Fraction of examples Square may break beyond the white-box attacks (check "
+        "blackbox_not_below_whitebox; a single example never fails it).",
+        lower_bound=0.0,
     )
 
     # Running.
@@ -261,6 +283,16 @@ def main(argv) -> Optional[int]:
     )
     print(f"Example order: {order.name}: {order.detail}.")
     start = time.time()
+    # AutoAttack's checks of the models themselves, on the first batch, before any attack.
+    sample_images = next(iter(dataset))[0]
+    model_checks = masking.model_checks(model.model_fn, sample_images)
+    if source:
+        model_checks += masking.model_checks(source.model_fn, sample_images, "source_model/")
+    for i, other in enumerate(compare):
+        model_checks += masking.model_checks(other.model_fn, sample_images, f"compare_model_{i + 1}/")
+    for c in model_checks:
+        if c.passed is False:
+            logging.warning("Model check failed (%s): %s", c.name, c.message)
     with strategy.scope():
         output = eval_lib.evaluate(
             model.model_fn,
@@ -272,7 +304,19 @@ def main(argv) -> Optional[int]:
             num_examples=num_examples,
             verbose=FLAGS.verbose,
         )
-    checks = masking.masking_checks(output, specs, FLAGS.masking_tolerance)
+    square_correct = None
+    if FLAGS.square_check_queries > 0 and params.eps > 0 and not any("square" in s.parts for s in specs):
+        square_correct = masking.square_check(
+            model.model_fn, dataset, output, specs, params, FLAGS.square_check_queries, FLAGS.verbose
+        )
+    checks = model_checks + masking.masking_checks(
+        output,
+        specs,
+        FLAGS.masking_tolerance,
+        pgd_fgsm_tolerance=FLAGS.pgd_fgsm_tolerance,
+        square_tolerance=FLAGS.square_tolerance,
+        square_check_correct=square_correct,
+    )
     if FLAGS.eps_checks and params.eps > 0 and any(spec.kind != "clean" for spec in specs):
         with strategy.scope():
             checks += masking.eps_checks(
@@ -284,7 +328,11 @@ def main(argv) -> Optional[int]:
                 info.num_classes,
                 FLAGS.masking_tolerance,
                 strategy=strategy,
+                verbose=FLAGS.verbose,
             )
+    else:
+        needs = "--eps_checks, eps > 0 and an attack other than clean"
+        checks += [masking.Check(n, None, {}, f"needs {needs}.") for n in masking.EPS_CHECKS]
     run_info = {
         "model": model.path,
         "model_format": model.format,
@@ -303,10 +351,10 @@ def main(argv) -> Optional[int]:
     paths = results_lib.write_results(results, output_dir)
     print()
     print(results_lib.format_table(results))
-    print("\nGradient-masking checks:")
+    print("\nModel and gradient-masking checks:")
     print(results_lib.format_checks(results["checks"]))
-    for c in checks:
-        if not c.passed:
+    for c in checks[len(model_checks) :]:
+        if c.passed is False:
             logging.warning("Possible gradient masking (%s): %s", c.name, c.message)
 
     if FLAGS.eps_sweep:
@@ -321,6 +369,11 @@ def main(argv) -> Optional[int]:
         )
         sweep_n = FLAGS.sweep_examples or num_examples
         sweep_ds = data.make_eval_dataset(data_config, FLAGS.batch_size, sweep_n, FLAGS.split, order.name)
+        if FLAGS.verbose:
+            print(
+                f"\nEps sweep: {', '.join(FLAGS.sweep_attacks)} on {min(sweep_n, available)} examples of "
+                f"{len(models)} model(s), eps from {grid}, doubling until accuracy is 0"
+            )
         with strategy.scope():
             sweep = analysis.eps_sweep(
                 models,
@@ -331,6 +384,7 @@ def main(argv) -> Optional[int]:
                 restarts=FLAGS.pgd_restarts,
                 seed=FLAGS.seed,
                 strategy=strategy,
+                verbose=FLAGS.verbose,
                 jit_compile=FLAGS.jit_compile,
             )
         sweep["num_examples"] = min(sweep_n, available)
@@ -350,6 +404,11 @@ def main(argv) -> Optional[int]:
         radius = (
             FLAGS.loss_surface_radius if FLAGS.loss_surface_radius is not None else min(1.0, 4 * params.eps)
         )
+        if FLAGS.verbose:
+            print(
+                f"Loss surface of {len(images[: FLAGS.loss_surface_examples])} examples, "
+                f"{FLAGS.loss_surface_points}x{FLAGS.loss_surface_points} points..."
+            )
         surface = analysis.loss_surface(
             model.model_fn,
             images[: FLAGS.loss_surface_examples],
@@ -362,6 +421,8 @@ def main(argv) -> Optional[int]:
         print(f"Loss surface: {written['png']}")
         paths.update({f"loss_surface_{k}": v for k, v in written.items()})
     if FLAGS.jacobian_figure:
+        if FLAGS.verbose:
+            print("Input Jacobians, one example per class...")
         figure = analysis.jacobian_figure(model.model_fn, images, labels, info.num_classes, output_dir)
         print(f"Jacobians: {figure['png']} (TensorBoard: tensorboard --logdir {figure['tensorboard']})")
 

@@ -98,7 +98,9 @@ def build_results(
         "attacks": attacks_out,
         "worst_case_over": [s.name for s in specs],
         "checks": [c.to_dict() for c in checks],
-        "checks_passed": all(c.passed for c in checks),
+        # A check that could not run (passed: null) does not fail the evaluation; it is listed.
+        "checks_passed": all(c.passed is not False for c in checks),
+        "checks_not_run": [c.name for c in checks if c.passed is None],
         "versions": library_versions(),
         "wall_time_seconds": round(wall_seconds, 3),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -136,13 +138,15 @@ def format_table(results: Mapping[str, Any]) -> str:
 
 
 def format_checks(checks: Sequence[Mapping[str, Any]]) -> str:
-    """One line per check: PASS/FAIL, name and, for failures, the warning."""
+    """One line per check: PASS, FAIL with the warning, or NOT RUN with what it needs."""
     lines = []
     for c in checks:
-        lines.append(
-            f"- {'PASS' if c['passed'] else 'FAIL'} {c['name']}"
-            + ("" if c["passed"] else f": {c['message']}")
-        )
+        if c["passed"] is None:
+            lines.append(f"- NOT RUN {c['name']}: {c['message']}")
+        elif c["passed"]:
+            lines.append(f"- PASS {c['name']}")
+        else:
+            lines.append(f"- FAIL {c['name']}: {c['message']}")
     return "\n".join(lines) if lines else "- (no check applies to these attacks)"
 
 
