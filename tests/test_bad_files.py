@@ -8,7 +8,9 @@ import logging
 import os
 import shutil
 import struct
+import subprocess
 from concurrent import futures
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -35,7 +37,7 @@ def _truncate(path: str, fraction: float = 0.5) -> None:
         f.write(payload[: int(len(payload) * fraction)])
 
 
-def _one_error_line(proc) -> str:
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
     """The only ``error:`` line of a failed command; asserts there is no traceback."""
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
@@ -62,14 +64,14 @@ def cli_runs(tiny_data_dir, tiny_keras_file, tmp_path_factory, train_cli, evalua
     module.v = tf.Variable(1.0)
     tf.saved_model.save(module, no_signature)
 
-    def train(data_dir: str, model_dir, *extra: str):
+    def train(data_dir: str, model_dir, *extra: str) -> subprocess.CompletedProcess:
         return train_cli(f"--data_dir={data_dir}", f"--model_dir={model_dir}", *SHORT_RUN, *extra)
 
-    def evaluate(model: str, *extra: str):
+    def evaluate(model: str, *extra: str) -> subprocess.CompletedProcess:
         args = [f"--model={model}", "--dataset=fashion_mnist", f"--data_dir={tiny_data_dir}", "--nodownload"]
         return evaluate_cli(*args, "--attacks=clean", "--num_examples=4", "--verbose=0", *extra)
 
-    def damaged_newest_checkpoint():
+    def damaged_newest_checkpoint() -> tuple:
         model_dir = tmp / "damaged"
         first = train(tiny_data_dir, model_dir)
         assert first.returncode == 0, first.stderr[-3000:]
@@ -207,7 +209,9 @@ def test_restore_without_checkpoints_starts_from_scratch(tmp_path):
     assert train_lib.restore_newest_readable(checkpoint, str(tmp_path / "none")) is None
 
 
-def _write_idx(path: str, array: np.ndarray, magic: int = None, count: int = None) -> None:
+def _write_idx(
+    path: str, array: np.ndarray, magic: Optional[int] = None, count: Optional[int] = None
+) -> None:
     dims = list(array.shape)
     if count is not None:
         dims[0] = count
