@@ -71,6 +71,7 @@ class ClassifierTrainer(Trainer):
                 self.optimizers["discriminator"] = self._make_sgd(self.schedule, "discriminator")
         self._build_optimizers()
         self._eval_fn = None  # the compiled evaluation of one batch, built at first use
+        self._eval_order = "stored"
 
     @property
     def classifier(self) -> keras.Model:
@@ -91,6 +92,9 @@ class ClassifierTrainer(Trainer):
     def evaluate(self, num_examples: int) -> Dict[str, float]:
         """Clean and PGD accuracy on the first ``num_examples`` test images.
 
+        The first in the dataset's original order where the data can give it
+        (as ``python -m jarn_tf.evaluate`` takes them), else in the copy's.
+
         PGD: ``config.runtime.eval_pgd_steps`` sign steps of eps/4 from a
         seeded random start, eps of the mode (skipped when 0). The images and
         the random starts are the same at every evaluation, so the curves
@@ -101,9 +105,13 @@ class ClassifierTrainer(Trainer):
         attacked = min(num_examples, r.eval_pgd_examples) if steps else 0
         if self._eval_fn is None:
             self._eval_fn = tf.function(self._eval_batch)
+            # The same first images as ``jarn_tf.evaluate``'s default (the original release's order).
+            self._eval_order = data.resolve_example_order(self.config.data, "test", "auto").name
         correct = np.zeros(2, np.int64)
         total = 0
-        batches = data.make_eval_dataset(self.config.data, batch_size=256, num_examples=num_examples)
+        batches = data.make_eval_dataset(
+            self.config.data, batch_size=256, num_examples=num_examples, order=self._eval_order
+        )
         for i, (images, labels) in enumerate(batches):
             n = int(labels.shape[0])
             # PGD on the first ``attacked`` images only (the batches are 256).
