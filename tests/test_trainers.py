@@ -99,7 +99,9 @@ def test_toy_mode_trains_logs_checkpoints_resumes_and_exports(toy_mode, tiny_con
         assert [step for step, _ in events[tag]] == [2, 4, 6], tag
     first = [float(v) for _, v in events["train/first_loss"]]
     assert first[-1] < first[0], first
-    assert [float(v) for _, v in read_events(str(tmp_path / "full" / "eval"))["eval/toy_score"]] == [16.0]
+    # The mode's evaluation every ceil(6 / 4) = 2 steps (--eval_every's default), the last at the export.
+    evals = read_events(str(tmp_path / "full" / "eval"))["eval/toy_score"]
+    assert [(step, float(v)) for step, v in evals] == [(2, 16.0), (4, 16.0), (6, 16.0)]
     saved = json.load(open(tmp_path / "full" / "config.json"))
     assert saved["mode"] == "toy" and saved["toy"]["nan_at_step"] == -1
 
