@@ -229,22 +229,39 @@ def test_nan_loss_stops_run_and_keeps_good_checkpoints(tiny_data_dir, tmp_path, 
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    "args, message, when",
     [
-        (["--at_steps=-1"], "at_steps"),
-        (["--disc_layers=5", "--jarn"], "disc_layers"),
-        (["--eps=2"], "eps"),
-        (["--jarn", "--double_backprop=1"], "double_backprop"),
-        (["--train_steps=10", "--epochs=1"], "epochs"),
+        # absl rejects these while parsing (exit code 1 from the command line) ...
+        (["--at_steps=-1"], "--at_steps", "parse"),
+        (["--eps=2"], "--eps", "parse"),
+        (["--train_steps=10", "--epochs=1"], "--epochs", "parse"),
+        # ... and the config sections these, in main before any work (exit code 2).
+        (["--disc_layers=5", "--jarn"], "--disc_layers=5 is too deep", "main"),
+        (["--jarn", "--double_backprop=1"], "--jarn and --double_backprop", "main"),
+        (
+            ["--jarn", "--jarn_start=0.99", "--train_steps=10"],
+            "--jarn_start=0.99 leaves no JARN step",
+            "main",
+        ),
+        (["--lr_boundaries=0.75,0.5"], "--lr_boundaries must be increasing", "main"),
     ],
 )
-def test_bad_flags_fail_before_work(args, message, tiny_data_dir, tmp_path, run_main, tiny_flags):
+def test_bad_flags_fail_before_work(
+    args, message, when, tiny_data_dir, tmp_path, run_main, tiny_flags, capsys
+):
+    from absl import flags
+
     model_dir = tmp_path / "bad"
-    with pytest.raises(Exception, match=message):
-        rc = run_main(tiny_flags + args + [f"--data_dir={tiny_data_dir}", f"--model_dir={model_dir}"])
-        if rc:
-            raise ValueError(f"exit {rc} mentioning {message}")  # validated in main
-    assert not (model_dir / "checkpoints").exists()
+    argv = tiny_flags + args + [f"--data_dir={tiny_data_dir}", f"--model_dir={model_dir}"]
+    if when == "parse":
+        with pytest.raises(flags.Error) as err:
+            run_main(argv)
+        assert message in str(err.value)
+    else:
+        assert run_main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err, err
+    assert not model_dir.exists()
 
 
 def test_cli_reports_missing_data_and_config_mismatch(tiny_data_dir, tmp_path, tiny_flags):
