@@ -54,9 +54,25 @@ class ServingModule(tf.Module):
         return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
 
 
-def _replace_dir(tmp: str, final: str) -> None:
-    """Moves directory ``tmp`` to ``final``, keeping ``final`` valid if killed."""
+def saved_model_path(export_dir: str) -> str:
+    """The export's SavedModel directory: ``saved_model``, or ``saved_model.old``
+    when a kill between ``_replace_dir``'s two renames left only the previous one
+    (the next export puts it back)."""
+    final = os.path.join(export_dir, SAVED_MODEL_DIR)
     old = f"{final}.old"
+    return old if not os.path.exists(final) and os.path.isdir(old) else final
+
+
+def _replace_dir(tmp: str, final: str) -> None:
+    """Moves directory ``tmp`` to ``final``, keeping a whole copy in place if killed.
+
+    ``final`` is renamed to ``final.old`` and ``tmp`` to ``final``; a kill
+    between the two leaves ``final.old`` alone, which readers use
+    (``saved_model_path``) and the next call first moves back.
+    """
+    old = f"{final}.old"
+    if not os.path.exists(final) and os.path.isdir(old):
+        os.rename(old, final)  # a previous export was killed between the renames
     if os.path.exists(old):
         shutil.rmtree(old)
     if os.path.exists(final):
@@ -275,7 +291,7 @@ def load_model(path: str) -> LoadedModel:
     """
     path = os.path.abspath(path)
     model_dir = None
-    if os.path.isdir(os.path.join(path, SAVED_MODEL_DIR)) or os.path.isfile(os.path.join(path, KERAS_FILE)):
+    if os.path.isdir(saved_model_path(path)) or os.path.isfile(os.path.join(path, KERAS_FILE)):
         export_dir = path
     elif os.path.isdir(os.path.join(path, "export")):
         model_dir, export_dir = path, os.path.join(path, "export")
@@ -292,7 +308,7 @@ def load_model(path: str) -> LoadedModel:
     elif export_dir is not None:
         metadata = _read_metadata(export_dir)
         keras_file = os.path.join(export_dir, KERAS_FILE)
-        saved_model = os.path.join(export_dir, SAVED_MODEL_DIR)
+        saved_model = saved_model_path(export_dir)
         if os.path.isfile(keras_file):
             target, fmt = keras_file, "keras"
         elif _is_saved_model(saved_model):
