@@ -261,6 +261,10 @@ class RuntimeConfig:
         )
 
 
+# Every runtime field may change on resume.
+RuntimeConfig.RESUMABLE = frozenset(f.name for f in dataclasses.fields(RuntimeConfig))
+
+
 @dataclasses.dataclass(frozen=True)
 class ClassifierConfig:
     """The ``classifier`` mode: standard training and its regularisers.
@@ -549,7 +553,7 @@ def config_differences(old: dict, new: dict) -> list:
     for mode in {old.get("mode"), new.get("mode")} - {None}:
         sections.setdefault(mode, MODE_SECTIONS.get(mode))
     for section, klass in sections.items():
-        resumable = _resumable_fields(klass)
+        resumable = getattr(klass, "RESUMABLE", frozenset())
         a, b = old.get(section, {}), new.get(section, {})
         for key in sorted(set(a) | set(b)):
             if key in resumable:
@@ -562,14 +566,6 @@ def config_differences(old: dict, new: dict) -> list:
             if va != vb:
                 diffs.append(f"{section}.{key}: {va!r} -> {vb!r}")
     return diffs
-
-
-def _resumable_fields(klass: Optional[type]) -> FrozenSet[str]:
-    if klass is None:
-        return frozenset()
-    if klass is RuntimeConfig:
-        return frozenset(f.name for f in dataclasses.fields(RuntimeConfig))
-    return getattr(klass, "RESUMABLE", frozenset())
 
 
 def write_config(config: ExperimentConfig, path: str, extra: Optional[dict] = None) -> None:
