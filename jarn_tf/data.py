@@ -49,8 +49,9 @@ from jarn_tf.config import DataConfig
 
 SPLITS = ("train", "test")
 
-# Zero padding on each side before the random crop (Madry et al.'s CIFAR-10).
-_AUGMENT_PAD = 4
+# Zero padding on each side before the random crop: 2, as the JARN release and
+# Madry et al.'s cifar10_challenge (pad 32x32 to 36x36, random 32x32 crop).
+_AUGMENT_PAD = 2
 
 # Examples per batch while reading a TFDS split into memory.
 _TFDS_READ_BATCH = 4096

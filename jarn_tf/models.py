@@ -12,7 +12,12 @@ Architectures:
   units, parameter-free pool-and-pad shortcuts, leaky ReLU 0.1), which the
   JARN release uses for CIFAR-10 and SVHN.
 * ``mnist_cnn``: the paper's MNIST CNN (section 4.1), three 5x5 stride-2 conv
-  layers (64-128-256 by default) and a linear layer.
+  layers (64-128-256 by default) and a linear layer. The kernel and stride
+  are our reading: the paper says "All 3 convolutional layers have a stride
+  of 5". Taken literally, stride-5 convolutions (same padding) would leave
+  6x6, 2x2 and 1x1 maps of a 28x28 image; we read it as 5x5 kernels with
+  stride 2 (28 -> 14 -> 7 -> 4), the usual MNIST CNN. The release has no
+  MNIST model.
 * adaptor: 1x1 conv + tanh, mapping the standardised Jacobian to image space.
 * discriminator: stride-2 4x4 conv + batch norm + leaky ReLU blocks and a
   linear layer with 2 logits (0 = adapted Jacobian / fake, 1 = image / real).

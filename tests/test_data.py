@@ -381,12 +381,19 @@ def test_resume_far_into_training_is_immediate(indexed_config):
     np.testing.assert_array_equal(resumed[0][0], reference[1][0])
 
 
+# Zero padding a side of the release's and Madry et al.'s CIFAR-10 augmentation
+# (32x32 padded to 36x36, then a random 32x32 crop).
+REFERENCE_PAD = 2
+
+
 def pad_crop_flip_draw(original: np.ndarray, augmented: np.ndarray):
-    """The (row, column, flip) whose pad-crop-flip of original gives augmented."""
-    padded = np.pad(original, [(4, 4), (4, 4), (0, 0)])
-    for r in range(9):
-        for c in range(9):
-            crop = padded[r : r + 28, c : c + 28]
+    """The (row, column, flip) whose pad-2-crop-flip of original gives augmented."""
+    pad = REFERENCE_PAD
+    height, width = original.shape[:2]
+    padded = np.pad(original, [(pad, pad), (pad, pad), (0, 0)])
+    for r in range(2 * pad + 1):
+        for c in range(2 * pad + 1):
+            crop = padded[r : r + height, c : c + width]
             for flip, candidate in ((0, crop), (1, crop[:, ::-1])):
                 if np.array_equal(augmented, candidate):
                     return r, c, flip
@@ -414,11 +421,29 @@ def test_augmentation_is_pad_crop_flip_and_deterministic(tmp_path):
     # 24 images: both flips occur and the crops move around.
     assert {flip for _, _, flip in draws} == {0, 1}
     assert len({(r, c) for r, c, _ in draws}) > 8
-    assert all(0 <= r <= 8 and 0 <= c <= 8 for r, c, _ in draws)
+    # Offsets cover [0, 2 * pad] = [0, 4] and nothing else (a shift of at most
+    # 2 pixels; with a wider pad some crop would match no pad-2 draw above).
+    assert {r for r, _, _ in draws} | {c for _, c, _ in draws} == set(range(2 * REFERENCE_PAD + 1))
     other = take(data.make_train_dataset(aug_config, 8, seed=3), 1)[0]
     reordered = take(data.make_train_dataset(plain_config, 8, seed=3), 1)[0]
     np.testing.assert_array_equal(other[1], reordered[1])
     assert not np.array_equal(other[0], aug[0][0])
+
+
+def test_pad_crop_shifts_by_at_most_two_pixels():
+    """The extreme crops of a white image leave a zero border exactly 2 pixels wide."""
+    images = tf.fill([2, 32, 32, 3], tf.constant(255, tf.uint8))
+    # Offsets (0, 0): the top-left corner of the 36x36 padded image; (4, 4): the bottom-right.
+    rand = tf.constant([[0, 0, 0], [4, 4, 0]], tf.int32)
+    out = data._pad_crop_flip(images, rand).numpy()
+    assert out.shape == (2, 32, 32, 3)
+    top_left, bottom_right = out[0, :, :, 0] > 0, out[1, :, :, 0] > 0
+    np.testing.assert_array_equal(top_left[:2], False)
+    np.testing.assert_array_equal(top_left[:, :2], False)
+    np.testing.assert_array_equal(top_left[2:, 2:], True)
+    np.testing.assert_array_equal(bottom_right[-2:], False)
+    np.testing.assert_array_equal(bottom_right[:, -2:], False)
+    np.testing.assert_array_equal(bottom_right[:-2, :-2], True)
 
 
 @pytest.mark.parametrize("pipelines, replicas, global_batch", [(2, 2, 6), (1, 2, 6), (2, 4, 8), (1, 1, 6)])

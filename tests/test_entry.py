@@ -27,7 +27,7 @@ def _prepare_tfds_metadata(data_dir: str, tfds_name: str) -> None:
 
 
 def test_main_command_jarn_at1_on_cifar10(tmp_path, monkeypatch, run_main):
-    """`python -m jarn_tf.train --dataset=cifar10 --jarn --at_steps=1` via its flagfile."""
+    """`python -m jarn_tf.train --dataset=cifar10 --jarn --at_steps=1 --at_random_start` via its flagfile."""
     data_dir, model_dir = str(tmp_path / "tfds"), str(tmp_path / "jarn_at1")
     _prepare_tfds_metadata(data_dir, "cifar10")
     monkeypatch.chdir(REPO)  # flagfiles include each other by relative path
@@ -54,7 +54,7 @@ def test_main_command_jarn_at1_on_cifar10(tmp_path, monkeypatch, run_main):
     cfg = json.load(open(os.path.join(model_dir, "config.json")))
     t, o, m = cfg["classifier"], cfg["optimizer"], cfg["model"]
     # The paper's JARN-AT1 settings survive the small overrides.
-    assert (t["jarn"], t["at_steps"], t["at_random_start"]) == (True, 1, False)
+    assert (t["jarn"], t["at_steps"], t["at_random_start"], t["jarn_variant"]) == (True, 1, True, "paper")
     assert t["eps"] == pytest.approx(8 / 255) and t["step_size"] == pytest.approx(8 / 255)
     assert (t["jarn_start"], t["lambda_adv"], t["disc_update_every"], t["jacobian"]) == (
         0.75,
@@ -84,13 +84,24 @@ def test_every_flagfile_resolves_to_a_valid_config(path, monkeypatch, tmp_path):
     config = train_entry.config_from_flags()
     train_lib.validate_config(config)
     name = os.path.basename(path)
-    expected = "fashion_mnist" if name.startswith("fashion") else name.split("_")[0]
+    # The cpu_* flagfiles are the CPU-scale tables, on Fashion-MNIST.
+    expected = "fashion_mnist" if name.startswith(("fashion", "cpu_")) else name.split("_")[0]
     assert config.data.dataset == expected
-    assert config.mode_config.jarn == ("jarn" in name)
+    t = config.mode_config
+    assert t.jarn == ("jarn" in name)
+    if "release" in name:
+        variant = "release_intended" if "intended" in name else "release"
+        assert (t.jarn_variant, t.jacobian, t.jarn_start) == (variant, "prob", 0.875)
+    elif t.jarn:
+        assert (t.jarn_variant, t.jacobian, t.jarn_start) == ("paper", "xent", 0.75)
     if "at1" in name:
         assert config.mode_config.at_steps == 1
+    if "jarn_at1" in name:
+        # JARN-AT1 (paper variant) adds no noise: the attack's random start replaces it.
+        assert t.at_random_start
     if "at7" in name:
-        assert config.mode_config.at_steps == 7 and config.mode_config.step_size == pytest.approx(2 / 255)
+        # Madry et al.'s step: eps / 4 (2/255 for CIFAR-10's 8/255).
+        assert t.at_steps == 7 and t.step_size == pytest.approx(t.eps / 4)
 
 
 def test_epochs_sets_train_steps(tiny_data_dir, tmp_path, run_main, tiny_flags):
