@@ -97,6 +97,50 @@ def standardize_per_example(x: tf.Tensor, epsilon: float = 1e-12) -> tf.Tensor:
     return x / norm
 
 
+def jacobian_image_cosine(jacobian: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
+    """Per-example |cos| between the standardised Jacobian and image.
+
+    What JARN's discriminator compares: both are mean-centred and
+    L2-normalised over H, W, C, so this is |<s(J), s(x)>|. 1 means J is the
+    image up to brightness and scale (the adaptor can flip the sign, hence
+    the absolute value); about 0 means unrelated.
+
+    Args:
+      jacobian: float [B, H, W, C].
+      images: float [B, H, W, C].
+
+    Returns:
+      float32 [B] in [0, 1].
+    """
+    j = standardize_per_example(tf.cast(jacobian, tf.float32))
+    x = standardize_per_example(tf.cast(images, tf.float32))
+    return tf.abs(tf.reduce_sum(j * x, axis=[1, 2, 3]))
+
+
+def jacobian_alignment(jacobian: tf.Tensor, images: tf.Tensor, epsilon: float = 1e-12) -> tf.Tensor:
+    """Per-example alignment |<x, J>| / ||J||_2 of Etmann et al. (2019).
+
+    The length of the image's projection on the gradient direction, in the
+    images' units ([0, 1] pixels): at most ||x||_2, reached when J is a
+    multiple of x. Etmann et al. bound a model's linearised robustness by it
+    (with J the gradient of the predicted class's logit; here J is the
+    configured Jacobian, whose direction for ``xent`` and ``prob`` is the
+    same up to sign).
+
+    Args:
+      jacobian: float [B, H, W, C].
+      images: float [B, H, W, C].
+      epsilon: guards a zero Jacobian.
+
+    Returns:
+      float32 [B].
+    """
+    j = tf.cast(jacobian, tf.float32)
+    x = tf.cast(images, tf.float32)
+    dot = tf.reduce_sum(j * x, axis=[1, 2, 3])
+    return tf.abs(dot) / tf.sqrt(tf.reduce_sum(tf.square(j), axis=[1, 2, 3]) + epsilon)
+
+
 def discriminator_cross_entropy(fake_logits: tf.Tensor, real_logits: tf.Tensor) -> tf.Tensor:
     """Per-example 2-class cross-entropy of the JARN discriminator.
 

@@ -48,6 +48,7 @@ class ClassifierTrainer(Trainer):
         "train/disc_accuracy",
         "train/disc_loss",
         "train/adaptor_loss",
+        "train/jacobian_cosine",
     )
 
     progress_metrics = ("train/xent", "train/accuracy", "train/adv_loss", "train/disc_accuracy")
@@ -70,6 +71,13 @@ class ClassifierTrainer(Trainer):
             else:
                 self.optimizers["discriminator"] = self._make_sgd(self.schedule, "discriminator")
         self._build_optimizers()
+        # --jarn_variant=release trains the layers after the standardisation
+        # on raw pixels (see ``_classifier_logits``): the same layers and
+        # variables, called from the standardised tensor on.
+        self._body = None
+        if t.jarn and t.jarn_variant == "release":
+            standardize = self.classifier.get_layer("standardize")
+            self._body = keras.Model(standardize.output, self.classifier.output, name="classifier_body")
         self._eval_fn = None  # the compiled evaluation of one batch, built at first use
         self._eval_order = "stored"
 
@@ -108,6 +116,7 @@ class ClassifierTrainer(Trainer):
             # The same first images as ``jarn_tf.evaluate``'s default (the original release's order).
             self._eval_order = data.resolve_example_order(self.config.data, "test", "auto").name
         correct = np.zeros(2, np.int64)
+        alignment = np.zeros(2, np.float64)
         total = 0
         batches = data.make_eval_dataset(
             self.config.data, batch_size=256, num_examples=num_examples, order=self._eval_order
@@ -116,17 +125,25 @@ class ClassifierTrainer(Trainer):
             n = int(labels.shape[0])
             # PGD on the first ``attacked`` images only (the batches are 256).
             k = max(0, min(n, attacked - total))
-            correct += self._eval_fn(images, labels, tf.constant(i, tf.int64), steps if k else 0, k).numpy()
+            batch_correct, batch_alignment = self._eval_fn(
+                images, labels, tf.constant(i, tf.int64), steps if k else 0, k
+            )
+            correct += batch_correct.numpy()
+            alignment += batch_alignment.numpy()
             total += n
         out = {"eval/clean_accuracy": correct[0] / max(total, 1)}
+        out["eval/jacobian_cosine"] = alignment[0] / max(total, 1)
+        out["eval/jacobian_alignment"] = alignment[1] / max(total, 1)
         if attacked:
             out[f"eval/pgd{steps}_accuracy"] = correct[1] / min(attacked, max(total, 1))
         return {k: float(v) for k, v in out.items()}
 
     def _eval_batch(
         self, images: tf.Tensor, labels: tf.Tensor, index: tf.Tensor, steps: int, attacked: int
-    ) -> tf.Tensor:
-        """Correct predictions [clean, PGD on the first ``attacked`` images] on one batch."""
+    ) -> Tuple[tf.Tensor, tf.Tensor]:
+        """On one batch: correct predictions [clean, PGD on the first
+        ``attacked`` images], and the sums of the Jacobian's [cosine with the
+        image, alignment] (J = d xent/dx, inference mode, clean images)."""
         labels = tf.cast(labels, tf.int64)
 
         def correct(x, y):
@@ -134,15 +151,25 @@ class ClassifierTrainer(Trainer):
             return tf.reduce_sum(tf.cast(predicted == y, tf.int64))
 
         clean = correct(images, labels)
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            xent = losses.cross_entropy(labels, self._inference(images))
+        jacobian = tape.gradient(xent, images)
+        alignment = tf.stack(
+            [
+                tf.reduce_sum(losses.jacobian_image_cosine(jacobian, images)),
+                tf.reduce_sum(losses.jacobian_alignment(jacobian, images)),
+            ]
+        )
         if not steps:
-            return tf.stack([clean, tf.constant(0, tf.int64)])
+            return tf.stack([clean, tf.constant(0, tf.int64)]), alignment
         eps = self.params.eps
         seed = tf.random.experimental.stateless_fold_in(
             tf.constant([self.config.seed, _EVAL_SEED], tf.int64), index
         )
         x, y = images[:attacked], labels[:attacked]
         adv = attacks.pgd(self._inference, x, y, eps, eps / 4, steps, random_start=True, seed=seed)
-        return tf.stack([clean, correct(adv, y)])
+        return tf.stack([clean, correct(adv, y)]), alignment
 
     def export(
         self, export_dir: str, metadata: Mapping[str, Any], evaluation: Mapping[str, float], num_examples: int
@@ -180,13 +207,35 @@ class ClassifierTrainer(Trainer):
     def _inference(self, x: tf.Tensor) -> tf.Tensor:
         return self.classifier(x, training=False)
 
+    def _classifier_logits(self, x: tf.Tensor, training: bool) -> tf.Tensor:
+        """The classifier's logits in a training step.
+
+        Under ``--jarn_variant=release`` the release's feed is reproduced: its
+        training feed dict fed the raw pixels (0..255) to the tensor that is
+        both the discriminator's image input and the classifier's
+        standardised input, so every layer after the standardisation trained
+        on raw pixels, while gradients with respect to the input (J) still
+        went through the standardisation evaluated at x (TF1's feeding
+        replaces a tensor's value, not the graph under it). Here the forward
+        value is 255 x and the gradient is the standardisation's, exactly
+        that. Evaluation and export use the classifier as built
+        (standardised inputs), as the release's tests did.
+        """
+        if self._body is None:
+            return self.classifier(x, training=training)
+        standardized = self.classifier.get_layer("standardize")(x)
+        fed = standardized + tf.stop_gradient(255.0 * x - standardized)
+        return self._body(fed, training=training)
+
     def _inputs(self, images: tf.Tensor, labels: tf.Tensor, jarn: bool) -> tf.Tensor:
         """Training inputs: uniform noise and/or adversarial examples."""
         t = self.params
         x = images
         # JARN adds uniform noise (Algorithm 1, line 4) unless adversarial
-        # training already perturbs the inputs around the image.
-        if t.noise_eps > 0 and (t.uniform_noise or (jarn and t.at_steps == 0)):
+        # training already perturbs the inputs around the image; the release
+        # (--img_random_pert) adds it on every step of the run.
+        release_noise = t.jarn and t.jarn_variant in ("release", "release_intended")
+        if t.noise_eps > 0 and (t.uniform_noise or release_noise or (jarn and t.at_steps == 0)):
             noise = tf.random.stateless_uniform(
                 tf.shape(x), seed=self._seed(_NOISE_SEED), minval=-t.noise_eps, maxval=t.noise_eps
             )
@@ -224,13 +273,17 @@ class ClassifierTrainer(Trainer):
         scale = self._inner_scale()
         with tf.GradientTape() as inner:
             inner.watch(x)
-            logits = self.classifier(x, training=training)
+            logits = self._classifier_logits(x, training=training)
             objective = tf.reduce_sum(losses.jacobian_objective(labels, logits, kind))
             objective = objective * scale
         return logits, inner.gradient(objective, x) / scale
 
     def _discriminate(self, jacobian: tf.Tensor, images: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """Adapted Jacobians and discriminator logits on (J', images)."""
+        """Adapted Jacobians and discriminator logits on (J', images).
+
+        ``images`` are the classifier's inputs x (noisy, or adversarial with
+        AT): Algorithm 1 lines 4 and 8 and the release use the same x.
+        """
         adapted = self.networks["adaptor"](losses.standardize_per_example(jacobian), training=True)
         adapted = tf.cast(adapted, tf.float32)  # compute dtype under mixed precision
         real = losses.standardize_per_example(images)
@@ -253,11 +306,15 @@ class ClassifierTrainer(Trainer):
         kind = t.jacobian if variant.jarn else "xent"
         values: Dict[str, tf.Tensor] = {}
 
+        # The release updates the discriminator in a second pass, after the
+        # classifier and adaptor updates (its own sess.run).
+        second_pass = variant.update_discriminator and t.jarn_variant != "paper"
+
         with tf.GradientTape(persistent=True) as tape:
             if need_jacobian:
                 logits, jacobian = self.input_jacobian(x, labels, kind, training=True)
             else:
-                logits = self.classifier(x, training=True)
+                logits = self._classifier_logits(x, training=True)
             xent = losses.cross_entropy(labels, logits)
             classifier_loss = losses.scale_loss(xent, batch_size) + self._weight_decay(self.classifier)
             if t.double_backprop > 0:
@@ -265,7 +322,7 @@ class ClassifierTrainer(Trainer):
                 classifier_loss += t.double_backprop * losses.scale_loss(penalty, batch_size)
                 values["train/double_backprop_penalty"] = penalty
             if variant.jarn:
-                _, fake_logits, real_logits = self._discriminate(jacobian, images)
+                _, fake_logits, real_logits = self._discriminate(jacobian, x)
                 adv = losses.jarn_adversarial_loss(fake_logits, real_logits)
                 adv_loss = losses.scale_loss(adv, batch_size)
                 classifier_loss += t.lambda_adv * adv_loss
@@ -277,7 +334,7 @@ class ClassifierTrainer(Trainer):
             objectives = {"classifier": self._scaled("classifier", classifier_loss)}
             if variant.jarn:
                 objectives["adaptor"] = self._scaled("adaptor", adaptor_loss)
-                if variant.update_discriminator:
+                if variant.update_discriminator and not second_pass:
                     objectives["discriminator"] = self._scaled("discriminator", disc_loss)
 
         # All gradients come from the same forward pass; then all updates.
@@ -288,11 +345,15 @@ class ClassifierTrainer(Trainer):
         del tape
         for name, g in grads.items():
             self.optimizers[name].apply_gradients(zip(g, self.networks[name].trainable_variables))
+        if second_pass:
+            disc_loss = self._discriminator_pass(x, labels, kind)
 
         correct = tf.cast(
             tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int64), tf.cast(labels, tf.int64)), tf.float32
         )
         values.update({"train/xent": xent, "train/accuracy": correct})
+        if variant.jarn:
+            values["train/jacobian_cosine"] = losses.jacobian_image_cosine(jacobian, x)
         # Per-replica totals are already scaled by 1/global batch; the metric
         # mean over replicas therefore times R gives the global value.
         values["train/loss"] = tf.fill([1], classifier_loss * self.num_replicas)
@@ -306,6 +367,25 @@ class ClassifierTrainer(Trainer):
         if variant.jarn:
             return {"classifier": classifier_loss, "adaptor": adaptor_loss, "discriminator": disc_loss}
         return {"classifier": classifier_loss}
+
+    def _discriminator_pass(self, x: tf.Tensor, labels: tf.Tensor, kind: str) -> tf.Tensor:
+        """The release's discriminator update: a fresh forward pass (J with the
+        classifier and adaptor just updated), then one discriminator step.
+
+        Returns:
+          The discriminator's loss in that pass (this replica's share).
+        """
+        with tf.GradientTape() as tape:
+            _, jacobian = self.input_jacobian(x, labels, kind, training=True)
+            _, fake_logits, real_logits = self._discriminate(tf.stop_gradient(jacobian), x)
+            adv_loss = losses.scale_loss(
+                losses.jarn_adversarial_loss(fake_logits, real_logits), self.global_batch_size
+            )
+            disc_loss = -adv_loss + self._weight_decay(self.networks["discriminator"])
+            scaled = self._scaled("discriminator", disc_loss)
+        variables = self.networks["discriminator"].trainable_variables
+        self.optimizers["discriminator"].apply_gradients(zip(tape.gradient(scaled, variables), variables))
+        return disc_loss
 
     def summary_images(self, images: tf.Tensor, labels: tf.Tensor) -> Dict[str, tf.Tensor]:
         """x, its Jacobian J and (with JARN) the adapted Jacobian J'."""
