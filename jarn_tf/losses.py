@@ -111,10 +111,40 @@ def jacobian_image_cosine(jacobian: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
 
     Returns:
       float32 [B] in [0, 1].
+
+    A classifier that standardises its input per image (ours and the
+    release's: subtract the mean, divide by the L2 norm) is invariant to
+    x -> a x + b, so its J satisfies <J, x> = 0 and <J, 1> = 0 exactly
+    (differentiate f(a x + b) = f(x) in a and b): this cosine and
+    ``jacobian_alignment`` are then 0 up to rounding for every such model,
+    JARN or not. ``saliency_image_cosine`` is the measure that can move.
     """
-    j = standardize_per_example(tf.cast(jacobian, tf.float32))
-    x = standardize_per_example(tf.cast(images, tf.float32))
-    return tf.abs(tf.reduce_sum(j * x, axis=[1, 2, 3]))
+    return tf.abs(cosine_similarity(jacobian, images))
+
+
+def cosine_similarity(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """Per-example cosine between the standardised (centred, L2-normalised) a and b, shape [B]."""
+    a = standardize_per_example(tf.cast(a, tf.float32))
+    b = standardize_per_example(tf.cast(b, tf.float32))
+    return tf.reduce_sum(a * b, axis=[1, 2, 3])
+
+
+def saliency_image_cosine(jacobian: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
+    """Per-example cosine between the standardised |J| and the standardised image.
+
+    Whether the gradient's magnitude sits where the image is bright (a
+    saliency map that looks like the image): positive when it does, about 0
+    when unrelated. Unlike ``jacobian_image_cosine`` it is not forced to 0 by
+    an input standardisation (see there).
+
+    Args:
+      jacobian: float [B, H, W, C].
+      images: float [B, H, W, C].
+
+    Returns:
+      float32 [B] in [-1, 1].
+    """
+    return cosine_similarity(tf.abs(tf.cast(jacobian, tf.float32)), images)
 
 
 def jacobian_alignment(jacobian: tf.Tensor, images: tf.Tensor, epsilon: float = 1e-12) -> tf.Tensor:

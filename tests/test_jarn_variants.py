@@ -210,3 +210,26 @@ def test_jacobian_alignment_known_values():
     ramp = np.tile(np.arange(5, dtype=np.float32), (5, 1)).reshape(1, 5, 5, 1)
     rows = np.transpose(ramp, (0, 2, 1, 3))
     assert float(losses.jacobian_image_cosine(rows, ramp)[0]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_standardising_classifier_has_jacobian_orthogonal_to_the_image(tiny_config):
+    # f(a x + b) = f(x) for the per-image standardisation, so <J, x> = 0 and
+    # <J, 1> = 0 exactly: J can never equal x (the paper's Theorem 3.1
+    # optimum), and the linear alignment measures are 0 for every such model.
+    config = tiny_config()
+    trainer = _trainer(config)
+    images, labels = _batch(config, 8)
+    _, jac = trainer.input_jacobian(images, labels, "xent", training=False)
+    j, x = jac.numpy().reshape(8, -1), images.numpy().reshape(8, -1)
+    scale = np.linalg.norm(j, axis=1) * np.linalg.norm(x, axis=1)
+    np.testing.assert_allclose((j * x).sum(axis=1) / scale, 0.0, atol=1e-5)
+    np.testing.assert_allclose(j.sum(axis=1) / np.linalg.norm(j, axis=1), 0.0, atol=1e-4)
+    np.testing.assert_allclose(losses.jacobian_image_cosine(jac, images), 0.0, atol=1e-5)
+    assert np.all(np.abs(losses.saliency_image_cosine(jac, images).numpy()) > 1e-3)
+    # Without the standardisation (a plain linear model) neither holds.
+    w = tf.constant(np.random.default_rng(1).normal(size=(28 * 28, 10)), tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(images)
+        xent = losses.cross_entropy(labels, tf.reshape(images, [8, -1]) @ w)
+    plain = tape.gradient(xent, images)
+    assert np.all(losses.jacobian_image_cosine(plain, images).numpy() > 1e-3)

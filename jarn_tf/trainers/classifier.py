@@ -48,7 +48,8 @@ class ClassifierTrainer(Trainer):
         "train/disc_accuracy",
         "train/disc_loss",
         "train/adaptor_loss",
-        "train/jacobian_cosine",
+        "train/adapted_cosine",
+        "train/saliency_cosine",
     )
 
     progress_metrics = ("train/xent", "train/accuracy", "train/adv_loss", "train/disc_accuracy")
@@ -116,7 +117,7 @@ class ClassifierTrainer(Trainer):
             # The same first images as ``jarn_tf.evaluate``'s default (the original release's order).
             self._eval_order = data.resolve_example_order(self.config.data, "test", "auto").name
         correct = np.zeros(2, np.int64)
-        alignment = np.zeros(2, np.float64)
+        alignment = np.zeros(3, np.float64)
         total = 0
         batches = data.make_eval_dataset(
             self.config.data, batch_size=256, num_examples=num_examples, order=self._eval_order
@@ -134,6 +135,7 @@ class ClassifierTrainer(Trainer):
         out = {"eval/clean_accuracy": correct[0] / max(total, 1)}
         out["eval/jacobian_cosine"] = alignment[0] / max(total, 1)
         out["eval/jacobian_alignment"] = alignment[1] / max(total, 1)
+        out["eval/saliency_cosine"] = alignment[2] / max(total, 1)
         if attacked:
             out[f"eval/pgd{steps}_accuracy"] = correct[1] / min(attacked, max(total, 1))
         return {k: float(v) for k, v in out.items()}
@@ -142,8 +144,10 @@ class ClassifierTrainer(Trainer):
         self, images: tf.Tensor, labels: tf.Tensor, index: tf.Tensor, steps: int, attacked: int
     ) -> Tuple[tf.Tensor, tf.Tensor]:
         """On one batch: correct predictions [clean, PGD on the first
-        ``attacked`` images], and the sums of the Jacobian's [cosine with the
-        image, alignment] (J = d xent/dx, inference mode, clean images)."""
+        ``attacked`` images], and the sums of the Jacobian's [|cosine| with
+        the image, alignment, saliency cosine] (J = d xent/dx, inference
+        mode, clean images; the first two are 0 for a standardising
+        classifier, see ``losses.jacobian_image_cosine``)."""
         labels = tf.cast(labels, tf.int64)
 
         def correct(x, y):
@@ -159,6 +163,7 @@ class ClassifierTrainer(Trainer):
             [
                 tf.reduce_sum(losses.jacobian_image_cosine(jacobian, images)),
                 tf.reduce_sum(losses.jacobian_alignment(jacobian, images)),
+                tf.reduce_sum(losses.saliency_image_cosine(jacobian, images)),
             ]
         )
         if not steps:
@@ -322,7 +327,7 @@ class ClassifierTrainer(Trainer):
                 classifier_loss += t.double_backprop * losses.scale_loss(penalty, batch_size)
                 values["train/double_backprop_penalty"] = penalty
             if variant.jarn:
-                _, fake_logits, real_logits = self._discriminate(jacobian, x)
+                adapted, fake_logits, real_logits = self._discriminate(jacobian, x)
                 adv = losses.jarn_adversarial_loss(fake_logits, real_logits)
                 adv_loss = losses.scale_loss(adv, batch_size)
                 classifier_loss += t.lambda_adv * adv_loss
@@ -353,7 +358,9 @@ class ClassifierTrainer(Trainer):
         )
         values.update({"train/xent": xent, "train/accuracy": correct})
         if variant.jarn:
-            values["train/jacobian_cosine"] = losses.jacobian_image_cosine(jacobian, x)
+            # How image-like J' (what the discriminator judges) and |J| are.
+            values["train/adapted_cosine"] = losses.cosine_similarity(adapted, x)
+            values["train/saliency_cosine"] = losses.saliency_image_cosine(jacobian, x)
         # Per-replica totals are already scaled by 1/global batch; the metric
         # mean over replicas therefore times R gives the global value.
         values["train/loss"] = tf.fill([1], classifier_loss * self.num_replicas)
