@@ -152,6 +152,11 @@ class ModelConfig:
         flag_default=None,
     )
     sync_batchnorm: bool = flag_field(False, "Batch-norm statistics over all replicas.")
+    standardize_input: bool = flag_field(
+        True,
+        "The classifier standardises each image first (subtract its mean, divide by its L2 norm), as the "
+        "release. This makes J exactly orthogonal to x; --nostandardize_input feeds [0, 1] pixels as they are.",
+    )
     # Set by the entry point from --mixed_precision and --mixed_precision_dtype.
     mixed_precision: str = flag_field(
         "none", "Dtype policy of every network: none, auto, float16 or bfloat16.", flag=False
@@ -405,6 +410,11 @@ class ClassifierConfig:
                 (
                     self.disc_optimizer in DISC_OPTIMIZERS,
                     f"--disc_optimizer must be one of {DISC_OPTIMIZERS}, got {self.disc_optimizer!r}",
+                ),
+                (
+                    not (self.jarn and self.jarn_variant == "release" and not config.model.standardize_input),
+                    "--jarn_variant=release reproduces the release's feed into the standardised input; it "
+                    "needs --standardize_input",
                 ),
                 (
                     not (self.jarn and self.double_backprop > 0),

@@ -1,7 +1,8 @@
 """The classifier, adaptor and discriminator of JARN as functional Keras models.
 
 All networks take float32 NHWC images in [0, 1] (or Jacobians of the same
-shape) and standardise them first (``layers.PerImageStandardization``), as the
+shape) and standardise them first (``layers.PerImageStandardization``; the
+classifier skips it with ``ModelConfig.standardize_input=False``), as the
 JARN release does. They are functional ``keras.Model``s built only from Keras
 layers and ``jarn_tf.layers``, so they save to ``.keras`` and load under any
 Keras backend after ``import jarn_tf.layers``.
@@ -255,7 +256,7 @@ def build_classifier(
     if num_classes <= 0:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
     inputs = keras.Input(shape=shape, dtype="float32", name="images")
-    x = PerImageStandardization(name="standardize")(inputs)
+    x = PerImageStandardization(name="standardize")(inputs) if config.standardize_input else inputs
     if config.model == "wrn":
         logits = _wrn_logits(x, config, num_classes)
     else:

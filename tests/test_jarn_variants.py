@@ -226,7 +226,11 @@ def test_standardising_classifier_has_jacobian_orthogonal_to_the_image(tiny_conf
     np.testing.assert_allclose(j.sum(axis=1) / np.linalg.norm(j, axis=1), 0.0, atol=1e-4)
     np.testing.assert_allclose(losses.jacobian_image_cosine(jac, images), 0.0, atol=1e-5)
     assert np.all(np.abs(losses.saliency_image_cosine(jac, images).numpy()) > 1e-3)
-    # Without the standardisation (a plain linear model) neither holds.
+    # Without the standardisation (--nostandardize_input, or a plain linear model) neither holds.
+    unstandardised = _trainer(tiny_config(standardize_input=False))
+    assert "standardize" not in [layer.name for layer in unstandardised.classifier.layers]
+    _, jac = unstandardised.input_jacobian(images, labels, "xent", training=False)
+    assert np.all(losses.jacobian_image_cosine(jac, images).numpy() > 1e-4)
     w = tf.constant(np.random.default_rng(1).normal(size=(28 * 28, 10)), tf.float32)
     with tf.GradientTape() as tape:
         tape.watch(images)
