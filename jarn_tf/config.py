@@ -592,7 +592,9 @@ def config_differences(old: dict, new: dict) -> list:
       new: the dict of the configuration asked for now.
 
     Returns:
-      Human-readable differences, empty when the run may resume.
+      Human-readable differences, empty when the run may resume. A field
+      missing from ``old`` (added to the code after the run was written)
+      counts as its default.
     """
     old, new = upgrade_config_dict(old), upgrade_config_dict(new)
     diffs = []
@@ -604,11 +606,14 @@ def config_differences(old: dict, new: dict) -> list:
         sections.setdefault(mode, MODE_SECTIONS.get(mode))
     for section, klass in sections.items():
         resumable = getattr(klass, "RESUMABLE", frozenset())
+        # A field added after a run was written is compared at its default:
+        # the run behaved as the default does (new fields keep old behaviour).
+        defaults = {f.name: f.default for f in dataclasses.fields(klass)} if klass else {}
         a, b = old.get(section, {}), new.get(section, {})
         for key in sorted(set(a) | set(b)):
             if key in resumable:
                 continue
-            va, vb = a.get(key), b.get(key)
+            va, vb = a.get(key, defaults.get(key)), b.get(key, defaults.get(key))
             if isinstance(va, list):
                 va = tuple(va)
             if isinstance(vb, list):

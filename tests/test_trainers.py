@@ -186,6 +186,19 @@ def test_runs_written_before_the_sections_still_resume(tiny_config, tmp_path):
         train_lib.check_model_dir(changed, str(model_dir))
 
 
+def test_runs_written_before_a_field_existed_resume_at_its_default(tiny_config):
+    config = tiny_config(jarn=True)
+    stored = config.to_dict()
+    del stored["model"]["standardize_input"], stored["classifier"]["jarn_variant"]
+    assert config_lib.config_differences(stored, config.to_dict()) == []
+    # Asking for another value than the default is still a difference.
+    other = config_lib.with_fields(config, standardize_input=False, jarn_variant="release_intended")
+    assert config_lib.config_differences(stored, other.to_dict()) == [
+        "model.standardize_input: True -> False",
+        "classifier.jarn_variant: 'paper' -> 'release_intended'",
+    ]
+
+
 def test_every_section_field_has_a_flag_of_its_name_except_mixed_precision():
     from absl import flags
 
