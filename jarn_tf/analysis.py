@@ -9,6 +9,10 @@
   (sign-gradient) direction and a random direction orthogonal to it (Fig. 3).
 - ``jacobian_figure``: input Jacobians next to their images, one per class
   (Fig. 4), also written to TensorBoard.
+- ``jacobian_stats``: how much the input Jacobians look like the images, over
+  every evaluated example: JARN's |cos| between the standardised Jacobian and
+  image, Etmann et al.'s (2019) alignment |<x, J>| / ||J||_2, and the cosine
+  of |J| (a saliency map) with the image.
 
 Figures use matplotlib's Agg backend (no display needed).
 """
@@ -32,6 +36,7 @@ from jarn_tf import attacks, eval_lib, export, losses  # noqa: E402
 EPS_SWEEP_FILES = ("eps_sweep.png", "eps_sweep.json", "eps_sweep.csv")
 LOSS_SURFACE_FILES = ("loss_surface.png", "loss_surface.npy", "loss_surface.json")
 JACOBIAN_FILES = ("jacobians.png", "jacobians.npy")
+JACOBIAN_STATS_FILE = "jacobian_stats.json"
 TENSORBOARD_DIR = "tensorboard"
 
 # First eps tried after 0 when a sweep must extend a grid that ends at 0.
@@ -281,13 +286,16 @@ def jacobian_figure(
     num_classes: int,
     output_dir: str,
     max_classes: int = 10,
+    jacobians: Optional[np.ndarray] = None,
+    stats: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Input Jacobians ``d xent / dx`` next to their images, one per class.
 
     Writes jacobians.png (images on top, Jacobians rescaled to [0, 1] per
     image below), jacobians.npy (the raw Jacobians) and TensorBoard images
     ``jacobians/images`` and ``jacobians/jacobians`` under
-    ``output_dir/tensorboard``.
+    ``output_dir/tensorboard``; with ``stats``, also jacobian_stats.json and
+    the mean cosine and alignment in the figure's title.
 
     Args:
       model_fn: images -> logits.
@@ -296,10 +304,14 @@ def jacobian_figure(
       num_classes: number of classes.
       output_dir: where to write.
       max_classes: at most this many classes (columns).
+      jacobians: the Jacobians of ``images``, already computed (as
+        ``jacobian_stats`` keeps them, with the batches' statistics when batch
+        norm runs in training mode); None computes those of the chosen images.
+      stats: ``jacobian_stats``'s summary, written to jacobian_stats.json.
 
     Returns:
       ``{"png", "npy", "tensorboard": paths, "indices": chosen examples,
-      "labels": their labels}``.
+      "labels": their labels}``, and ``"stats_json"`` with ``stats``.
     """
     os.makedirs(output_dir, exist_ok=True)
     idx = first_of_each_class(np.asarray(labels), num_classes)[:max_classes]
@@ -307,7 +319,10 @@ def jacobian_figure(
         raise ValueError("No examples to draw Jacobians of.")
     x = tf.constant(np.asarray(images)[idx], tf.float32)
     y = tf.constant(np.asarray(labels)[idx], tf.int64)
-    jac = _xent_gradient(model_fn, x, y).numpy()
+    if jacobians is None:
+        jac = _xent_gradient(model_fn, x, y).numpy()
+    else:
+        jac = np.asarray(jacobians, np.float32)[idx]
     shown = _to_unit_range(jac)
     imgs = np.asarray(x)
     cmap = "gray" if imgs.shape[-1] == 1 else None
@@ -326,6 +341,8 @@ def jacobian_figure(
     axes[1, 0].text(
         -0.3, 0.5, "Jacobian", transform=axes[1, 0].transAxes, rotation=90, va="center", fontsize=8
     )
+    if stats:
+        fig.suptitle(_stats_title(stats), fontsize=7)
     fig.tight_layout()
     png = os.path.join(output_dir, JACOBIAN_FILES[0])
     fig.savefig(png, dpi=120)
@@ -338,7 +355,151 @@ def jacobian_figure(
         tf.summary.image("jacobians/images", imgs, step=0, max_outputs=len(idx))
         tf.summary.image("jacobians/jacobians", shown, step=0, max_outputs=len(idx))
     writer.close()
-    return {"png": png, "npy": npy, "tensorboard": tb_dir, "indices": idx, "labels": [int(v) for v in y]}
+    out = {"png": png, "npy": npy, "tensorboard": tb_dir, "indices": idx, "labels": [int(v) for v in y]}
+    if stats:
+        out["stats_json"] = os.path.join(output_dir, JACOBIAN_STATS_FILE)
+        with open(out["stats_json"], "w") as f:
+            json.dump(dict(stats), f, indent=2)
+            f.write("\n")
+    return out
+
+
+def _summary(values: np.ndarray) -> Dict[str, Optional[float]]:
+    """Mean, sample standard deviation and standard error of the mean (None for no values)."""
+    n = len(values)
+    if n == 0:
+        return {"mean": None, "std": None, "stderr": None}
+    std = float(np.std(values, ddof=1)) if n > 1 else 0.0
+    return {"mean": float(np.mean(values)), "std": std, "stderr": std / float(np.sqrt(n))}
+
+
+def jacobian_stats(
+    model_fn: export.ModelFn, dataset: tf.data.Dataset, keep: int = 0, per_example_scale: bool = True
+) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+    """How much the input Jacobians ``J = d xent / dx`` look like the images.
+
+    For every example of ``dataset``, batch by batch (the batches matter only
+    to a model whose batch norm runs in training mode, where J carries the
+    batch's statistics):
+      - ``jacobian_cosine``: |cos| between the per-example standardised J and
+        image (``losses.jacobian_image_cosine``), what JARN's discriminator
+        compares; in [0, 1].
+      - ``jacobian_alignment``: |<x, J>| / ||J||_2 (``losses.jacobian_alignment``,
+        Etmann et al. 2019), in [0, 1] pixel units, at most ||x||_2;
+      - ``image_l2_norm``: ||x||_2, the alignment's scale;
+      - ``saliency_cosine``: the cosine between the standardised |J| and
+        image (``losses.saliency_image_cosine``), in [-1, 1].
+    A classifier that standardises each image first (both of this package's,
+    unless trained with --nostandardize_input) is invariant to x -> a x + b,
+    so its J is orthogonal to x and to the constant image: the first two are
+    then 0 up to rounding whatever it learnt, and only ``saliency_cosine``
+    can tell models apart.
+    Every measure ignores J's scale, and a confidently classified example's
+    float32 cross-entropy gradient is often exactly 0 (softmax - onehot
+    underflows once the logit gap passes about 100). So J is backpropagated
+    from d xent / d logits computed in float64 (the true class's entry as
+    minus the sum of the others') and divided by its largest entry: per
+    example, or, with ``per_example_scale=False`` (batch norm in training
+    mode, where examples interact), by one factor per batch, which keeps
+    each J exact up to that factor; each J is then divided by its own
+    largest entry before it is measured. An example whose J is still
+    exactly 0 has no direction to compare; it is left out of the means and
+    counted as ``zero_jacobian_examples``.
+
+    Args:
+      model_fn: images -> logits.
+      dataset: finite dataset of (images [B, H, W, C] in [0, 1], labels [B]).
+      keep: also return the first ``keep`` examples and their Jacobians
+        (d xent / dx at their own scale, as float32, so 0 where it
+        underflows).
+      per_example_scale: rescale each example's d xent / d logits on its own
+        (exact when examples do not interact); False: one factor per batch.
+
+    Returns:
+      (summary, kept): summary maps each quantity above to its ``mean``,
+      ``std`` (sample) and ``stderr`` over the examples with a non-zero J
+      (None when there are none), plus ``num_examples`` (all of them),
+      ``zero_jacobian_examples`` and ``jacobian``; kept holds ``images``,
+      ``labels``, ``jacobians`` (the first ``keep``) and the per-example
+      ``cosine``, ``alignment``, ``image_l2_norm``, ``saliency_cosine`` (of
+      every example) and ``nonzero`` (whether J is not 0).
+
+    Raises:
+      ValueError: an empty dataset.
+    """
+
+    @tf.function(reduce_retracing=True)
+    def batch(images: tf.Tensor, labels: tf.Tensor):
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            logits = tf.cast(model_fn(images), tf.float32)
+        # d xent / d logits = softmax - onehot, in float64; the true class's entry is minus the sum of
+        # the others' (1 - p_y loses them to rounding when the softmax is saturated).
+        others = tf.nn.softmax(tf.cast(logits, tf.float64)) * (
+            1.0 - tf.one_hot(labels, tf.shape(logits)[-1], dtype=tf.float64)
+        )
+        dlogits = others - tf.one_hot(labels, tf.shape(logits)[-1], dtype=tf.float64) * tf.reduce_sum(
+            others, axis=1, keepdims=True
+        )
+        scale = tf.reduce_max(tf.abs(dlogits), axis=1, keepdims=True)
+        if not per_example_scale:
+            scale = tf.reduce_max(scale, keepdims=True) * tf.ones_like(scale)
+        scale = tf.where(scale > 0.0, scale, tf.ones_like(scale))
+        jac = tape.gradient(logits, images, output_gradients=tf.cast(dlogits / scale, tf.float32))
+        raw = tf.cast(tf.cast(jac, tf.float64) * scale[:, :, None, None], tf.float32)
+        # Each J divided by its largest entry: the measures ignore the scale, and standardising a tiny J
+        # (a gradient far below the batch's largest) would lose it to the standardisation's epsilon.
+        peak = tf.reduce_max(tf.abs(jac), axis=[1, 2, 3], keepdims=True)
+        jac = jac / tf.where(peak > 0.0, peak, tf.ones_like(peak))
+        norm = tf.sqrt(tf.reduce_sum(tf.square(images), axis=[1, 2, 3]))
+        nonzero = tf.reshape(peak > 0.0, [-1])
+        cos, align = losses.jacobian_image_cosine(jac, images), losses.jacobian_alignment(jac, images)
+        return raw, cos, align, norm, losses.saliency_image_cosine(jac, images), nonzero
+
+    names = ("cosine", "alignment", "image_l2_norm", "saliency_cosine", "nonzero")
+    values: Dict[str, List[np.ndarray]] = {k: [] for k in names}
+    kept: Dict[str, List[np.ndarray]] = {"images": [], "labels": [], "jacobians": []}
+    have = 0
+    for images, labels in dataset:
+        images = tf.cast(images, tf.float32)
+        labels = tf.cast(labels, tf.int64)
+        jac, *per_example = batch(images, labels)
+        for k, v in zip(values, per_example):
+            values[k].append(v.numpy())
+        if have < keep:
+            take = keep - have
+            kept["images"].append(images.numpy()[:take])
+            kept["labels"].append(labels.numpy()[:take])
+            kept["jacobians"].append(jac.numpy()[:take])
+            have += len(kept["labels"][-1])
+    if not values["cosine"]:
+        raise ValueError("No examples to compute Jacobians of.")
+    per_example = {k: np.concatenate(v) for k, v in values.items()}
+    nonzero = per_example["nonzero"]
+    summary = {
+        "jacobian": "d xent / dx (true class)",
+        "num_examples": int(len(nonzero)),
+        "zero_jacobian_examples": int(np.sum(~nonzero)),
+        "jacobian_cosine": _summary(per_example["cosine"][nonzero]),
+        "jacobian_alignment": _summary(per_example["alignment"][nonzero]),
+        "image_l2_norm": _summary(per_example["image_l2_norm"][nonzero]),
+        "saliency_cosine": _summary(per_example["saliency_cosine"][nonzero]),
+    }
+    out = {k: (np.concatenate(v) if v else np.zeros([0])) for k, v in kept.items()}
+    out.update(per_example)
+    return summary, out
+
+
+def _stats_title(stats: Mapping[str, Any]) -> str:
+    cos, align, norm = stats["jacobian_cosine"], stats["jacobian_alignment"], stats["image_l2_norm"]
+    if cos["mean"] is None:
+        return f"every one of the {stats['num_examples']} Jacobians is 0 (saturated softmax)"
+    return (
+        f"mean over {stats['num_examples'] - stats['zero_jacobian_examples']} examples: "
+        f"|cos(J, x)| = {cos['mean']:.3f}, "
+        f"|<x, J>| / ||J|| = {align['mean']:.3f} (||x|| = {norm['mean']:.2f}), "
+        f"cos(|J|, x) = {stats['saliency_cosine']['mean']:.3f}"
+    )
 
 
 def take_examples(dataset: tf.data.Dataset, num: int) -> Tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,10 @@ Prints a table of accuracies (per attack and the per-example worst case over
 all of them), runs AutoAttack's checks of the model (logits, not probabilities;
 deterministic outputs) and gradient-masking checks (Square among them), and
 writes results.json, results.md and results.csv to --output_dir. --eps_sweep,
---loss_surface and --jacobian_figure add the analyses of ``jarn_tf.analysis``. Bad inputs
+--loss_surface and --jacobian_figure add the analyses of ``jarn_tf.analysis``
+(--jacobian_figure also measures how well the input Jacobians align with the
+images). --batchnorm=train measures as the authors' release did, with the
+model in Keras's training mode (batch norm with batch statistics). Bad inputs
 (unknown attack, eps outside [0, 1], a model that does not take the
 dataset's images, no data) fail before any attack runs.
 """
@@ -64,6 +67,19 @@ def define_evaluate_flags() -> None:
         "batch_size", 100, "Examples per attack batch (global, over all replicas).", lower_bound=1
     )
     flags.DEFINE_integer("seed", 0, "Seed of the random starts.")
+    flags.DEFINE_enum(
+        "batchnorm",
+        "inference",
+        ["inference", "train"],
+        "How every model is called. inference: Keras's training=False (batch norm with its moving "
+        "averages). train: Keras's training=True in every forward pass (clean accuracy, the attacks' "
+        "gradients, the predictions on adversarial batches, the checks and analyses), as the authors' "
+        "release built its attack graph: batch norm normalises with the statistics of the batch being "
+        "evaluated, so the numbers depend on --batch_size, and any other layer with a training mode "
+        "(dropout) runs in it too. Nothing is updated or saved (moving averages stay as loaded). Needs "
+        "the .keras model (a SavedModel's signature is inference-only). Changes nothing for a model "
+        "without batch norm (mnist_cnn). Recorded in results.json.",
+    )
     flags.DEFINE_string(
         "output_dir", None, "Where results go. Default: <model_dir>/eval (next to the model)."
     )
@@ -234,16 +250,19 @@ def main(argv) -> Optional[int]:
         sweep_specs = eval_lib.parse_attacks(FLAGS.sweep_attacks) if FLAGS.eps_sweep else []
         if any(not s.gradient_based for s in sweep_specs):
             raise ValueError(f"--sweep_attacks takes fgsm and pgdK attacks, got {FLAGS.sweep_attacks}.")
-        model = export.load_model(FLAGS.model)
+        training = FLAGS.batchnorm == "train"
+        model = export.load_model(FLAGS.model, training=training)
         dataset_name = FLAGS.dataset or model.dataset
         if dataset_name is None:
             raise ValueError(f"{model.path} has no metadata.json naming its dataset; pass --dataset.")
         info = data.dataset_info(dataset_name)
         export.check_model_matches_dataset(model, info.name, info.image_shape)
         if FLAGS.source_model:
-            source = export.load_model(FLAGS.source_model)
+            source = export.load_model(FLAGS.source_model, training=training)
             export.check_model_matches_dataset(source, info.name, info.image_shape)
-        compare = [export.load_model(p) for p in FLAGS.compare_models] if FLAGS.eps_sweep else []
+        compare = (
+            [export.load_model(p, training=training) for p in FLAGS.compare_models] if FLAGS.eps_sweep else []
+        )
         for other in compare:
             export.check_model_matches_dataset(other, info.name, info.image_shape)
         eps = FLAGS.eps
@@ -282,6 +301,12 @@ def main(argv) -> Optional[int]:
         f"examples, eps={params.eps:.6g}, attacks: {', '.join(s.name for s in specs)}"
     )
     print(f"Example order: {order.name}: {order.detail}.")
+    print(
+        "Batch norm: train mode (Keras training=True): the statistics of each batch of "
+        f"{FLAGS.batch_size} examples, as the authors' release measured."
+        if training
+        else "Batch norm: inference mode (moving averages)."
+    )
     start = time.time()
     # AutoAttack's checks of the models themselves, on the first batch, before any attack.
     sample_images = next(iter(dataset))[0]
@@ -333,6 +358,16 @@ def main(argv) -> Optional[int]:
     else:
         needs = "--eps_checks, eps > 0 and an attack other than clean"
         checks += [masking.Check(n, None, {}, f"needs {needs}.") for n in masking.EPS_CHECKS]
+    jacobian_stats, jacobian_kept = None, None
+    if FLAGS.jacobian_figure:
+        if FLAGS.verbose:
+            print(f"Input Jacobians of the {num_examples} examples: alignment with the images...")
+        # Keeps the first examples' Jacobians for the figure (one example per class among them).
+        # In train mode examples interact through the batch statistics: one gradient scale per batch.
+        jacobian_stats, jacobian_kept = analysis.jacobian_stats(
+            model.model_fn, dataset, keep=10 * info.num_classes, per_example_scale=not training
+        )
+        jacobian_stats.update(batchnorm=FLAGS.batchnorm, batch_size=FLAGS.batch_size)
     run_info = {
         "model": model.path,
         "model_format": model.format,
@@ -342,17 +377,26 @@ def main(argv) -> Optional[int]:
         "example_order": order.name,
         "example_order_detail": order.detail,
         "batch_size": FLAGS.batch_size,
+        "batchnorm": FLAGS.batchnorm,
+        # Train mode's statistics are those of batches of this many examples (the last one may be smaller),
+        # split over the replicas unless the model's batch norm is synchronized.
+        "batchnorm_batch_size": FLAGS.batch_size if training else None,
+        "replicas": strategy.num_replicas_in_sync,
         "strategy": FLAGS.strategy,
         "eps_source": (
             "flag" if FLAGS.eps is not None else ("metadata" if model.train_eps is not None else "paper")
         ),
     }
-    results = results_lib.build_results(output, specs, params, checks, run_info, time.time() - start)
+    results = results_lib.build_results(
+        output, specs, params, checks, run_info, time.time() - start, jacobian_stats=jacobian_stats
+    )
     paths = results_lib.write_results(results, output_dir)
     print()
     print(results_lib.format_table(results))
     print("\nModel and gradient-masking checks:")
     print(results_lib.format_checks(results["checks"]))
+    if jacobian_stats:
+        print("\nInput Jacobians: " + results_lib.format_jacobian_stats(jacobian_stats))
     for c in checks[len(model_checks) :]:
         if c.passed is False:
             logging.warning("Possible gradient masking (%s): %s", c.name, c.message)
@@ -393,14 +437,8 @@ def main(argv) -> Optional[int]:
         print(f"\nEps sweep over {sweep['eps']}: {written['png']}")
         paths.update({f"eps_sweep_{k}": v for k, v in written.items()})
 
-    if FLAGS.loss_surface or FLAGS.jacobian_figure:
-        take = (
-            max(FLAGS.loss_surface_examples, 10 * info.num_classes)
-            if FLAGS.jacobian_figure
-            else FLAGS.loss_surface_examples
-        )
-        images, labels = analysis.take_examples(dataset, take)
     if FLAGS.loss_surface:
+        images, labels = analysis.take_examples(dataset, FLAGS.loss_surface_examples)
         radius = (
             FLAGS.loss_surface_radius if FLAGS.loss_surface_radius is not None else min(1.0, 4 * params.eps)
         )
@@ -423,8 +461,20 @@ def main(argv) -> Optional[int]:
     if FLAGS.jacobian_figure:
         if FLAGS.verbose:
             print("Input Jacobians, one example per class...")
-        figure = analysis.jacobian_figure(model.model_fn, images, labels, info.num_classes, output_dir)
-        print(f"Jacobians: {figure['png']} (TensorBoard: tensorboard --logdir {figure['tensorboard']})")
+        # The Jacobians of the alignment pass, computed batch by batch like the attacks'.
+        figure = analysis.jacobian_figure(
+            model.model_fn,
+            jacobian_kept["images"],
+            jacobian_kept["labels"],
+            info.num_classes,
+            output_dir,
+            jacobians=jacobian_kept["jacobians"],
+            stats=jacobian_stats,
+        )
+        print(
+            f"Jacobians: {figure['png']}, {figure['stats_json']} "
+            f"(TensorBoard: tensorboard --logdir {figure['tensorboard']})"
+        )
 
     print(f"\nResults: {paths['json']}, {paths['md']}, {paths['csv']}")
     return 0

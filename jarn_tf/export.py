@@ -15,7 +15,9 @@ rename, so a run killed while exporting leaves the previous export usable.
 
 ``load_model`` reads an export back (or a bare SavedModel or .keras file) as
 a differentiable ``images -> logits`` function with what is known about its
-inputs, for the evaluation.
+inputs, for the evaluation; ``load_model(path, training=True)`` calls the
+.keras model in Keras's training mode (batch norm with the statistics of the
+batch it is given), the protocol of the authors' release.
 """
 
 from __future__ import annotations
@@ -151,6 +153,8 @@ class LoadedModel:
       input_range: (low, high) of the input values it expects.
       metadata: the export's metadata.json ({} when there is none).
       model_dir: the training run's directory when ``path`` came from one.
+      training: ``model_fn`` calls the model with ``training=True`` (batch
+        norm normalises with the statistics of the batch it is given).
     """
 
     model_fn: ModelFn
@@ -160,6 +164,7 @@ class LoadedModel:
     input_range: Tuple[float, float]
     metadata: Dict[str, Any]
     model_dir: Optional[str] = None
+    training: bool = False
 
     @property
     def dataset(self) -> Optional[str]:
@@ -207,7 +212,7 @@ def _is_saved_model(directory: str) -> bool:
     return os.path.isfile(os.path.join(directory, "saved_model.pb"))
 
 
-def _load_keras(path: str) -> Tuple[ModelFn, Optional[Tuple[int, int, int]]]:
+def _load_keras(path: str, training: bool = False) -> Tuple[ModelFn, Optional[Tuple[int, int, int]]]:
     import jarn_tf.layers  # noqa: F401  registers the custom layers
 
     fix = (
@@ -226,9 +231,21 @@ def _load_keras(path: str) -> Tuple[ModelFn, Optional[Tuple[int, int, int]]]:
         shape = shape[0]
     image_shape = tuple(int(d) for d in shape[1:]) if all(d is not None for d in shape[1:]) else None
 
-    def model_fn(images: tf.Tensor) -> tf.Tensor:
-        return tf.cast(model(images, training=False), tf.float32)
+    if not training:
 
+        def model_fn(images: tf.Tensor) -> tf.Tensor:
+            return tf.cast(model(images, training=False), tf.float32)
+
+    else:
+
+        def model_fn(images: tf.Tensor) -> tf.Tensor:
+            # Batch norm in training mode normalises with the batch's own statistics and assigns
+            # new moving averages; the stateless scope drops those assignments, so the model's
+            # variables stay as loaded.
+            with keras.StatelessScope():
+                return tf.cast(model(images, training=True), tf.float32)
+
+    model_fn.keras_model = model
     return model_fn, image_shape
 
 
@@ -266,7 +283,7 @@ def _load_saved_model(path: str) -> Tuple[ModelFn, Optional[Tuple[int, int, int]
     return model_fn, image_shape
 
 
-def load_model(path: str) -> LoadedModel:
+def load_model(path: str, training: bool = False) -> LoadedModel:
     """Loads a classifier to evaluate.
 
     Args:
@@ -279,15 +296,21 @@ def load_model(path: str) -> LoadedModel:
           ``serving_default`` signature takes [0, 1] images and returns
           ``logits``;
         * a ``.keras`` file.
-      The .keras model is preferred: it is the same network and its gradients
-      are cheaper to compute than the SavedModel's.
+        The .keras model is preferred: it is the same network and its
+        gradients are cheaper to compute than the SavedModel's.
+      training: call the model with Keras's ``training=True`` (batch norm
+        uses the statistics of each batch given to ``model_fn``; dropout, if
+        any, is on) without changing its variables: no moving average is
+        updated, and no seed state advances (dropout would draw the same
+        masks at every call). Needs the .keras model: a SavedModel's serving
+        signature runs in inference mode.
 
     Returns:
       The loaded model.
 
     Raises:
-      ValueError: nothing loadable at ``path``; the message says what was
-        looked for.
+      ValueError: nothing loadable at ``path`` (the message says what was
+        looked for), or ``training`` with only a SavedModel there.
     """
     path = os.path.abspath(path)
     model_dir = None
@@ -321,8 +344,15 @@ def load_model(path: str) -> LoadedModel:
             f"an export directory, a SavedModel directory (with saved_model.pb) or a .keras file."
         )
 
+    if training and fmt != "keras":
+        raise ValueError(
+            f"--batchnorm=train calls the model with training=True, which needs its .keras file, but "
+            f"{path} gives only the SavedModel {target}, whose serving signature runs in inference mode. "
+            f"Pass the .keras file, or a model_dir or export directory holding {KERAS_FILE}; or use "
+            "--batchnorm=inference."
+        )
     if fmt == "keras":
-        model_fn, image_shape = _load_keras(target)
+        model_fn, image_shape = _load_keras(target, training)
     else:
         model_fn, image_shape = _load_saved_model(target)
     if image_shape is None and metadata.get("image_shape"):
@@ -336,6 +366,7 @@ def load_model(path: str) -> LoadedModel:
         input_range=(float(low), float(high)),
         metadata=metadata,
         model_dir=model_dir,
+        training=training,
     )
 
 

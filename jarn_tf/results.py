@@ -3,8 +3,8 @@
 ``build_results`` gathers the per-attack accuracies, hyperparameters, checks
 and library versions into the content of ``results.json``;
 ``write_results`` writes it as ``results.json``, ``results.md`` (a markdown
-table, ``format_table``, and the checks, ``format_checks``) and
-``results.csv``.
+table, ``format_table``, the checks, ``format_checks``, and the Jacobian
+statistics, ``format_jacobian_stats``) and ``results.csv``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import datetime
 import json
 import os
 import platform
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -55,6 +55,7 @@ def build_results(
     checks: Sequence[Check],
     info: Mapping[str, Any],
     wall_seconds: float,
+    jacobian_stats: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
     """The content of results.json.
 
@@ -63,12 +64,17 @@ def build_results(
       specs: the attacks run.
       params: their hyperparameters.
       checks: masking checks.
-      info: model, dataset, split, batch size... recorded as given.
+      info: model, dataset, split, batch size, batch-norm mode... recorded as
+        given.
       wall_seconds: wall time of the whole evaluation.
+      jacobian_stats: ``analysis.jacobian_stats``'s summary, when computed.
 
     Returns:
       A JSON-serialisable dict; ``accuracy`` maps every attack (and
-      ``worst_case``) to its accuracy in [0, 1].
+      ``worst_case``) to its accuracy in [0, 1]. With ``jacobian_stats``,
+      ``jacobian_cosine``, ``jacobian_alignment``, ``image_l2_norm`` and
+      ``saliency_cosine`` hold their means and ``jacobian_stats`` the whole summary (standard
+      deviations and errors, number of examples).
     """
     acc = output.accuracies()
     attacks_out = {}
@@ -101,6 +107,17 @@ def build_results(
         # A check that could not run (passed: null) does not fail the evaluation; it is listed.
         "checks_passed": all(c.passed is not False for c in checks),
         "checks_not_run": [c.name for c in checks if c.passed is None],
+        **(
+            {
+                "jacobian_cosine": jacobian_stats["jacobian_cosine"]["mean"],
+                "jacobian_alignment": jacobian_stats["jacobian_alignment"]["mean"],
+                "image_l2_norm": jacobian_stats["image_l2_norm"]["mean"],
+                "saliency_cosine": jacobian_stats["saliency_cosine"]["mean"],
+                "jacobian_stats": dict(jacobian_stats),
+            }
+            if jacobian_stats
+            else {}
+        ),
         "versions": library_versions(),
         "wall_time_seconds": round(wall_seconds, 3),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -150,6 +167,50 @@ def format_checks(checks: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) if lines else "- (no check applies to these attacks)"
 
 
+def format_jacobian_stats(stats: Mapping[str, Any]) -> str:
+    """One line: the means of ``analysis.jacobian_stats`` with their standard errors."""
+    cos, align, norm = stats["jacobian_cosine"], stats["jacobian_alignment"], stats["image_l2_norm"]
+    used = stats["num_examples"] - stats.get("zero_jacobian_examples", 0)
+    zero = (
+        f" ({stats['zero_jacobian_examples']} examples left out: J is exactly 0, a saturated softmax)"
+        if stats.get("zero_jacobian_examples")
+        else ""
+    )
+    if cos["mean"] is None:
+        return (
+            f"J = {stats['jacobian']} is exactly 0 for all {stats['num_examples']} examples "
+            "(saturated softmax)."
+        )
+    return (
+        f"Jacobian-image |cos| (standardised, as JARN's discriminator sees them) {cos['mean']:.4f} "
+        f"+- {cos['stderr']:.4f}; alignment |<x, J>| / ||J||_2 (Etmann et al., 2019) {align['mean']:.4f} "
+        f"+- {align['stderr']:.4f}, mean ||x||_2 {norm['mean']:.4f}; saliency cosine(|J|, x) "
+        f"{stats['saliency_cosine']['mean']:.4f} +- {stats['saliency_cosine']['stderr']:.4f}. "
+        f"J = {stats['jacobian']}; mean +- "
+        f"standard error over {used} examples{zero}."
+    )
+
+
+def _protocol(results: Mapping[str, Any]) -> str:
+    """How batch norm ran, for results.md's header."""
+    mode = results.get("batchnorm")
+    if mode == "train":
+        replicas = results.get("replicas") or 1
+        split = (
+            f", each of the {replicas} replicas normalising its share unless the model's batch norm is "
+            "synchronized"
+            if replicas > 1
+            else ""
+        )
+        return (
+            f" Batch norm: train (training=True, statistics of each batch of "
+            f"{results.get('batchnorm_batch_size', results.get('batch_size', '?'))} examples{split})."
+        )
+    if mode:
+        return f" Batch norm: {mode} (moving averages)."
+    return ""
+
+
 def write_results(results: Mapping[str, Any], output_dir: str) -> Dict[str, str]:
     """Writes results.json, results.md and results.csv to ``output_dir``.
 
@@ -172,7 +233,7 @@ def write_results(results: Mapping[str, Any], output_dir: str) -> Dict[str, str]
         f.write(
             f"# Robustness of {results.get('model', '?')}\n\n"
             f"{results.get('dataset', '?')} {results.get('split', 'test')}, first {results['num_examples']} "
-            f"examples, L-inf eps = {results['eps']:.6g}, seed {results['seed']}.\n\n"
+            f"examples, L-inf eps = {results['eps']:.6g}, seed {results['seed']}.{_protocol(results)}\n\n"
         )
         f.write(
             format_table(results)
@@ -180,6 +241,8 @@ def write_results(results: Mapping[str, Any], output_dir: str) -> Dict[str, str]
             + format_checks(results["checks"])
             + "\n"
         )
+        if results.get("jacobian_stats"):
+            f.write("\n## Input Jacobians\n\n" + format_jacobian_stats(results["jacobian_stats"]) + "\n")
     with open(paths["csv"], "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -371,6 +372,296 @@ def test_loss_surface_and_jacobian_figure(model_a, tiny_data_dir, tmp_path):
     assert {"jacobians/images", "jacobians/jacobians"} <= tags
 
 
+def _reference_jacobian_numbers(jacobians: np.ndarray, images: np.ndarray) -> dict:
+    """Per-example |cos| of the standardised J and x, |<x, J>| / ||J||_2, ||x||_2 and the cosine of the
+    standardised |J| and x, in float64 numpy."""
+    j = jacobians.reshape(len(jacobians), -1).astype(np.float64)
+    x = images.reshape(len(images), -1).astype(np.float64)
+
+    def standardise(a):
+        a = a - a.mean(axis=1, keepdims=True)
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+    return {
+        "cosine": np.abs(np.sum(standardise(j) * standardise(x), axis=1)),
+        "alignment": np.abs(np.sum(j * x, axis=1)) / np.linalg.norm(j, axis=1),
+        "image_l2_norm": np.linalg.norm(x, axis=1),
+        "saliency_cosine": np.sum(standardise(np.abs(j)) * standardise(x), axis=1),
+    }
+
+
+def _per_example_jacobians(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """d xent / dx of each example alone, inference mode."""
+    out = []
+    for x, y in zip(images, labels):
+        x = tf.constant(x[None], tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=tf.constant([int(y)]), logits=model(x, training=False)
+            )
+        out.append(tape.gradient(loss, x).numpy()[0])
+    return np.stack(out)
+
+
+def test_jacobian_stats_match_per_example_gradients(tiny_data_dir):
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Conv2D(4, 5, strides=2, activation="tanh"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10),
+        ]
+    )
+    images, labels = analysis.take_examples(_dataset(tiny_data_dir), 48)
+    stats, kept = analysis.jacobian_stats(
+        lambda x: model(x, training=False), _dataset(tiny_data_dir), keep=25
+    )
+    ref = _reference_jacobian_numbers(_per_example_jacobians(model, images, labels), images)
+    assert stats["num_examples"] == 48
+    for key in ("cosine", "alignment", "image_l2_norm", "saliency_cosine"):
+        np.testing.assert_allclose(kept[key], ref[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    for key, name in (
+        ("cosine", "jacobian_cosine"),
+        ("alignment", "jacobian_alignment"),
+        ("image_l2_norm", "image_l2_norm"),
+        ("saliency_cosine", "saliency_cosine"),
+    ):
+        assert stats[name]["mean"] == pytest.approx(np.mean(ref[key]), rel=1e-4), name
+        assert stats[name]["std"] == pytest.approx(np.std(ref[key], ddof=1), rel=1e-3), name
+        assert stats[name]["stderr"] == pytest.approx(np.std(ref[key], ddof=1) / np.sqrt(48), rel=1e-3)
+    # The numbers are not trivial: the quantities differ from one another and between examples.
+    assert 0.0 < stats["jacobian_cosine"]["mean"] < 1.0 and stats["jacobian_cosine"]["std"] > 0
+    assert stats["jacobian_alignment"]["mean"] < stats["image_l2_norm"]["mean"]
+    assert stats["zero_jacobian_examples"] == 0
+    np.testing.assert_array_equal(kept["images"], images[:25])
+    np.testing.assert_array_equal(kept["labels"], labels[:25])
+    assert kept["jacobians"].shape == (25, 28, 28, 1)
+    # The kept Jacobians are d xent / dx itself.
+    np.testing.assert_allclose(
+        kept["jacobians"], _per_example_jacobians(model, images, labels)[:25], rtol=1e-3, atol=1e-7
+    )
+
+
+def test_jacobian_stats_of_a_saturated_softmax(tiny_data_dir):
+    # Logits scaled up until float32's d xent / dx is exactly 0 for some examples: the stats still see
+    # J's direction, sum_k (p_k - [k = y]) grad z_k with p in float64 (independently: numpy).
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential(
+        [keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 5, strides=2, activation="tanh")]
+        + [keras.layers.Flatten(), keras.layers.Dense(10)]
+    )
+    images, _ = analysis.take_examples(_dataset(tiny_data_dir, 20, 20), 20)
+    x = tf.constant(images)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        logits = model(x, training=False)
+    grads = tape.batch_jacobian(logits, x).numpy().reshape(20, 10, -1).astype(np.float64)  # [B, K, D]
+    z = logits.numpy().astype(np.float64)
+    labels = np.argmax(z, axis=1)  # classified correctly: the softmax saturates on the true class
+    gap = np.max(z, axis=1) - np.sort(z, axis=1)[:, -2]
+    factor = 110.0 / float(np.max(gap))  # the largest gap becomes 110: exp(-110) underflows in float32
+    assert factor * float(np.max(z) - np.min(z)) < 700  # but not in float64
+    scaled = factor * z
+    p = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    dz = p.copy()
+    dz[np.arange(20), labels] = 0.0
+    dz[np.arange(20), labels] = -dz.sum(axis=1)
+    reference = np.einsum("bk,bkd->bd", dz, factor * grads).reshape(images.shape)
+    float32 = _per_example_jacobians(lambda v, training: factor * model(v, training=training), images, labels)
+    assert np.sum(np.all(float32.reshape(20, -1) == 0, axis=1)) >= 1  # float32's gradient vanishes
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+    stats, kept = analysis.jacobian_stats(lambda v: factor * model(v, training=False), dataset)
+    assert stats["zero_jacobian_examples"] == 0
+    ref = _reference_jacobian_numbers(reference, images)
+    for key in ("cosine", "alignment", "saliency_cosine"):
+        np.testing.assert_allclose(kept[key], ref[key], rtol=1e-3, atol=1e-5, err_msg=key)
+    # One scale per batch (--batchnorm=train, where examples interact) gives the same directions wherever
+    # an example's gradient does not underflow below the batch's largest.
+    batch_stats, batch_kept = analysis.jacobian_stats(
+        lambda v: factor * model(v, training=False), dataset, per_example_scale=False
+    )
+    kept_nonzero = batch_kept["nonzero"]
+    assert batch_stats["num_examples"] == 20 and np.sum(kept_nonzero) >= 10
+    for key in ("cosine", "alignment", "saliency_cosine"):
+        np.testing.assert_allclose(
+            batch_kept[key][kept_nonzero], ref[key][kept_nonzero], rtol=1e-3, atol=1e-5, err_msg=key
+        )
+
+
+def test_jacobian_stats_of_a_model_whose_jacobian_is_a_known_image(tiny_data_dir):
+    # One logit linear in x with weights w (the others 0): d xent / dx = (p_0 - [y = 0]) w for every
+    # example, so |cos| = |<s(w), s(x)>| and the alignment is |<x, w>| / ||w||_2 in closed form; for the
+    # image w itself they are 1 and ||w||_2.
+    images, labels = analysis.take_examples(_dataset(tiny_data_dir, 30, 16), 30)
+    w = images[0].reshape(-1).astype(np.float64)
+    dense = keras.layers.Dense(10, use_bias=False)
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), dense])
+    kernel = np.zeros((784, 10), np.float32)
+    kernel[:, 0] = 0.01 * w
+    dense.set_weights([kernel])
+    stats, kept = analysis.jacobian_stats(lambda x: model(x, training=False), _dataset(tiny_data_dir, 30, 16))
+    x = images.reshape(30, -1).astype(np.float64)
+    centred_w = (w - w.mean()) / np.linalg.norm(w - w.mean())
+    centred_x = x - x.mean(axis=1, keepdims=True)
+    cosine = np.abs(centred_x @ centred_w) / np.linalg.norm(centred_x, axis=1)
+    alignment = np.abs(x @ w) / np.linalg.norm(w)
+    assert kept["cosine"][0] == pytest.approx(1.0, abs=1e-5)
+    assert kept["alignment"][0] == pytest.approx(np.linalg.norm(w), rel=1e-5)
+    # |J| is a multiple of w >= 0 too: the saliency cosine is the signed cosine of w and x.
+    np.testing.assert_allclose(
+        kept["saliency_cosine"],
+        centred_x @ centred_w / np.linalg.norm(centred_x, axis=1),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(kept["cosine"], cosine, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(kept["alignment"], alignment, rtol=1e-4)
+    assert stats["jacobian_cosine"]["mean"] == pytest.approx(np.mean(cosine), rel=1e-4)
+    assert stats["jacobian_alignment"]["mean"] == pytest.approx(np.mean(alignment), rel=1e-4)
+    assert stats["image_l2_norm"]["mean"] == pytest.approx(np.mean(np.linalg.norm(x, axis=1)), rel=1e-5)
+    # The two measures differ here: reporting one for the other would fail.
+    assert abs(np.mean(cosine) - np.mean(alignment)) > 0.1
+
+
+# ---------------------------------------------------------------------------
+# Batch norm in training mode (--batchnorm=train, the authors' release's protocol).
+
+
+def _bn_model_file(directory) -> str:
+    """A classifier of the pattern images (class c: a bright block at position c) with batch norm, saved
+    as .keras with a metadata.json (fashion_mnist).
+
+    Flatten -> BatchNormalization -> Dense(10): logit c sums (scaled) the normalised pixels of block c.
+    With the statistics of a batch, block c stands out in the images of class c (accuracy near 1); the
+    moving averages are set so that block 0 stands out in every image (inference mode predicts class 0).
+    """
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Flatten()(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    dense = keras.layers.Dense(10, use_bias=False)
+    model = keras.Model(inputs, dense(x))
+    blocks = np.zeros((28, 28, 10), np.float32)
+    for c in range(10):
+        r, col = divmod(c, 4)
+        blocks[2 + 8 * r : 9 + 8 * r, 1 + 7 * col : 7 + 7 * col, c] = 1.0
+    dense.set_weights([0.02 * blocks.reshape(784, 10)])  # small logits: no saturated softmax
+    bn = model.get_layer("bn")
+    bn.moving_mean.assign(-5.0 * blocks[..., 0].reshape(784))
+    bn.moving_variance.assign(np.ones(784, np.float32))
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(str(directory), "classifier.keras")
+    model.save(path)
+    with open(os.path.join(str(directory), "metadata.json"), "w") as f:
+        json.dump({"dataset": "fashion_mnist", "image_shape": [28, 28, 1]}, f)
+    return path
+
+
+def test_batchnorm_train_mode_uses_batch_statistics_and_changes_nothing(tiny_data_dir, tmp_path):
+    path = _bn_model_file(tmp_path / "bn")
+    train = export.load_model(path, training=True)
+    inference = export.load_model(path)
+    assert train.training and not inference.training
+    reference = keras.saving.load_model(path)
+    moving = [v.numpy().copy() for v in reference.get_layer("bn").non_trainable_weights]
+    images, labels = next(iter(_dataset(tiny_data_dir, 16, 16)))
+    expected = {"inference": reference(images, training=False).numpy()}
+    expected["train"] = reference(images, training=True).numpy()  # (updates reference's moving averages)
+    assert np.max(np.abs(expected["train"] - expected["inference"])) > 0.1
+    np.testing.assert_allclose(train.model_fn(images).numpy(), expected["train"], rtol=1e-5, atol=1e-5)
+    spec = eval_lib.parse_attacks(["clean", "pgd3"])
+    params = eval_lib.AttackParams(eps=0.1, pgd_random_start=False)
+    eval_lib.evaluate(train.model_fn, _dataset(tiny_data_dir), spec, params, verbose=0)
+    # The train-mode model's moving averages are as loaded, and a separate inference-mode load is unaffected.
+    for v, before in zip(train.model_fn.keras_model.get_layer("bn").non_trainable_weights, moving):
+        np.testing.assert_array_equal(v.numpy(), before)
+    np.testing.assert_allclose(
+        inference.model_fn(images).numpy(), expected["inference"], rtol=1e-5, atol=1e-5
+    )
+
+
+def test_batchnorm_train_changes_nothing_without_batch_norm(runs, model_a, tiny_data_dir):
+    train = export.load_model(runs["a"], training=True)
+    specs = eval_lib.parse_attacks(["clean", "fgsm", "pgd3_margin"])
+    params = eval_lib.AttackParams(eps=0.1, pgd_random_start=False)
+    out = {}
+    for name, m in (("inference", model_a), ("train", train)):
+        out[name] = eval_lib.evaluate(m.model_fn, _dataset(tiny_data_dir), specs, params, verbose=0)
+    for spec in specs:
+        np.testing.assert_array_equal(out["train"].correct[spec.name], out["inference"].correct[spec.name])
+    stats = {
+        name: analysis.jacobian_stats(m.model_fn, _dataset(tiny_data_dir))[0]
+        for name, m in (("inference", model_a), ("train", train))
+    }
+    assert stats["train"]["jacobian_cosine"]["mean"] == pytest.approx(
+        stats["inference"]["jacobian_cosine"]["mean"]
+    )
+
+
+def test_batchnorm_train_needs_the_keras_model(runs, tmp_path):
+    export_dir = tmp_path / "export"
+    os.makedirs(export_dir)
+    shutil.copytree(os.path.join(runs["a"], "export", "saved_model"), export_dir / "saved_model")
+    shutil.copy(os.path.join(runs["a"], "export", "metadata.json"), export_dir / "metadata.json")
+    for path in (str(export_dir), str(export_dir / "saved_model")):
+        assert export.load_model(path).format == "saved_model"
+        with pytest.raises(ValueError, match=r"--batchnorm=train .* Pass the \.keras file, or a model_dir"):
+            export.load_model(path, training=True)
+
+
+def test_command_batchnorm_train_measures_with_batch_statistics(tiny_data_dir, tmp_path):
+    path = _bn_model_file(tmp_path / "bn")
+    out_dir = tmp_path / "eval"
+    proc = _run_cli(
+        f"--model={path}",
+        f"--data_dir={tiny_data_dir}",
+        "--nodownload",
+        "--num_examples=30",
+        "--batch_size=16",
+        "--attacks=clean,fgsm",
+        "--eps=0.1",
+        "--noeps_checks",
+        "--square_check_queries=0",
+        "--batchnorm=train",
+        "--jacobian_figure",
+        "--verbose=0",
+        f"--output_dir={out_dir}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.load(open(out_dir / "results.json"))
+    assert res["batchnorm"] == "train" and res["batchnorm_batch_size"] == 16
+    # Independently: the model called with training=True on each batch (16 + 14 examples).
+    model = keras.saving.load_model(path)
+    correct = {"train": [], "inference": []}
+    jacobians, images_all = [], []
+    for images, labels in _dataset(tiny_data_dir, 30, 16):
+        for mode in correct:
+            logits = model(images, training=mode == "train")
+            correct[mode].append(np.argmax(logits.numpy(), axis=1) == labels.numpy())
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            loss = tf.reduce_sum(losses.cross_entropy(labels, model(images, training=True)))
+        jacobians.append(tape.gradient(loss, images).numpy())
+        images_all.append(images.numpy())
+    accuracy = {mode: float(np.mean(np.concatenate(c))) for mode, c in correct.items()}
+    assert res["accuracy"]["clean"] == pytest.approx(accuracy["train"])
+    assert accuracy["train"] > 0.9 and accuracy["inference"] < 0.3, accuracy
+    ref = _reference_jacobian_numbers(np.concatenate(jacobians), np.concatenate(images_all))
+    assert res["jacobian_cosine"] == pytest.approx(np.mean(ref["cosine"]), rel=1e-4)
+    assert res["jacobian_alignment"] == pytest.approx(np.mean(ref["alignment"]), rel=1e-4)
+    assert res["image_l2_norm"] == pytest.approx(np.mean(ref["image_l2_norm"]), rel=1e-5)
+    assert res["saliency_cosine"] == pytest.approx(np.mean(ref["saliency_cosine"]), rel=1e-4, abs=1e-6)
+    assert res["jacobian_stats"]["num_examples"] == 30 and res["jacobian_stats"]["batchnorm"] == "train"
+    md = open(out_dir / "results.md").read()
+    assert "Batch norm: train (training=True, statistics of each batch of 16 examples)." in md
+    assert "## Input Jacobians" in md and f"{res['jacobian_alignment']:.4f}" in md
+    assert "Input Jacobians: Jacobian-image |cos|" in proc.stdout and "Batch norm: train mode" in proc.stdout
+    saved = json.load(open(out_dir / analysis.JACOBIAN_STATS_FILE))
+    assert saved["jacobian_cosine"]["mean"] == res["jacobian_cosine"]
+
+
 # ---------------------------------------------------------------------------
 # The command.
 
@@ -424,7 +715,16 @@ def test_command_end_to_end(runs, tiny_data_dir, tmp_path):
     rows = list(csv.DictReader(open(out_dir / "results.csv")))
     assert [r["attack"] for r in rows] == names + ["worst_case"]
     assert float(rows[-1]["accuracy"]) == res["accuracy"]["worst_case"]
-    assert "| worst_case" in open(out_dir / "results.md").read()
+    md = open(out_dir / "results.md").read()
+    assert "| worst_case" in md and "Batch norm: inference (moving averages)." in md
+    assert res["batchnorm"] == "inference" and res["batchnorm_batch_size"] is None
+    stats = json.load(open(out_dir / analysis.JACOBIAN_STATS_FILE))
+    assert stats["num_examples"] == 30 and res["jacobian_stats"] == stats
+    assert res["jacobian_cosine"] == stats["jacobian_cosine"]["mean"] and "## Input Jacobians" in md
+    # The model standardises each image, so J is orthogonal to x (and to 1): both measures are 0 up to
+    # rounding; the saliency cosine is not.
+    assert res["jacobian_cosine"] < 1e-3 and res["jacobian_alignment"] < 1e-3 * res["image_l2_norm"]
+    assert abs(res["saliency_cosine"]) > 0.01
     for f in analysis.EPS_SWEEP_FILES + analysis.LOSS_SURFACE_FILES + analysis.JACOBIAN_FILES:
         assert os.path.getsize(out_dir / f) > 0, f
     sweep = json.load(open(out_dir / "eps_sweep.json"))
@@ -437,6 +737,10 @@ BAD_INPUTS = {
     "wrong_dataset_shape": (["--dataset=cifar10"], "cifar10 images are [32, 32, 3]"),
     "no_examples": (["--num_examples=0"], "--num_examples"),
     "not_a_model": (["--model=/nonexistent"], "is not a model"),
+    "batchnorm_train_saved_model": (
+        ["--model={run_a}/export/saved_model", "--batchnorm=train"],
+        "--batchnorm=train calls the model with training=True, which needs its .keras file",
+    ),
 }
 
 
@@ -453,7 +757,7 @@ def test_bad_inputs_fail_before_attacking(runs, tiny_data_dir, tmp_path):
             f"--model={runs['a']}",
             f"--data_dir={tiny_data_dir}",
         ]
-        cmd += ["--nodownload", f"--output_dir={out_dir}", *args]
+        cmd += ["--nodownload", f"--output_dir={out_dir}", *(a.format(run_a=runs["a"]) for a in args)]
         procs[name] = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO
         )
