@@ -716,9 +716,24 @@ def eval_seconds(ctx: Context, rel_dir: str) -> Optional[float]:
     return float(results["wall_time_seconds"]) if results and "wall_time_seconds" in results else None
 
 
+def seeds_on_disk(ctx: Context) -> List[int]:
+    """``ctx.seeds`` plus every seed of this experiment's models that has an evaluation."""
+    seeds = set(ctx.seeds)
+    for spec in _specs(ctx):
+        for path in glob.glob(ctx.path(f"evals/{spec.base}_seed*")):
+            suffix = os.path.basename(path)[len(spec.base) + len("_seed") :]
+            if suffix.isdigit():
+                seeds.add(int(suffix))
+    return sorted(seeds)
+
+
 def jacobian_numbers(ctx: Context, model: str) -> Dict[str, Optional[float]]:
-    """Mean |cos(J, x)| and alignment of evals/<model>/jacobian, None where not recorded."""
-    out: Dict[str, Optional[float]] = {"jacobian_cosine": None, "jacobian_alignment": None}
+    """Mean |cos(J, x)|, alignment and saliency cosine of evals/<model>/jacobian, None where not recorded."""
+    out: Dict[str, Optional[float]] = {
+        "jacobian_cosine": None,
+        "jacobian_alignment": None,
+        "saliency_cosine": None,
+    }
     for name in ("jacobian_stats.json", "results.json"):
         data = load_json(ctx.path(f"evals/{model}/jacobian/{name}"))
         for key in out:
@@ -1017,7 +1032,10 @@ def report_attack_table(ctx: Context) -> List[str]:
             cells.append(
                 mean_std(accuracy(ctx, ctx.attacks_dir(spec.name(s), eps), "worst_case") for s in ctx.seeds)
             )
-            cells.append(", ".join(str(s) for s in ctx.seeds))
+            present = [
+                s for s in ctx.seeds if accuracy(ctx, ctx.attacks_dir(spec.name(s), eps), "clean") is not None
+            ]
+            cells.append(", ".join(str(s) for s in present) or "-")
             rows.append(cells)
         lines += [md_table(["Model", *(c for c, _ in columns), "Worst case", "Seeds"], rows), ""]
     if exp == "table3":
@@ -1040,15 +1058,19 @@ def report_attack_table(ctx: Context) -> List[str]:
                     mean_std(accuracy(ctx, ctx.attacks_dir(m, ctx.eps), "clean") for m in names),
                     mean_std((j["jacobian_cosine"] for j in jac), spec=".3g"),
                     mean_std((j["jacobian_alignment"] for j in jac), spec=".3g"),
+                    mean_std((j["saliency_cosine"] for j in jac), spec=".3g"),
                     mean_std(disc_accuracy(ctx, m) for m in names) if is_jarn else "",
                 ]
             )
         header = ["Model", "PGD40 xent", "PGD40 margin", "Worst case", "AutoAttack", "Clean"]
-        header += ["mean abs cos(J, x)", "alignment", "discriminator accuracy (last, %)"]
+        header += ["abs cos(J, x)", "alignment", "cos(abs J, x)", "discriminator accuracy (last, %)"]
         lines += [md_table(header, rows), ""]
         lines += [
-            f"AutoAttack on the first {ctx.autoattack_examples} test images; Jacobian numbers from "
-            "`evals/<model>/jacobian` (`-` where the evaluation did not record them).",
+            f"AutoAttack on the first {ctx.autoattack_examples} test images; Jacobian numbers (means "
+            "over the evaluated images) from `evals/<model>/jacobian` (`-` where the evaluation did not "
+            "record them). abs cos(J, x) and Etmann et al.'s alignment |<x, J>|/||J|| are 0 up to rounding "
+            "for any classifier that standardises its input (J is orthogonal to x); cos(abs J, x) is the "
+            "saliency cosine, which can move.",
             "",
         ]
     lines += ["## Per seed", ""]
@@ -1515,6 +1537,9 @@ def main(argv: Sequence[str], out=print) -> int:
         todo = sum(j.status != "reuse" for j in ctx.jobs.values())
         out(f"Dry run: {len(ctx.jobs) - todo} step(s) reused, {todo} to run.")
         return 0
+    # The tables show every seed evaluated so far, not only this run's (e.g.
+    # a second seed trained for some rows by an earlier --rows/--seeds run).
+    ctx.seeds = seeds_on_disk(ctx)
     path = write_report(ctx, argv)
     out(f"Wrote {path}")
     return 0 if ok else 1
