@@ -64,8 +64,8 @@ def pgd(
       model_fn: images in [0, 1] -> logits.
       images: float32 [B, H, W, C] in [0, 1].
       labels: int [B] true classes.
-      eps: L-inf radius in [0, 1] units.
-      step_size: size of each sign step.
+      eps: L-inf radius in [0, 1] units (a float or a scalar tensor).
+      step_size: size of each sign step (a float or a scalar tensor).
       num_steps: number of steps; 1 step of size eps without random start is
         FGSM.
       random_start: start from a uniform point of the eps-ball.
@@ -81,7 +81,9 @@ def pgd(
         raise ValueError(f"Unknown attack loss {loss!r}; expected one of {sorted(ATTACK_LOSSES)}.")
     images = tf.convert_to_tensor(images, tf.float32)
     x = images
-    if random_start and eps > 0:
+    # eps may be a tensor (e.g. an eps warm-up during training): then the
+    # random start is always drawn (of width 0 when eps is 0).
+    if random_start and (not isinstance(eps, (int, float)) or eps > 0):
         shape = tf.shape(images)
         if seed is None:
             noise = tf.random.uniform(shape, -eps, eps)

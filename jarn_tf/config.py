@@ -343,6 +343,14 @@ class ClassifierConfig:
     at_random_start: bool = flag_field(
         True, "Random start for training PGD. Default: on unless --at_steps=1.", flag_default=None
     )
+    at_eps_warmup: float = flag_field(
+        0.0,
+        "Fraction of training over which the training attack's eps (and step size) grow linearly from 0 "
+        "to --eps; 0 = full eps from the first step. Adversarial training from scratch can stall at the "
+        "constant classifier (PGD-AT7 on Fashion-MNIST at eps 0.1 does); a warm-up avoids it.",
+        lower=0.0,
+        upper=1.0,
+    )
     uniform_noise: bool = flag_field(False, "Uniform-noise augmentation baseline.")
     noise_eps: float = image_fraction(
         8.0 / 255.0,
@@ -399,6 +407,14 @@ class ClassifierConfig:
                 ),
                 (self.double_backprop >= 0, f"--double_backprop must be >= 0, got {self.double_backprop}"),
                 (self.lambda_adv >= 0, f"--lambda_adv must be >= 0, got {self.lambda_adv}"),
+                (
+                    0.0 <= self.at_eps_warmup <= 1.0,
+                    f"--at_eps_warmup must be in [0, 1], got {self.at_eps_warmup}",
+                ),
+                (
+                    self.at_eps_warmup == 0 or self.at_steps > 0,
+                    "--at_eps_warmup needs adversarial training (--at_steps > 0)",
+                ),
                 (
                     self.jarn_variant in JARN_VARIANTS,
                     f"--jarn_variant must be one of {JARN_VARIANTS}, got {self.jarn_variant!r}",

@@ -502,3 +502,17 @@ def test_periodic_evaluation_logs_clean_and_pgd_accuracy(tiny_config, read_event
         s for s, _ in read_events(os.path.join(str(tmp_path / "off"), "eval"))["eval/clean_accuracy"]
     ] == [4]
     assert off.step == 4
+
+
+def test_at_eps_warmup_ramps_the_training_attack_linearly(tiny_config):
+    config = tiny_config(at_steps=3, eps=0.2, step_size=0.1, at_eps_warmup=0.5, train_steps=8)
+    keras.utils.set_random_seed(0)
+    trainer = trainers.build_trainer(config, data.dataset_info("fashion_mnist"), tf.distribute.get_strategy())
+    images, labels = next(iter(data.make_eval_dataset(config.data, batch_size=16)))
+    # Warm-up over 4 of the 8 steps: eps 0, 0.1, 0.2 at steps 0, 2, >= 4.
+    for step, eps in ((0, 0.0), (2, 0.1), (4, 0.2), (7, 0.2)):
+        trainer.step.assign(step)
+        delta = np.abs(trainer._inputs(images, labels, jarn=False).numpy() - images.numpy()).max()
+        assert eps - 0.01 < delta <= eps + 1e-6 if eps else delta == 0.0, (step, delta)
+    with pytest.raises(ValueError, match="at_eps_warmup needs adversarial training"):
+        tiny_config(at_eps_warmup=0.5).validate()

@@ -246,17 +246,28 @@ class ClassifierTrainer(Trainer):
             )
             x = tf.clip_by_value(x + noise, 0.0, 1.0)
         if t.at_steps > 0:
+            eps, step_size = t.eps, t.step_size
+            if t.at_eps_warmup > 0:
+                ramp = self.at_eps_fraction()
+                eps, step_size = eps * ramp, step_size * ramp
             x = attacks.pgd(
                 self._inference,
                 x,
                 labels,
-                eps=t.eps,
-                step_size=t.step_size,
+                eps=eps,
+                step_size=step_size,
                 num_steps=t.at_steps,
                 random_start=t.at_random_start,
                 seed=self._seed(_ATTACK_SEED),
             )
         return x
+
+    def at_eps_fraction(self) -> tf.Tensor:
+        """Fraction of --eps the training attack uses at this step (--at_eps_warmup's linear ramp)."""
+        warmup_steps = self.params.at_eps_warmup * self.config.optimizer.train_steps
+        if warmup_steps <= 0:
+            return tf.constant(1.0)
+        return tf.minimum(1.0, tf.cast(self.step, tf.float32) / warmup_steps)
 
     def input_jacobian(
         self, x: tf.Tensor, labels: tf.Tensor, kind: str, training: bool
