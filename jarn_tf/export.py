@@ -10,8 +10,9 @@
                     written with ``keras.ops``).
   metadata.json     dataset, image shape, classes, value range, step.
 
-Every artefact is written next to its final place and moved in with a
-rename, so a run killed while exporting leaves the previous export usable.
+Every artefact is written next to its final place, and all three are moved
+in with renames only once all are written, so a failure while writing leaves
+the previous export whole and a run killed while exporting leaves it usable.
 
 ``load_model`` reads an export back (or a bare SavedModel or .keras file) as
 a differentiable ``images -> logits`` function with what is known about its
@@ -103,24 +104,6 @@ def export_classifier(
     """
     os.makedirs(export_dir, exist_ok=True)
     final = os.path.join(export_dir, SAVED_MODEL_DIR)
-
-    tmp = tempfile.mkdtemp(prefix=".tmp-saved_model-", dir=export_dir)
-    try:
-        module = ServingModule(classifier, image_shape)
-        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
-        _replace_dir(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-    fd, tmp_keras = tempfile.mkstemp(prefix=".tmp-classifier-", suffix=".keras", dir=export_dir)
-    os.close(fd)
-    try:
-        classifier.save(tmp_keras)
-        os.replace(tmp_keras, os.path.join(export_dir, KERAS_FILE))
-    finally:
-        if os.path.exists(tmp_keras):
-            os.remove(tmp_keras)
-
     payload = {
         "image_shape": list(image_shape),
         "input_range": [0.0, 1.0],
@@ -128,11 +111,29 @@ def export_classifier(
         "outputs": ["logits", "probabilities"],
         **(dict(metadata) if metadata else {}),
     }
+
+    # Everything is written aside first and moved in only once all three are
+    # complete, so a failure while writing leaves the previous export whole
+    # (not a new SavedModel beside the old .keras file and metadata).
+    tmp = tempfile.mkdtemp(prefix=".tmp-saved_model-", dir=export_dir)
+    fd, tmp_keras = tempfile.mkstemp(prefix=".tmp-classifier-", suffix=".keras", dir=export_dir)
+    os.close(fd)
     tmp_meta = os.path.join(export_dir, f".{METADATA_FILE}.tmp")
-    with open(tmp_meta, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-    os.replace(tmp_meta, os.path.join(export_dir, METADATA_FILE))
+    try:
+        module = ServingModule(classifier, image_shape)
+        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+        classifier.save(tmp_keras)
+        with open(tmp_meta, "w") as f:
+            json.dump(payload, f, indent=2, sort_keys=True, default=str)
+            f.write("\n")
+        _replace_dir(tmp, final)
+        os.replace(tmp_keras, os.path.join(export_dir, KERAS_FILE))
+        os.replace(tmp_meta, os.path.join(export_dir, METADATA_FILE))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for path in (tmp_keras, tmp_meta):
+            if os.path.exists(path):
+                os.remove(path)
     return final
 
 

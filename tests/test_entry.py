@@ -112,35 +112,73 @@ def test_epochs_sets_train_steps(tiny_data_dir, tmp_path, run_main, tiny_flags):
     assert json.load(open(os.path.join(model_dir, "config.json")))["optimizer"]["train_steps"] == 12
 
 
-def test_failed_export_keeps_previous_export(tiny_data_dir, tmp_path, monkeypatch, tiny_config):
-    config = tiny_config(train_steps=2)
-    result = train_lib.train(config, str(tmp_path / "run"), eval_examples=0, verbose=0)
-    classifier = result.trainer.networks["classifier"]
-    images = tf.random.stateless_uniform([4, 28, 28, 1], seed=[0, 1])
-    loaded = tf.saved_model.load(os.path.join(result.export_dir, "saved_model"))
-    before = loaded.serve(images)["logits"].numpy()
-
-    # Change the weights, then make the export die half-way (after the
-    # SavedModel is written aside, while writing the .keras file).
-    for w in classifier.trainable_weights:
-        w.assign(w + 1.0)
-    monkeypatch.setattr(classifier, "save", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
-    with pytest.raises(KeyboardInterrupt):
-        export.export_classifier(classifier, result.export_dir, (28, 28, 1))
-    monkeypatch.undo()
-    # Whatever was completed is a whole SavedModel; nothing half-written is left in place.
-    loaded = tf.saved_model.load(os.path.join(result.export_dir, "saved_model"))
-    after = loaded.serve(images)["logits"].numpy()
-    assert np.all(np.isfinite(after))
-    assert not glob.glob(os.path.join(result.export_dir, "saved_model.old"))
-    assert not glob.glob(os.path.join(result.export_dir, ".tmp-*"))
-    # The .keras file is still the previous, complete one.
+def _export_state(export_dir: str, images: tf.Tensor) -> dict:
+    """What each artefact of an export holds: the SavedModel's and the .keras model's logits on
+    ``images``, the metadata, and the names in the directory."""
     import keras
 
-    import jarn_tf.layers  # noqa: F401
+    import jarn_tf.layers  # noqa: F401  registers the custom layers
 
-    old_keras = keras.saving.load_model(os.path.join(result.export_dir, "classifier.keras"))
-    np.testing.assert_allclose(old_keras(images).numpy(), before, rtol=1e-5, atol=1e-5)
+    saved = tf.saved_model.load(os.path.join(export_dir, "saved_model"))
+    return {
+        "saved_model": saved.serve(images)["logits"].numpy(),
+        "keras": np.asarray(
+            keras.saving.load_model(os.path.join(export_dir, "classifier.keras"))(images, training=False)
+        ),
+        "metadata": json.load(open(os.path.join(export_dir, "metadata.json"))),
+        "files": sorted(os.listdir(export_dir)),
+    }
+
+
+def _fail_at(where: str, monkeypatch, classifier) -> None:
+    """Makes the next export raise KeyboardInterrupt while writing ``where``."""
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt(where)
+
+    if where == "saved_model":
+        monkeypatch.setattr(tf.saved_model, "save", interrupt)
+    elif where == "keras":
+        monkeypatch.setattr(classifier, "save", interrupt)
+    else:  # metadata.json, the last file written
+        monkeypatch.setattr(export.json, "dump", interrupt)
+
+
+@pytest.mark.parametrize("where", ["saved_model", "keras", "metadata"])
+def test_failed_export_keeps_the_whole_previous_export(where, tmp_path, monkeypatch, tiny_config):
+    # An export that fails while writing any of its three artefacts leaves the previous export
+    # exactly as it was: all old, never a new SavedModel beside the old .keras file and metadata.
+    result = train_lib.train(tiny_config(train_steps=2), str(tmp_path / "run"), eval_examples=0, verbose=0)
+    classifier = result.trainer.networks["classifier"]
+    export_dir = result.export_dir
+    images = tf.random.stateless_uniform([4, 28, 28, 1], seed=[0, 1])
+    old = _export_state(export_dir, images)
+    assert (
+        old["files"] == ["classifier.keras", "metadata.json", "saved_model"] and old["metadata"]["step"] == 2
+    )
+    np.testing.assert_allclose(old["keras"], old["saved_model"], rtol=1e-5, atol=1e-5)
+
+    for w in classifier.trainable_weights:  # the new export's model differs from the old one
+        w.assign(w + 0.1)
+    new_logits = classifier(images, training=False).numpy()
+    assert np.abs(new_logits - old["keras"]).max() > 1e-2
+    new_metadata = dict(old["metadata"], step=3)
+    _fail_at(where, monkeypatch, classifier)
+    with pytest.raises(KeyboardInterrupt):
+        export.export_classifier(classifier, export_dir, (28, 28, 1), metadata=new_metadata)
+    monkeypatch.undo()
+    after = _export_state(export_dir, images)
+    assert after["files"] == old["files"]  # nothing half-written or set aside is left
+    assert after["metadata"] == old["metadata"]
+    np.testing.assert_array_equal(after["saved_model"], old["saved_model"])
+    np.testing.assert_array_equal(after["keras"], old["keras"])
+
+    # The next export replaces all three together.
+    export.export_classifier(classifier, export_dir, (28, 28, 1), metadata=new_metadata)
+    new = _export_state(export_dir, images)
+    assert new["files"] == old["files"] and new["metadata"]["step"] == 3
+    np.testing.assert_allclose(new["saved_model"], new_logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(new["keras"], new_logits, rtol=1e-5, atol=1e-5)
 
 
 def test_later_of_epochs_and_train_steps_wins(tmp_path):
