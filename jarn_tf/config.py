@@ -43,6 +43,7 @@ DISC_OPTIMIZERS = ("sgd", "adam")
 # the authors' TensorFlow 1 release did; ``release_intended`` is the release
 # without its input-feed slip (see ``ClassifierConfig.jarn_variant``).
 JARN_VARIANTS = ("paper", "release", "release_intended")
+JARN_GENERATOR_LOSSES = ("minimax", "non_saturating")
 # Values each JARN variant gives the flags left unset.
 JARN_VARIANT_DEFAULTS = {
     "paper": dict(jacobian="xent", jarn_start=0.75),
@@ -328,6 +329,12 @@ class ClassifierConfig:
         choices=JACOBIAN_KINDS,
         flag_default=None,
     )
+    jarn_generator_loss: str = flag_field(
+        "minimax",
+        "What the classifier and adaptor minimise against the discriminator. minimax: L_adv (paper eq. 9), "
+        "whose gradient vanishes once the discriminator wins; non_saturating: -log D(J')/2.",
+        choices=JARN_GENERATOR_LOSSES,
+    )
     disc_optimizer: str = flag_field("sgd", "Discriminator optimizer.", choices=DISC_OPTIMIZERS)
     disc_learning_rate: float = flag_field(1e-3, "Discriminator learning rate with --disc_optimizer=adam.")
     # Adversarial training and baselines.
@@ -418,6 +425,10 @@ class ClassifierConfig:
                 (
                     self.jarn_variant in JARN_VARIANTS,
                     f"--jarn_variant must be one of {JARN_VARIANTS}, got {self.jarn_variant!r}",
+                ),
+                (
+                    self.jarn_generator_loss in JARN_GENERATOR_LOSSES,
+                    f"--jarn_generator_loss must be one of {JARN_GENERATOR_LOSSES}, got {self.jarn_generator_loss!r}",
                 ),
                 (
                     self.jacobian in JACOBIAN_KINDS,

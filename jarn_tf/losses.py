@@ -211,6 +211,28 @@ def jarn_adversarial_loss(fake_logits: tf.Tensor, real_logits: tf.Tensor) -> tf.
     return -0.5 * (fake + real)
 
 
+def jarn_generator_loss(fake_logits: tf.Tensor, real_logits: tf.Tensor, kind: str) -> tf.Tensor:
+    """Per-example adversarial term the classifier and adaptor minimise.
+
+    Args:
+      fake_logits: [B, 2] discriminator logits on adapted Jacobians.
+      real_logits: [B, 2] discriminator logits on the images.
+      kind: ``minimax``: L_adv itself (the paper's eq. 9, Algorithm 1), whose
+        gradient vanishes once the discriminator confidently rejects J'
+        (log(1 - D(J')) saturates); ``non_saturating``: -log D(J') / 2
+        (Goodfellow et al., 2014), the usual GAN remedy, with the same
+        scale as the minimax term's J' half.
+
+    Returns:
+      float32 [B].
+    """
+    if kind == "minimax":
+        return jarn_adversarial_loss(fake_logits, real_logits)
+    if kind == "non_saturating":
+        return 0.5 * cross_entropy(tf.fill(tf.shape(fake_logits)[:1], REAL_LABEL), fake_logits)
+    raise ValueError(f"Unknown JARN generator loss {kind!r}; expected minimax or non_saturating.")
+
+
 def discriminator_accuracy(fake_logits: tf.Tensor, real_logits: tf.Tensor) -> tf.Tensor:
     """Per-example 0/1 correctness of the discriminator, shape [2B]."""
     fake = tf.equal(tf.argmax(fake_logits, axis=-1), FAKE_LABEL)

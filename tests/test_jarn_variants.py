@@ -237,3 +237,35 @@ def test_standardising_classifier_has_jacobian_orthogonal_to_the_image(tiny_conf
         xent = losses.cross_entropy(labels, tf.reshape(images, [8, -1]) @ w)
     plain = tape.gradient(xent, images)
     assert np.all(losses.jacobian_image_cosine(plain, images).numpy() > 1e-3)
+
+
+def test_non_saturating_generator_loss_keeps_its_gradient_when_the_discriminator_wins():
+    # D rejects J' confidently (logit 10 for "fake"): the minimax term's
+    # gradient has vanished, the non-saturating one's has not.
+    fake = tf.constant([[10.0, 0.0]])
+    real = tf.constant([[0.0, 10.0]])
+    grads = {}
+    for kind in ("minimax", "non_saturating"):
+        with tf.GradientTape() as tape:
+            tape.watch(fake)
+            value = losses.jarn_generator_loss(fake, real, kind)
+        grads[kind] = float(tf.reduce_max(tf.abs(tape.gradient(value, fake))))
+        if kind == "non_saturating":
+            assert float(value[0]) == pytest.approx(0.5 * np.log1p(np.exp(10.0)), rel=1e-6)
+    assert grads["minimax"] < 1e-4 < 0.4 < grads["non_saturating"]
+
+
+def test_generator_loss_flag_changes_the_classifier_update_only(tiny_config):
+    after = {}
+    for kind in ("minimax", "non_saturating"):
+        config = tiny_config(jarn=True, jarn_start=0.0, jarn_generator_loss=kind, disc_update_every=1)
+        trainer = _trainer(config)
+        trainer.replica_step(_batch(config, 16), ClassifierVariant(jarn=True, update_discriminator=True))
+        after[kind] = {n: _weights(m) for n, m in trainer.networks.items()}
+    for name in ("classifier", "adaptor"):
+        assert any(
+            not np.allclose(a, b) for a, b in zip(after["minimax"][name], after["non_saturating"][name])
+        )
+    # The discriminator's objective is the same under both.
+    for a, b in zip(after["minimax"]["discriminator"], after["non_saturating"]["discriminator"]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -341,8 +341,15 @@ class ClassifierTrainer(Trainer):
                 adapted, fake_logits, real_logits = self._discriminate(jacobian, x)
                 adv = losses.jarn_adversarial_loss(fake_logits, real_logits)
                 adv_loss = losses.scale_loss(adv, batch_size)
-                classifier_loss += t.lambda_adv * adv_loss
-                adaptor_loss = t.adaptor_gamma * adv_loss + self._weight_decay(self.networks["adaptor"])
+                if t.jarn_generator_loss == "minimax":
+                    generator_loss = adv_loss
+                else:
+                    generator_loss = losses.scale_loss(
+                        losses.jarn_generator_loss(fake_logits, real_logits, t.jarn_generator_loss),
+                        batch_size,
+                    )
+                classifier_loss += t.lambda_adv * generator_loss
+                adaptor_loss = t.adaptor_gamma * generator_loss + self._weight_decay(self.networks["adaptor"])
                 disc_loss = -adv_loss + self._weight_decay(self.networks["discriminator"])
                 disc_xent = losses.discriminator_cross_entropy(fake_logits, real_logits)
 
@@ -376,7 +383,7 @@ class ClassifierTrainer(Trainer):
         # mean over replicas therefore times R gives the global value.
         values["train/loss"] = tf.fill([1], classifier_loss * self.num_replicas)
         if variant.jarn:
-            values["train/adv_loss"] = tf.fill([1], t.lambda_adv * adv_loss * self.num_replicas)
+            values["train/adv_loss"] = tf.fill([1], t.lambda_adv * generator_loss * self.num_replicas)
             values["train/disc_xent"] = disc_xent
             values["train/disc_accuracy"] = losses.discriminator_accuracy(fake_logits, real_logits)
             values["train/disc_loss"] = tf.fill([1], disc_loss * self.num_replicas)
