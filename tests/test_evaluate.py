@@ -269,7 +269,9 @@ def test_each_masking_check_can_fail():
     assert all(c.passed is not False for c in masking.masking_checks(good, specs, tolerance=0.0))
 
 
-def test_autoattack_integration_with_a_stub_run_autoattack(monkeypatch, model_a, tiny_data_dir):
+def test_blackbox_check_of_evaluate_with_a_stub_run_autoattack(monkeypatch, model_a, tiny_data_dir):
+    # The check's plumbing when Square breaks what every white-box attack left, which the real
+    # attacks do not do on these models; the real ensemble runs in the next test.
     calls = []
 
     def run_autoattack(model_fn, images, labels, eps, attacks=eval_lib.AUTOATTACK_PARTS, seed=0, **kwargs):
@@ -300,16 +302,74 @@ def test_autoattack_integration_with_a_stub_run_autoattack(monkeypatch, model_a,
     assert check.detail["square_breaks_beyond_whitebox"] > 0.3 * 48
 
 
-def test_real_autoattack_parts_run_through_evaluate(model_a, tiny_data_dir):
-    specs = eval_lib.parse_attacks(["clean", "pgd10_margin", "apgd-ce", "square"])
-    params = eval_lib.AttackParams(eps=0.2, seed=1)
-    out = eval_lib.evaluate(model_a.model_fn, _dataset(tiny_data_dir, 16, 16), specs, params, verbose=0)
+# Small budgets for the real ensemble: every part still runs, in a few seconds.
+AA_BUDGET = dict(num_steps=10, num_target_classes=3, fab_steps=10, num_queries=50)
+
+
+def test_real_autoattack_ensemble_runs_through_evaluate(monkeypatch, model_a, tiny_data_dir):
+    # The real ensemble, all four attacks in AutoAttack's order, through eval_lib.evaluate: nothing is
+    # replaced but the budgets. At eps 0.14 the first attacks break some examples and leave others, so
+    # every later attack runs on a non-empty set.
+    eps, seed = 0.14, 3
+    real = autoattack.run_autoattack
+    calls = []
+
+    def small_budget(model_fn, images, labels, eps, **kwargs):
+        result = real(model_fn, images, labels, eps, **kwargs, **AA_BUDGET)
+        calls.append((kwargs["attacks"], np.asarray(images), np.asarray(labels), result))
+        return result
+
+    given = {part: 0 for part in eval_lib.AUTOATTACK_PARTS}  # examples each attack was given
+
+    def counting(name, fn):
+        def run(model_fn, images, labels, *args, **kwargs):
+            part = {"apgd": "apgd-ce", "apgd_targeted": "apgd-t", "fab_targeted": "fab-t"}.get(name, name)
+            given[part] += len(labels)
+            return fn(model_fn, images, labels, *args, **kwargs)
+
+        return run
+
+    for name in ("apgd", "apgd_targeted", "fab_targeted", "square"):
+        monkeypatch.setattr(autoattack, name, counting(name, getattr(autoattack, name)))
+    monkeypatch.setattr(autoattack, "run_autoattack", small_budget)
+
+    specs = eval_lib.parse_attacks(["clean", "pgd10_margin", "autoattack", "apgd-ce", "square"])
+    params = eval_lib.AttackParams(eps=eps, seed=seed)
+    dataset = _dataset(tiny_data_dir, 24, 16)  # two batches: 16 and 8
+    out = eval_lib.evaluate(model_a.model_fn, dataset, specs, params, verbose=0)
     acc = out.accuracies()
-    for name in ("apgd-ce", "square"):
-        assert out.max_perturbation[name] <= 0.2 + 1e-6 and acc[name] <= acc["clean"], name
+
+    # The ensemble ran once per batch with evaluate's eps and seed, every part on some examples.
+    ensemble = [c for c in calls if c[0] == eval_lib.AUTOATTACK_PARTS]
+    assert [len(c[2]) for c in ensemble] == [16, 8]
+    assert all(given[part] > 0 for part in eval_lib.AUTOATTACK_PARTS), given
+    # What it reports holds: each example it calls broken is misclassified at its adversarial
+    # example, within eps and [0, 1]; the rest are the examples still classified correctly.
+    robust = []
+    for _, images, labels, result in ensemble:
+        adv = result["adversarial"]
+        assert np.abs(adv - images).max() <= eps + 1e-6 and adv.min() >= 0.0 and adv.max() <= 1.0
+        predicted = np.argmax(model_a.model_fn(tf.constant(adv)).numpy(), axis=-1)
+        np.testing.assert_array_equal(result["robust"], predicted == labels)
+        robust.append(result["robust"])
+    robust = np.concatenate(robust)
+    # evaluate records exactly that, and each part's running robustness, which only falls.
+    np.testing.assert_array_equal(out.correct["autoattack"], robust)
+    parts = out.extra["autoattack"]
+    assert list(parts) == list(eval_lib.AUTOATTACK_PARTS)
+    np.testing.assert_array_equal(parts["square"], robust)
+    for earlier, later in zip(eval_lib.AUTOATTACK_PARTS, eval_lib.AUTOATTACK_PARTS[1:]):
+        assert not np.any(parts[later] & ~parts[earlier]), (earlier, later)
+    # The ensemble breaks examples, more than its first member alone (same seed, same examples).
+    assert 0.0 < acc["autoattack"] < acc["clean"]
+    np.testing.assert_array_equal(parts["apgd-ce"], out.correct["apgd-ce"])
+    assert acc["autoattack"] < acc["apgd-ce"]
+    for name in ("autoattack", "apgd-ce", "square"):
+        assert out.max_perturbation[name] <= eps + 1e-6 and acc[name] <= acc["clean"], name
         assert 0.0 <= out.pixel_range[name][0] and out.pixel_range[name][1] <= 1.0
-    assert acc["worst_case"] <= min(acc["apgd-ce"], acc["square"], acc["pgd10_margin"])
-    assert "blackbox_not_below_whitebox" in {c.name for c in masking.masking_checks(out, specs)}
+    assert acc["worst_case"] <= min(acc["autoattack"], acc["square"], acc["pgd10_margin"])
+    check = {c.name: c for c in masking.masking_checks(out, specs)}["blackbox_not_below_whitebox"]
+    assert check.passed is True and check.detail["square_runs"] == ["autoattack", "square"]
 
 
 # ---------------------------------------------------------------------------
@@ -785,11 +845,42 @@ def test_mirrored_strategy_matches_default(runs, tiny_data_dir, tmp_path):
         proc = _run_cli(*args, *extra, f"--output_dir={tmp_path / name}")
         assert proc.returncode == 0, proc.stderr[-3000:]
         results[name] = json.load(open(tmp_path / name / "results.json"))
+    # Two replicas really ran (a mirrored strategy over one device would pass the comparison below).
+    assert (results["default"]["replicas"], results["mirrored"]["replicas"]) == (1, 2)
     assert results["mirrored"]["strategy"] == "mirrored"
     for attack in ("clean", "fgsm", "pgd4", "worst_case"):
         assert results["mirrored"]["accuracy"][attack] == pytest.approx(
             results["default"]["accuracy"][attack]
         )
+
+
+def test_command_takes_dataset_and_eps_from_metadata(runs, tiny_data_dir, tmp_path):
+    # Without --dataset and --eps, evaluate uses the export's metadata.json: here a dataset and a
+    # training eps that are no default (mnist, which the tiny IDX files also serve, and 0.0625).
+    export_dir = tmp_path / "export"
+    shutil.copytree(os.path.join(runs["a"], "export"), export_dir)
+    metadata = json.load(open(export_dir / "metadata.json"))
+    assert metadata["dataset"] == "fashion_mnist"
+    metadata["dataset"] = "mnist"
+    metadata["config"]["classifier"]["eps"] = 0.0625
+    (export_dir / "metadata.json").write_text(json.dumps(metadata))
+    out_dir = tmp_path / "eval"
+    proc = _run_cli(
+        f"--model={export_dir}",
+        f"--data_dir={tiny_data_dir}",
+        "--nodownload",
+        "--num_examples=16",
+        "--attacks=clean,fgsm",
+        "--noeps_checks",
+        "--square_check_queries=0",
+        "--verbose=0",
+        f"--output_dir={out_dir}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.load(open(out_dir / "results.json"))
+    assert res["dataset"] == "mnist"
+    assert res["eps"] == pytest.approx(0.0625) and res["eps_source"] == "metadata"
+    assert res["attacks"]["fgsm"]["max_perturbation"] == pytest.approx(0.0625, abs=1e-6)
 
 
 def test_eps_checks_pass_on_plain_and_fail_on_masked_model(model_a, tiny_data_dir):
