@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
+import shutil
 import struct
 import time
 
@@ -21,6 +22,13 @@ IDX_STEMS = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+
+
+def _skip_unless_ci(reason: str) -> None:
+    """Skips the test outside CI; in CI (CI=true, as .ci/run sets) what it needs must be there."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{reason}; CI (CI={os.environ['CI']}) must run this test, not skip it")
+    pytest.skip(reason)
 
 
 @pytest.fixture(autouse=True)
@@ -271,6 +279,45 @@ def test_download_failure_is_wrapped(tmp_path, monkeypatch):
         data.load_arrays(config, "train")
     assert "svhn_cropped" in str(err.value)
     assert isinstance(err.value.__cause__, OSError)
+
+
+def test_sources_are_tried_in_the_readme_order(tmp_path, monkeypatch):
+    # README, Data: (1) TFDS's prepared copy in --data_dir; (2) IDX files in --data_dir, in
+    # --data_dir/<dataset>/ (both spellings for Fashion-MNIST), then in the Debian directory;
+    # (3) a TFDS download. Every source holds a copy of its own size; each is removed in turn.
+    debian = tmp_path / "debian"
+    info = data.dataset_info("fashion_mnist")
+    monkeypatch.setitem(
+        data.DATASETS, "fashion_mnist", dataclasses.replace(info, idx_system_dirs=(str(debian),))
+    )
+    data_dir = tmp_path / "data"
+    idx_dirs = [data_dir, data_dir / "fashion_mnist", data_dir / "fashion-mnist", debian]
+    for n, directory in enumerate(idx_dirs):
+        write_idx_dataset(directory, random_splits(3 + n, 2, seed=n), gz=n % 2 == 1)
+    tfds_dir = prepare_tfds_metadata(data_dir, "fashion_mnist")  # inside data_dir/fashion_mnist/
+    config = DataConfig(dataset="fashion_mnist", data_dir=str(data_dir), download=True)
+
+    def loaded() -> int:
+        data.clear_cache()
+        return len(data.load_arrays(config, "train")[1])
+
+    with tfds.testing.mock_data(num_examples=9, data_dir=str(data_dir)):
+        assert data.describe_source(config) == f"tfds:{tfds_dir}"
+        assert loaded() == 9
+    shutil.rmtree(tfds_dir)
+    for n, directory in enumerate(idx_dirs):
+        assert data.describe_source(config) == f"idx:{directory}", n
+        assert loaded() == 3 + n
+        for stem in IDX_STEMS["train"] + IDX_STEMS["test"]:
+            os.remove(os.path.join(directory, stem + (".gz" if n % 2 == 1 else "")))
+    assert data.describe_source(config) == "tfds-download"
+    # Without the download, the error lists the places in the same order.
+    with pytest.raises(data.DatasetNotFoundError) as err:
+        data.describe_source(dataclasses.replace(config, download=False))
+    message = str(err.value)
+    places = [f"TFDS prepared data: {tfds_dir}"] + [f"IDX files: {d}" for d in idx_dirs]
+    positions = [message.find(place + "\n") for place in places]
+    assert -1 not in positions and positions == sorted(positions), message
 
 
 # --- TFDS (faked by tfds.testing.mock_data) ------------------------------
@@ -529,11 +576,9 @@ def test_eval_dataset_rejects_bad_sizes(tmp_path, indexed_config):
 # --- The real Debian copy ---------------------------------------------------
 
 
-@pytest.mark.skipif(
-    not os.path.isdir(DEBIAN_FASHION_MNIST),
-    reason="Debian package dataset-fashion-mnist is not installed",
-)
 def test_debian_fashion_mnist(tmp_path):
+    if not os.path.isdir(DEBIAN_FASHION_MNIST):
+        _skip_unless_ci("Debian package dataset-fashion-mnist is not installed")
     # An empty data_dir: no TFDS copy there, so the Debian files are used.
     config = DataConfig(dataset="fashion_mnist", data_dir=str(tmp_path), download=False)
     assert data.describe_source(config) == f"idx:{DEBIAN_FASHION_MNIST}"
