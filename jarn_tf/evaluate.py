@@ -26,7 +26,7 @@ from typing import List, Optional
 
 from absl import app, flags, logging
 
-from jarn_tf import config
+from jarn_tf import config, flag_utils
 from jarn_tf.flag_utils import define_fraction, parse_fraction
 
 FLAGS = flags.FLAGS
@@ -483,6 +483,7 @@ def main(argv) -> Optional[int]:
 def run() -> None:
     """Console-script entry point (proposed name ``jarn-evaluate``)."""
     define_evaluate_flags()
+    flag_utils.help_for_console_script(__name__, __doc__)
     app.run(main)
 
 

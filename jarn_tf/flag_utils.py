@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import fractions
+import sys
 from typing import Any, List, Mapping, Optional
 
 from absl import flags
@@ -262,3 +263,22 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS):
         runtime=section_from_flags(config_lib.RuntimeConfig, fv, presets),
         mode_config=section_from_flags(config_lib.mode_section_class(fv.mode), fv, presets),
     )
+
+
+def help_for_console_script(module_name: str, doc: Optional[str]) -> None:
+    """Makes absl's ``--help`` show a command's docstring and flags under its console script.
+
+    absl's ``--help`` prints the docstring of ``__main__`` and the key flags of the module at
+    ``sys.argv[0]``. Under ``python -m jarn_tf.train`` that is the command's module; under the
+    console script (``jarn-train``) it is the wrapper pip wrote, which has neither, so ``--help``
+    printed only a usage line. Call from the console-script entry point after defining the flags.
+
+    Args:
+      module_name: the command's module (``__name__`` of ``jarn_tf.train``...).
+      doc: its docstring.
+    """
+    main = sys.modules.get("__main__")
+    if main is not None and not getattr(main, "__doc__", None) and doc:
+        main.__doc__ = doc
+    for flag in flags.FLAGS.get_key_flags_for_module(module_name):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)

@@ -160,6 +160,7 @@ def _parse_flags(argv: List[str]) -> List[str]:
 def run() -> None:
     """Console-script entry point (``jarn-train``)."""
     define_train_flags()
+    flag_utils.help_for_console_script(__name__, __doc__)
     app.run(main, flags_parser=_parse_flags)
 
 
