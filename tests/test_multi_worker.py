@@ -2,8 +2,9 @@
 
 Two workers (MultiWorkerMirroredStrategy, one CPU replica each) must end
 with identical weights, equal to one process on the same global batches;
-a worker killed mid-run and the job restarted must resume every worker
-from the same step and end where an uninterrupted run ends; SIGTERM to one
+a worker killed mid-run (at a seeded step, between checkpoints) and the job
+restarted must resume every worker from the step before and end where an
+uninterrupted run ends; SIGTERM to one
 worker must checkpoint every worker at the same step.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import signal
 import socket
@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 import pytest
+from test_faults import fault_env, kill_points
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(REPO, "run_scripts", "multi_worker_local.sh")
@@ -169,10 +170,11 @@ def test_chief_alone_writes_the_run(two_worker_run):
     assert not [d for d in os.listdir(two_worker_run["scratch"]) if d.startswith("jarn_tf-")]
 
 
-def _launch(n: int, args: list, **env) -> subprocess.Popen:
+def _launch(n: int, args: list, env: dict = None) -> subprocess.Popen:
+    """Runs the launcher (with ``env``, default ``_env()``) on ``n`` workers."""
     return subprocess.Popen(
         ["bash", LAUNCHER, str(n)] + args,
-        env=_env(MULTI_WORKER_GRACE="5", **env),
+        env=dict(env or _env(), MULTI_WORKER_GRACE="5", PYTHONUNBUFFERED="1"),
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -223,34 +225,35 @@ def test_killed_worker_then_restarted_job_resumes_all_from_one_step(
         + RUN_FLAGS
         + [f"--data_dir={tiny_data_dir}", f"--model_dir={model_dir}", f"--train_steps={STEPS}"]
     )
-    kill_after = random.Random().choice([2, 4])
-    proc = _launch(2, args)
+    # Worker 1 sends itself SIGKILL right after step kill_at (odd, so between
+    # checkpoints): the chief cannot finish the next step, the launcher stops it.
+    (kill_at,) = kill_points([3, 5])
+    proc = _launch(2, args, fault_env(tmp_path / "hook", f"step:{kill_at}:KILL:1"))
     output = _Output(proc)
-    _wait(lambda: output.pid(1) and latest_step(model_dir) >= kill_after, proc, output)
-    os.kill(output.pid(1), signal.SIGKILL)
-    proc.wait(timeout=120)
+    proc.wait(timeout=300)
     text = output.join()
     assert proc.returncode != 0, text[-3000:]
-    assert "worker 1 failed" in text
-    resumed_from = latest_step(model_dir)
-    assert kill_after <= resumed_from <= STEPS
+    assert f"[worker 1] [fault] SIGKILL after step {kill_at}" in text, text[-3000:]
+    assert "[fault]" not in _lines_of(text, 0), text[-3000:]
+    assert "worker 1 failed" in text and "Finished" not in text, text[-3000:]
+    assert latest_step(model_dir) == kill_at - 1
 
-    proc = _launch(2, args)
+    proc = _launch(2, args, fault_env(tmp_path / "hook"))
     output = _Output(proc)
     proc.wait(timeout=600)
     text = output.join()
     assert proc.returncode == 0, text[-3000:]
-    if resumed_from < STEPS:
-        for worker in (0, 1):
-            assert f"[worker {worker}] Finished at step {STEPS} in" in text, text[-3000:]
-            assert f"(resumed from step {resumed_from})" in _lines_of(text, worker), text[-3000:]
+    for worker in (0, 1):
+        lines = _lines_of(text, worker)
+        assert f"[worker {worker}] Finished at step {STEPS} in" in lines, text[-3000:]
+        assert f"(resumed from step {kill_at - 1})" in lines, text[-3000:]
     # Same final weights as the uninterrupted two-worker run.
     reference = checkpoint_values(two_worker_run["model_dir"], STEPS)
     resumed = checkpoint_values(model_dir, STEPS)
     assert reference.keys() == resumed.keys()
     for name in reference:
         np.testing.assert_array_equal(
-            reference[name], resumed[name], err_msg=f"{name} (killed after {kill_after})"
+            reference[name], resumed[name], err_msg=f"{name} (killed after {kill_at})"
         )
 
 
