@@ -10,9 +10,13 @@
                     written with ``keras.ops``).
   metadata.json     dataset, image shape, classes, value range, step.
 
-Every artefact is written next to its final place, and all three are moved
-in with renames only once all are written, so a failure while writing leaves
-the previous export whole and a run killed while exporting leaves it usable.
+All three are written to a new sibling directory (``export.tmp-XXXX``) that
+then replaces ``export/`` whole: ``export`` is renamed to ``export.old``, the
+new directory to ``export``, and ``export.old`` is deleted. A failure while
+writing leaves the previous export whole; a kill at any point leaves one
+whole export, old or new, never a mix: killed between the two renames, only
+``export.old`` is there, which ``load_model`` reads and the next export moves
+back before replacing it.
 
 ``load_model`` reads an export back (or a bare SavedModel or .keras file) as
 a differentiable ``images -> logits`` function with what is known about its
@@ -24,10 +28,11 @@ batch it is given), the protocol of the authors' release.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 import shutil
-import tempfile
+import uuid
 import zipfile
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
@@ -57,32 +62,91 @@ class ServingModule(tf.Module):
         return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
 
 
+def _is_export_or_saved_model(directory: str) -> bool:
+    return os.path.isdir(directory) and any(
+        os.path.exists(os.path.join(directory, name))
+        for name in (SAVED_MODEL_DIR, KERAS_FILE, METADATA_FILE, "saved_model.pb")
+    )
+
+
+def _recovered(path: str) -> str:
+    """Where to read ``path`` from after a kill inside an export's swap.
+
+    A kill between ``_replace_dir``'s two renames leaves the previous export
+    (or, in an export written before exports swapped whole directories, the
+    previous SavedModel) alone at ``<name>.old``; readers use it until the
+    next export moves it back. ``path`` is an export directory, a path inside
+    one, or anything else (returned as it is).
+    """
+    path = os.path.normpath(path)
+    if os.path.exists(path):
+        return path
+    if _is_export_or_saved_model(f"{path}.old"):
+        return f"{path}.old"
+    parent, name = os.path.split(path)
+    if name and not os.path.exists(parent) and _is_export_or_saved_model(f"{parent}.old"):
+        return os.path.join(f"{parent}.old", name)
+    return path
+
+
+def export_path(export_dir: str) -> str:
+    """The directory to read the export at ``export_dir`` from: ``export_dir``, or
+    ``export_dir.old`` when a kill between the swap's two renames left only the
+    previous export there (the next export moves it back)."""
+    return _recovered(export_dir)
+
+
 def saved_model_path(export_dir: str) -> str:
-    """The export's SavedModel directory: ``saved_model``, or ``saved_model.old``
-    when a kill between ``_replace_dir``'s two renames left only the previous one
-    (the next export puts it back)."""
-    final = os.path.join(export_dir, SAVED_MODEL_DIR)
-    old = f"{final}.old"
-    return old if not os.path.exists(final) and os.path.isdir(old) else final
+    """The export's SavedModel directory: ``saved_model`` of ``export_path(export_dir)``,
+    or ``saved_model.old`` in an export written by an older version that was
+    killed between the SavedModel's two renames."""
+    return _recovered(os.path.join(export_path(export_dir), SAVED_MODEL_DIR))
 
 
 def _replace_dir(tmp: str, final: str) -> None:
     """Moves directory ``tmp`` to ``final``, keeping a whole copy in place if killed.
 
-    ``final`` is renamed to ``final.old`` and ``tmp`` to ``final``; a kill
-    between the two leaves ``final.old`` alone, which readers use
-    (``saved_model_path``) and the next call first moves back.
+    ``final`` is renamed to ``final.old`` and ``tmp`` to ``final``, then
+    ``final.old`` is deleted. A kill between the two renames leaves
+    ``final.old`` alone, which readers use (``_recovered``) and the next call
+    (``_recover_dir``) first moves back; a kill while deleting it leaves a
+    part of it beside the whole ``final``, which readers ignore and the next
+    call deletes. An exception between the renames moves ``final.old`` back.
     """
+    old = f"{final}.old"
+    _recover_dir(final)
+    if os.path.exists(final):
+        os.rename(final, old)
+    try:
+        os.rename(tmp, final)
+    except BaseException:
+        if not os.path.exists(final) and os.path.isdir(old):
+            os.rename(old, final)
+        raise
+    if os.path.exists(old):
+        shutil.rmtree(old)
+
+
+def _recover_dir(final: str) -> None:
+    """Undoes what a kill inside ``_replace_dir(..., final)`` left: moves ``final.old``
+    back when it is alone, deletes it when ``final`` is there."""
     old = f"{final}.old"
     if not os.path.exists(final) and os.path.isdir(old):
         os.rename(old, final)  # a previous export was killed between the renames
     if os.path.exists(old):
-        shutil.rmtree(old)
-    if os.path.exists(final):
-        os.rename(final, old)
-    os.rename(tmp, final)
-    if os.path.exists(old):
-        shutil.rmtree(old)
+        shutil.rmtree(old)  # a previous export was killed while deleting it
+
+
+def _new_dir(parent: str, prefix: str) -> str:
+    """Creates a new directory ``parent/prefix<random>`` with the usual permissions
+    (``tempfile.mkdtemp``'s are 0700, which would hide the export from other users)."""
+    while True:
+        path = os.path.join(parent, prefix + uuid.uuid4().hex[:8])
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
 
 
 def export_classifier(
@@ -93,6 +157,10 @@ def export_classifier(
 ) -> str:
     """Writes the SavedModel, the .keras file and metadata to ``export_dir``.
 
+    All three are written to a new sibling directory (``<export_dir>.tmp-XXXX``),
+    which then replaces ``export_dir`` as a whole (``_replace_dir``): anything
+    else in ``export_dir`` is not kept.
+
     Args:
       classifier: Keras model mapping [0, 1] images to logits.
       export_dir: destination directory (created if needed).
@@ -102,8 +170,9 @@ def export_classifier(
     Returns:
       The path of the SavedModel directory.
     """
-    os.makedirs(export_dir, exist_ok=True)
-    final = os.path.join(export_dir, SAVED_MODEL_DIR)
+    final = os.path.normpath(os.path.abspath(export_dir))
+    parent, name = os.path.split(final)
+    os.makedirs(parent, exist_ok=True)
     payload = {
         "image_shape": list(image_shape),
         "input_range": [0.0, 1.0],
@@ -112,29 +181,29 @@ def export_classifier(
         **(dict(metadata) if metadata else {}),
     }
 
-    # Everything is written aside first and moved in only once all three are
-    # complete, so a failure while writing leaves the previous export whole
-    # (not a new SavedModel beside the old .keras file and metadata).
-    tmp = tempfile.mkdtemp(prefix=".tmp-saved_model-", dir=export_dir)
-    fd, tmp_keras = tempfile.mkstemp(prefix=".tmp-classifier-", suffix=".keras", dir=export_dir)
-    os.close(fd)
-    tmp_meta = os.path.join(export_dir, f".{METADATA_FILE}.tmp")
+    _recover_dir(final)
+    # What an export killed while writing left aside.
+    for stale in glob.glob(os.path.join(glob.escape(parent), f"{glob.escape(name)}.tmp-*")):
+        shutil.rmtree(stale, ignore_errors=True)
+
+    # Everything is written aside and moved in with one directory swap, so a
+    # failure while writing leaves the previous export whole and a kill at any
+    # point leaves readers one whole export, old or new.
+    tmp = _new_dir(parent, f"{name}.tmp-")
     try:
         module = ServingModule(classifier, image_shape)
-        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
-        classifier.save(tmp_keras)
-        with open(tmp_meta, "w") as f:
+        tf.saved_model.save(
+            module, os.path.join(tmp, SAVED_MODEL_DIR), signatures={"serving_default": module.serve}
+        )
+        classifier.save(os.path.join(tmp, KERAS_FILE))
+        with open(os.path.join(tmp, METADATA_FILE), "w") as f:
             json.dump(payload, f, indent=2, sort_keys=True, default=str)
             f.write("\n")
         _replace_dir(tmp, final)
-        os.replace(tmp_keras, os.path.join(export_dir, KERAS_FILE))
-        os.replace(tmp_meta, os.path.join(export_dir, METADATA_FILE))
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for path in (tmp_keras, tmp_meta):
-            if os.path.exists(path):
-                os.remove(path)
-    return final
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return os.path.join(export_dir, SAVED_MODEL_DIR)
 
 
 # ---------------------------------------------------------------------------
@@ -313,12 +382,13 @@ def load_model(path: str, training: bool = False) -> LoadedModel:
       ValueError: nothing loadable at ``path`` (the message says what was
         looked for), or ``training`` with only a SavedModel there.
     """
-    path = os.path.abspath(path)
+    # A kill inside an export's swap may have left the previous export at <export>.old alone.
+    path = _recovered(os.path.abspath(path))
     model_dir = None
     if os.path.isdir(saved_model_path(path)) or os.path.isfile(os.path.join(path, KERAS_FILE)):
         export_dir = path
-    elif os.path.isdir(os.path.join(path, "export")):
-        model_dir, export_dir = path, os.path.join(path, "export")
+    elif os.path.isdir(export_path(os.path.join(path, "export"))):
+        model_dir, export_dir = path, export_path(os.path.join(path, "export"))
     else:
         export_dir = None
 

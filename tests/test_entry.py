@@ -1,4 +1,4 @@
-"""The main command, the flagfiles, --epochs, and export atomicity."""
+"""The main command, the flagfiles, --epochs, and a failed export (kills inside one: test_export_swap.py)."""
 
 from __future__ import annotations
 
@@ -157,6 +157,7 @@ def test_failed_export_keeps_the_whole_previous_export(where, tmp_path, monkeypa
         old["files"] == ["classifier.keras", "metadata.json", "saved_model"] and old["metadata"]["step"] == 2
     )
     np.testing.assert_allclose(old["keras"], old["saved_model"], rtol=1e-5, atol=1e-5)
+    run_files = sorted(os.listdir(os.path.dirname(export_dir)))
 
     for w in classifier.trainable_weights:  # the new export's model differs from the old one
         w.assign(w + 0.1)
@@ -169,6 +170,7 @@ def test_failed_export_keeps_the_whole_previous_export(where, tmp_path, monkeypa
     monkeypatch.undo()
     after = _export_state(export_dir, images)
     assert after["files"] == old["files"]  # nothing half-written or set aside is left
+    assert sorted(os.listdir(os.path.dirname(export_dir))) == run_files
     assert after["metadata"] == old["metadata"]
     np.testing.assert_array_equal(after["saved_model"], old["saved_model"])
     np.testing.assert_array_equal(after["keras"], old["keras"])
@@ -177,6 +179,7 @@ def test_failed_export_keeps_the_whole_previous_export(where, tmp_path, monkeypa
     export.export_classifier(classifier, export_dir, (28, 28, 1), metadata=new_metadata)
     new = _export_state(export_dir, images)
     assert new["files"] == old["files"] and new["metadata"]["step"] == 3
+    assert sorted(os.listdir(os.path.dirname(export_dir))) == run_files
     np.testing.assert_allclose(new["saved_model"], new_logits, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(new["keras"], new_logits, rtol=1e-5, atol=1e-5)
 
@@ -212,38 +215,3 @@ def test_train_steps_overrides_a_flagfiles_epochs_on_the_command_line(tiny_data_
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Finished at step 3 " in proc.stdout
-
-
-def test_export_killed_between_the_saved_model_renames_stays_loadable(tiny_config, tmp_path, monkeypatch):
-    result = train_lib.train(tiny_config(train_steps=2), str(tmp_path / "run"), eval_examples=0, verbose=0)
-    export_dir = result.export_dir
-    classifier = result.trainer.networks["classifier"]
-    images = tf.random.stateless_uniform([4, 28, 28, 1], seed=[0, 1])
-    before = classifier(images, training=False).numpy()
-
-    # Die right after saved_model -> saved_model.old, before the new one is moved in.
-    real_rename = os.rename
-
-    def rename(src, dst):
-        real_rename(src, dst)
-        if dst.endswith("saved_model.old"):
-            raise KeyboardInterrupt()
-
-    monkeypatch.setattr(os, "rename", rename)
-    for w in classifier.trainable_weights:
-        w.assign(w + 1.0)
-    with pytest.raises(KeyboardInterrupt):
-        export.export_classifier(classifier, export_dir, (28, 28, 1))
-    monkeypatch.undo()
-    assert not os.path.exists(os.path.join(export_dir, "saved_model"))
-    # Readers use the previous SavedModel (the .keras file is not there to prefer).
-    os.remove(os.path.join(export_dir, "classifier.keras"))
-    loaded = export.load_model(export_dir)
-    assert loaded.format == "saved_model"
-    np.testing.assert_allclose(loaded.model_fn(images).numpy(), before, rtol=1e-5, atol=1e-5)
-    # The next export puts it back first, then replaces it; nothing is left aside.
-    export.export_classifier(classifier, export_dir, (28, 28, 1))
-    assert sorted(os.listdir(export_dir)) == ["classifier.keras", "metadata.json", "saved_model"]
-    saved = tf.saved_model.load(os.path.join(export_dir, "saved_model"))
-    after = saved.serve(images)["logits"].numpy()
-    np.testing.assert_allclose(after, classifier(images, training=False).numpy(), rtol=1e-5, atol=1e-5)
