@@ -214,8 +214,9 @@ def _default_output_dir(model) -> str:
     if model.model_dir:
         return os.path.join(model.model_dir, "eval")
     parent = os.path.dirname(model.path)
-    # An export directory's parent is the run's model_dir.
-    if os.path.basename(parent) == "export":
+    # An export directory's parent is the run's model_dir (export.old: after a
+    # kill inside the export swap, which the next export deletes).
+    if os.path.basename(parent) in ("export", "export.old"):
         parent = os.path.dirname(parent)
     return os.path.join(parent, "eval")
 

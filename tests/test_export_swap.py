@@ -216,3 +216,17 @@ def test_an_older_versions_export_killed_between_its_saved_model_renames(classif
     assert loaded.format == "saved_model" and loaded.path == os.path.join(export_dir, "saved_model.old")
     np.testing.assert_allclose(loaded.model_fn(IMAGES).numpy(), logits[2], rtol=1e-5, atol=1e-5)
     assert _check_next_export(run_dir, models[3], logits[3]) == []
+
+
+def test_evaluate_writes_next_to_the_run_not_inside_a_leftover_export_old(tmp_path):
+    # After a kill inside the swap only export.old exists; evaluate's default
+    # output must not go inside it (the next export deletes it).
+    import types
+
+    from jarn_tf import evaluate
+
+    for export_name in ("export", "export.old"):
+        model = types.SimpleNamespace(
+            model_dir=None, path=str(tmp_path / "run" / export_name / "classifier.keras")
+        )
+        assert evaluate._default_output_dir(model) == str(tmp_path / "run" / "eval")
