@@ -26,7 +26,18 @@ MODES = {
     "double_backprop": ["--double_backprop=0.01"],
     # JARN in the last 25% as in the paper (the learning rate has decayed).
     "jarn": ["--jarn", "--jarn_start=0.75", "--disc_update_every=2"],
-    "jarn_prob_adam": ["--jarn", "--jarn_start=0", "--jacobian=prob", "--disc_optimizer=adam"],
+    # From the first step at the tiny runs' lr 0.1, JARN with noisy "real"
+    # images (Algorithm 1) can throw the classifier off (xent 0.0 -> 1.7-24
+    # on 3 of 3 seeds tried); without noise the real images are the clean x
+    # and it trains. This mode checks the prob-J and Adam paths; the noise
+    # path is the `jarn` mode's and tests/test_jarn_variants.py's.
+    "jarn_prob_adam": [
+        "--jarn",
+        "--jarn_start=0",
+        "--jacobian=prob",
+        "--disc_optimizer=adam",
+        "--noise_eps=0",
+    ],
     "jarn_at1": ["--jarn", "--jarn_start=0.75", "--at_steps=1"],
 }
 
