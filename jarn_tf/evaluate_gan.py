@@ -1,0 +1,516 @@
+r"""Measures the image quality of a GAN's generator, naming the network that measures it.
+
+  python -m jarn_tf.evaluate_gan --model=runs/wgan_rfm --metrics=fcd,classifier_score \
+      --feature_network=runs/fashion_mnist_standard --num_samples=10000
+
+Draws --num_samples images from the generator (latents from --seed) and
+compares them with the real images of --reference_split through a feature
+network:
+
+* --feature_network: a classifier of this project trained on the same
+  dataset (run dir, export dir or .keras file). Its metrics are the FCD
+  (Fréchet classifier distance, on the input of its last Dense layer, or
+  its logits with --feature_layer=logits) and the classifier score
+  (exp E KL(p(y|x) || p(y)) of its softmax). They are not FID and IS, and
+  not comparable with published FID/IS values.
+* --inception_graph: the 2015 TensorFlow Inception graph as a GraphDef
+  (inception-2015-12-05/classify_image_graph_def.pb; checked: pool_3 of
+  2048 features, 1008 logits). Only its metrics are called FID and IS.
+
+With --reference_floor (default), it also measures --num_samples real
+training images against the reference split: the distance a perfect
+generator would get at this sample count (Fréchet distances of finite
+samples are biased upwards), and the score of real images. Writes
+results.json and results.md (every value, the network's path and SHA-256,
+its feature layer, the sample counts, the reference split, the generator's
+step, the seed, library versions) and samples.png to --output_dir. Bad
+inputs (unknown metric, a metric without its network, a network of another
+dataset or image shape, too few samples for the covariance, no data) fail
+before any image is generated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging as std_logging
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+from absl import app, flags
+
+from jarn_tf import config, flag_utils
+
+FLAGS = flags.FLAGS
+
+METRICS = ("fcd", "classifier_score", "fid", "is")
+_DISTANCES = {"fcd": "classifier", "fid": "inception"}
+_SCORES = {"classifier_score": "classifier", "is": "inception"}
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+SAMPLES_PNG = "samples.png"
+_GRID = 8
+
+
+def define_evaluate_gan_flags() -> None:
+    """Defines every flag of ``jarn_tf.evaluate_gan`` (all optional but --model)."""
+    flags.DEFINE_string(
+        "model",
+        None,
+        "The generator: a GAN run's model_dir (uses export/generator.keras, else export/saved_model), "
+        "its export directory, generator.keras or the saved_model directory. Required.",
+    )
+    flags.DEFINE_list(
+        "metrics",
+        None,
+        "Comma-separated metrics: fcd, classifier_score (need --feature_network), fid, is (need "
+        "--inception_graph). Default: those of the networks given.",
+    )
+    flags.DEFINE_string(
+        "feature_network",
+        None,
+        "Classifier of this project trained on the generator's dataset (run dir, export dir or .keras file) "
+        "for fcd and classifier_score.",
+    )
+    flags.DEFINE_enum(
+        "feature_layer",
+        "penultimate",
+        ["penultimate", "logits"],
+        "Features of --feature_network for the FCD: the input of its last Dense layer, or its logits "
+        "(fewer features, so fewer samples needed).",
+    )
+    flags.DEFINE_string(
+        "inception_graph",
+        None,
+        "GraphDef .pb of the 2015 TensorFlow Inception graph (inception-2015-12-05/"
+        "classify_image_graph_def.pb) for fid and is. Nothing is downloaded.",
+    )
+    flags.DEFINE_integer("num_samples", 10000, "Generated images to measure.", lower_bound=1)
+    flags.DEFINE_enum("reference_split", "test", ["test", "train"], "Split of the real images compared with.")
+    flags.DEFINE_integer(
+        "num_reference",
+        None,
+        "Real images of the reference split to use (the first ones). Default: all.",
+        lower_bound=1,
+    )
+    flags.DEFINE_enum(
+        "dataset", None, config.DATASETS, "Dataset, when the generator's metadata.json does not name it."
+    )
+    flags.DEFINE_string(
+        "data_dir", None, "TFDS data directory, or a directory with MNIST-format IDX files. Default: TFDS's."
+    )
+    flags.DEFINE_integer(
+        "seed", 0, "Seed of the latent vectors (and of the floor's choice of training images)."
+    )
+    flags.DEFINE_integer("batch_size", 100, "Images per forward pass.", lower_bound=1)
+    flags.DEFINE_integer(
+        "score_splits",
+        10,
+        "Splits of the samples for the classifier score / IS (mean and std).",
+        lower_bound=1,
+    )
+    flags.DEFINE_bool(
+        "reference_floor",
+        True,
+        "Also measure --num_samples real training images (test images with --reference_split=train) against "
+        "the reference: the distance of a perfect generator at this sample count.",
+    )
+    flags.DEFINE_bool("samples_png", True, f"Write a grid of {_GRID * _GRID} samples to {SAMPLES_PNG}.")
+    flags.DEFINE_string("output_dir", None, "Where results go. Default: <model_dir>/eval_gan.")
+    flags.DEFINE_integer("verbose", 1, "1: progress lines; 0: quiet.", lower_bound=0)
+    flags.mark_flag_as_required("model")
+
+
+def parse_metrics(
+    metrics: Optional[List[str]], feature_network: Optional[str], inception_graph: Optional[str]
+) -> List[str]:
+    """The metrics to compute, checked against the networks given.
+
+    Raises:
+      ValueError: unknown metric, a metric whose network is missing, or no
+        network at all; the message names the flags.
+    """
+    if not metrics:
+        metrics = (["fcd", "classifier_score"] if feature_network else []) + (
+            ["fid", "is"] if inception_graph else []
+        )
+        if not metrics:
+            raise ValueError(
+                "No feature network: pass --feature_network (a classifier of this project trained on the same "
+                "dataset: FCD, classifier score) and/or --inception_graph (the 2015 Inception GraphDef .pb: "
+                "FID, IS)."
+            )
+    out = []
+    for m in metrics:
+        name = m.strip().lower()
+        if name not in METRICS:
+            raise ValueError(f"Unknown metric {m!r}; valid metrics: {', '.join(METRICS)}.")
+        if name not in out:
+            out.append(name)
+    needs_inception = [m for m in out if m in ("fid", "is")]
+    if needs_inception and not inception_graph:
+        raise ValueError(
+            f"--metrics={','.join(needs_inception)} needs --inception_graph=PATH, the 2015 TensorFlow Inception "
+            "graph (inception-2015-12-05/classify_image_graph_def.pb); no other network gives FID or IS, and "
+            "nothing is downloaded. Without it, measure fcd and classifier_score with --feature_network (a "
+            "classifier trained on the same dataset)."
+        )
+    needs_classifier = [m for m in out if m in ("fcd", "classifier_score")]
+    if needs_classifier and not feature_network:
+        raise ValueError(
+            f"--metrics={','.join(needs_classifier)} needs --feature_network=PATH, a classifier of this project "
+            "trained on the generator's dataset (run dir, export dir or .keras file)."
+        )
+    return out
+
+
+def _default_output_dir(generator) -> str:
+    if generator.model_dir:
+        return os.path.join(generator.model_dir, "eval_gan")
+    parent = os.path.dirname(generator.path)
+    if os.path.basename(parent) in ("export", "export.old"):
+        parent = os.path.dirname(parent)
+    return os.path.join(parent, "eval_gan")
+
+
+def _sample_grid(images, grid: int = _GRID):
+    import numpy as np
+
+    n = min(len(images), grid * grid)
+    h, w, c = images.shape[1:]
+    canvas = np.zeros((grid * h, grid * w, c), np.uint8)
+    for i in range(n):
+        r, col = divmod(i, grid)
+        canvas[r * h : (r + 1) * h, col * w : (col + 1) * w] = np.round(np.clip(images[i], 0, 1) * 255)
+    return canvas
+
+
+def write_samples_png(images, path: str) -> str:
+    """Writes the first 64 images as an 8x8 grid PNG."""
+    import tensorflow as tf
+
+    tf.io.write_file(path, tf.io.encode_png(_sample_grid(images)))
+    return path
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.6g}"
+
+
+def format_markdown(results: Dict[str, Any]) -> str:
+    """The content of results.md."""
+    gen = results["generator"]
+    ref = results["reference"]
+    lines = [
+        f"# Image quality of {gen['path']}",
+        "",
+        f"{results['num_samples']} generated images (latent seed {results['seed']}, generator step "
+        f"{gen.get('step')}), against {ref['num_images']} real {ref['dataset']} {ref['split']} images "
+        f"({ref['selection']} of {ref['split_size']}; source {ref['source']}).",
+        "",
+        "| metric | value | std over splits | real-data floor | network | feature layer (dim) | samples | "
+        "reference |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key, m in results["metrics"].items():
+        floor = m.get("floor") or {}
+        lines.append(
+            f"| {m['name']} | {_fmt(m['value'])} | {_fmt(m.get('std'))} | {_fmt(floor.get('value'))} | "
+            f"{m['network']} | {m['feature_layer']} ({m['feature_dim']}) | {m['num_samples']} | "
+            f"{m['reference_split']} ({m['reference_size']}) |"
+        )
+    lines += ["", "## Networks", ""]
+    for key, net in results["networks"].items():
+        lines.append(
+            f"- **{net['distance_name']} / {net['score_name']}**: `{net['path']}` (sha256 `{net['sha256']}`), "
+            f"{net['kind']}, features: {net['feature_layer']}, {net['feature_dim']} dims, {net['num_classes']} "
+            f"classes; trained on {net['dataset'] or 'n/a'}; input: {net['preprocessing']}."
+        )
+    notes = results.get("notes") or []
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    lines += [
+        "",
+        f"Wall time {results['wall_seconds']:.1f} s. Libraries: "
+        + ", ".join(f"{k} {v}" for k, v in results["library_versions"].items())
+        + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv) -> Optional[int]:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
+    from jarn_tf import data
+    from jarn_tf import gan_metrics as gm
+
+    start = time.time()
+    verbose = FLAGS.verbose
+
+    def say(text: str) -> None:
+        if verbose:
+            print(text, flush=True)
+
+    # Everything that can be wrong with the inputs is checked here, before any image is generated.
+    try:
+        metrics = parse_metrics(FLAGS.metrics, FLAGS.feature_network, FLAGS.inception_graph)
+        for flag in ("model", "feature_network", "inception_graph"):
+            value = FLAGS[flag].value
+            if value and not os.path.exists(value):
+                raise ValueError(f"--{flag}={value}: no such file or directory.")
+        if FLAGS.data_dir and not os.path.isdir(FLAGS.data_dir):
+            raise ValueError(f"--data_dir={FLAGS.data_dir}: no such directory.")
+        generator = gm.load_generator(FLAGS.model)
+        dataset = generator.dataset
+        if FLAGS.dataset and dataset and FLAGS.dataset != dataset:
+            raise ValueError(
+                f"--dataset={FLAGS.dataset} but the generator {generator.path} was trained on {dataset} "
+                "(metadata.json)."
+            )
+        dataset = dataset or FLAGS.dataset
+        if dataset is None:
+            raise ValueError(f"{generator.path} has no metadata.json naming its dataset; pass --dataset.")
+        info = data.dataset_info(dataset)
+        data_dir, data_dir_origin = FLAGS.data_dir, "--data_dir" if FLAGS.data_dir else "default"
+        run_data_dir = ((generator.metadata.get("config") or {}).get("data") or {}).get("data_dir")
+        if data_dir is None and run_data_dir and os.path.isdir(run_data_dir):
+            data_dir, data_dir_origin = run_data_dir, "the generator's training config"
+        if tuple(generator.image_shape) != tuple(info.image_shape):
+            raise ValueError(
+                f"The generator {generator.path} makes images of shape {list(generator.image_shape)} but "
+                f"{dataset} images are {list(info.image_shape)}."
+            )
+        networks: Dict[str, Any] = {}
+        if any(_DISTANCES.get(m) == "classifier" or _SCORES.get(m) == "classifier" for m in metrics):
+            net = gm.load_classifier_network(FLAGS.feature_network, FLAGS.feature_layer)
+            if net.dataset is None:
+                raise ValueError(
+                    f"--feature_network={FLAGS.feature_network}: {net.path} has no metadata.json naming the "
+                    f"dataset it was trained on; pass a classifier export of this project trained on {dataset}."
+                )
+            if net.dataset != dataset:
+                raise ValueError(
+                    f"--feature_network={FLAGS.feature_network} was trained on {net.dataset} but the generator "
+                    f"on {dataset}: its features say nothing about {dataset} images. Pass a classifier trained "
+                    f"on {dataset}."
+                )
+            net.check_image_shape(generator.image_shape, "the generated images")
+            networks["classifier"] = net
+        if any(_DISTANCES.get(m) == "inception" or _SCORES.get(m) == "inception" for m in metrics):
+            net = gm.load_inception_network(FLAGS.inception_graph)
+            net.check_image_shape(generator.image_shape, "the generated images")
+            networks["inception"] = net
+        distance_networks = {_DISTANCES[m] for m in metrics if m in _DISTANCES}
+        for key in distance_networks:
+            dim = networks[key].feature_dim
+            if FLAGS.num_samples <= dim:
+                raise ValueError(
+                    f"--num_samples={FLAGS.num_samples}: the {networks[key].distance_name} fits a full "
+                    f"covariance of {dim} features ({networks[key].feature_layer}), which needs more samples "
+                    f"than features: at least {dim + 1}, better many more."
+                    + (" Or pass --feature_layer=logits." if key == "classifier" else "")
+                )
+        if any(m in _SCORES for m in metrics) and FLAGS.score_splits > FLAGS.num_samples:
+            raise ValueError(
+                f"--score_splits={FLAGS.score_splits} exceeds --num_samples={FLAGS.num_samples}."
+            )
+        # The real images (read before any generation, so missing data fails here).
+        reference_images, reference_info = gm.load_real_images(
+            dataset, FLAGS.reference_split, data_dir, FLAGS.num_reference
+        )
+        floor_split = "train" if FLAGS.reference_split == "test" else "test"
+        floor_images, floor_info = None, None
+        if FLAGS.reference_floor:
+            floor_images, floor_info = gm.load_real_images(
+                dataset, floor_split, data_dir, FLAGS.num_samples, shuffle_seed=FLAGS.seed
+            )
+        for key in distance_networks:
+            dim = networks[key].feature_dim
+            for what, count in (
+                (f"the reference split ({FLAGS.reference_split})", len(reference_images)),
+                (
+                    f"the floor's real {floor_split} images",
+                    len(floor_images) if floor_images is not None else None,
+                ),
+            ):
+                if count is not None and count <= dim:
+                    raise ValueError(
+                        f"{what}: {count} images of {dataset}, but the {networks[key].distance_name}'s covariance of "
+                        f"{dim} features needs at least {dim + 1}."
+                        + (" Pass --noreference_floor to skip the floor." if "floor" in what else "")
+                    )
+        output_dir = os.path.abspath(FLAGS.output_dir or _default_output_dir(generator))
+        if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+            raise ValueError(f"--output_dir={output_dir} is a file; pass a directory for the results.")
+    except (ValueError, data.DatasetNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    notes: List[str] = []
+    if generator.fallback_reason:
+        notes.append(f"Read the SavedModel because the .keras generator failed: {generator.fallback_reason}")
+    if "classifier" in networks:
+        notes.append(
+            "FCD and classifier score are computed with a classifier of this project, not the 2015 Inception "
+            "graph: they are not comparable with published Inception-based values, only with values of the "
+            "same classifier file (sha256), feature layer, sample count and reference."
+        )
+    if floor_info is not None and floor_info["num_images"] < FLAGS.num_samples:
+        notes.append(
+            f"The floor uses {floor_info['num_images']} real {floor_split} images (all there are), fewer than the "
+            f"{FLAGS.num_samples} generated: its bias is larger than at the generated sample count."
+        )
+
+    say(
+        f"Generating {FLAGS.num_samples} images with {generator.path} ({generator.format}, step {generator.step}), "
+        f"seed {FLAGS.seed}; metrics: {', '.join(metrics)}."
+    )
+    generated = generator.generate(FLAGS.num_samples, FLAGS.seed, FLAGS.batch_size)
+    if not np_all_finite(generated):
+        print(f"error: the generator {generator.path} produced NaN or infinite pixels.", file=sys.stderr)
+        return 1
+    pixel_range = [float(generated.min()), float(generated.max())]
+    outside = float(((generated < 0) | (generated > 1)).mean())
+    if outside > 0:
+        notes.append(
+            f"{outside:.3%} of the generated pixels lie outside [0, 1] (range {pixel_range}); they were clipped to "
+            "[0, 1] before measuring."
+        )
+        generated = generated.clip(0.0, 1.0)
+
+    results_metrics: Dict[str, Any] = {}
+    for key, net in networks.items():
+        say(f"{net.distance_name} / {net.score_name} network: {net.path} ({net.feature_layer}).")
+        gen_features, gen_probs = net.features_and_probabilities(generated, FLAGS.batch_size)
+        ref_features, ref_probs = net.features_and_probabilities(reference_images, FLAGS.batch_size)
+        floor_features = floor_probs = None
+        if floor_images is not None:
+            floor_features, floor_probs = net.features_and_probabilities(floor_images, FLAGS.batch_size)
+        common = {
+            "network": net.path,
+            "network_kind": net.kind,
+            "sha256": net.sha256,
+            "feature_layer": net.feature_layer,
+            "feature_dim": net.feature_dim,
+            "num_samples": len(generated),
+            "reference_split": reference_info["split"],
+            "reference_size": reference_info["num_images"],
+        }
+        distance_key = [m for m in metrics if _DISTANCES.get(m) == key]
+        if distance_key:
+            ref_stats = gm.feature_statistics(ref_features)
+            value = gm.frechet_distance(*gm.feature_statistics(gen_features), *ref_stats)
+            entry = {"name": net.distance_name, "long_name": net.distance_long_name, "value": value, **common}
+            if floor_features is not None:
+                entry["floor"] = {
+                    "value": gm.frechet_distance(*gm.feature_statistics(floor_features), *ref_stats),
+                    "num_real": len(floor_features),
+                    "split": floor_split,
+                    "selection": floor_info["selection"],
+                    "meaning": "real images against the reference: what a perfect generator gets at this count",
+                }
+            results_metrics[distance_key[0]] = entry
+        score_key = [m for m in metrics if _SCORES.get(m) == key]
+        if score_key:
+            splits = FLAGS.score_splits
+            mean, std = gm.classifier_score_and_std(gen_probs, splits)
+            ref_mean, ref_std = gm.classifier_score_and_std(ref_probs, min(splits, len(ref_probs)))
+            entry = {
+                "name": net.score_name,
+                "long_name": net.score_long_name,
+                "value": mean,
+                "std": std,
+                "splits": splits,
+                "num_classes": net.num_classes,
+                "reference_value": ref_mean,
+                "reference_std": ref_std,
+                **common,
+            }
+            if floor_probs is not None:
+                floor_mean, floor_std = gm.classifier_score_and_std(
+                    floor_probs, min(splits, len(floor_probs))
+                )
+                entry["floor"] = {
+                    "value": floor_mean,
+                    "std": floor_std,
+                    "num_real": len(floor_probs),
+                    "split": floor_split,
+                    "selection": floor_info["selection"],
+                    "meaning": "the score of real images, at this count",
+                }
+            results_metrics[score_key[0]] = entry
+        for m in distance_key + score_key:
+            e = results_metrics[m]
+            floor = e.get("floor")
+            say(
+                f"  {e['name']}: {e['value']:.6g}"
+                + (f" (std {e['std']:.3g} over {e['splits']} splits)" if "std" in e else "")
+                + (
+                    f"; real-data floor {floor['value']:.6g} ({floor['num_real']} {floor['split']} images)"
+                    if floor
+                    else ""
+                )
+            )
+
+    from jarn_tf import results as results_lib
+
+    paths = {}
+    os.makedirs(output_dir, exist_ok=True)
+    if FLAGS.samples_png:
+        paths["samples_png"] = write_samples_png(generated, os.path.join(output_dir, SAMPLES_PNG))
+    results = {
+        "kind": "gan_image_quality",
+        "metrics": results_metrics,
+        "generator": {
+            "path": generator.path,
+            "format": generator.format,
+            "sha256": generator.sha256,
+            "model_dir": generator.model_dir,
+            "step": generator.step,
+            "dataset": dataset,
+            "mode": generator.metadata.get("mode"),
+            "latent_dim": generator.latent_dim,
+            "latent_distribution": generator.latent_distribution,
+            "image_shape": list(generator.image_shape),
+            "pixel_range": pixel_range,
+        },
+        "networks": {key: net.describe() for key, net in networks.items()},
+        "reference": {**reference_info, "data_dir": data_dir, "data_dir_from": data_dir_origin},
+        "reference_floor": floor_info,
+        "num_samples": len(generated),
+        "seed": FLAGS.seed,
+        "batch_size": FLAGS.batch_size,
+        "notes": notes,
+        "command": list(sys.argv),
+        "wall_seconds": time.time() - start,
+        "library_versions": results_lib.library_versions(),
+    }
+    paths["json"] = os.path.join(output_dir, RESULTS_JSON)
+    paths["md"] = os.path.join(output_dir, RESULTS_MD)
+    with open(paths["json"], "w") as f:
+        json.dump(results, f, indent=2, default=str)
+        f.write("\n")
+    with open(paths["md"], "w") as f:
+        f.write(format_markdown(results))
+    say(f"Results: {', '.join(paths.values())}")
+    return 0
+
+
+def np_all_finite(array) -> bool:
+    import numpy as np
+
+    return bool(np.all(np.isfinite(array)))
+
+
+def run() -> None:
+    """Console-script entry point ``jarn-evaluate-gan``."""
+    define_evaluate_gan_flags()
+    flag_utils.help_for_console_script(__name__, __doc__)
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
