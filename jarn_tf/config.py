@@ -51,6 +51,38 @@ JARN_VARIANT_DEFAULTS = {
     "release_intended": dict(jacobian="prob", jarn_start=0.875),
 }
 
+# The ``gan`` mode (``GANConfig``): losses f of eq. 1 of Zhou & Kraehenbuehl
+# (ICLR 2019), generator objectives, discriminator regularisers, the attacks
+# that AR and RFM defend against, and what they regularise (Appendix D).
+GAN_LOSSES = ("gan", "lsgan", "wgan")
+GAN_GENERATOR_LOSSES = ("minimax", "non_saturating")
+DISC_REGULARIZERS = ("none", "instance_noise", "gradient_penalty", "ar", "rfm")
+REG_ATTACKS = ("fgm", "fgsm", "pgd", "cw")
+REG_TARGETS = ("discriminator", "loss")
+
+# Values a mode gives the common sections' flags that were not given on the
+# command line (or in a flagfile): the GAN papers train with Adam 2e-4 at a
+# constant rate, batch 64, weight decay 1e-4 and no augmentation.
+MODE_PRESETS: Dict[str, Dict[str, Any]] = {
+    "gan": dict(learning_rate=2e-4, lr_boundaries=(), weight_decay=1e-4, batch_size=64, augment=False),
+}
+# Common-section flags that mean nothing in a mode: giving one is an error.
+MODE_UNUSED_FLAGS: Dict[str, Tuple[str, ...]] = {
+    "gan": (
+        "momentum",
+        "model",
+        "wrn_depth",
+        "wrn_width",
+        "cnn_channels",
+        "disc_layers",
+        "disc_base_channels",
+        "standardize_input",
+        "sync_batchnorm",
+        "eval_pgd_steps",
+        "eval_pgd_examples",
+    ),
+}
+
 # Settings per dataset, used for flags left unset: the paper's (section 4) for
 # mnist, svhn and cifar10. fashion_mnist is not in the paper: it takes the
 # paper's MNIST settings with our eps 0.1 (0.3 destroys Fashion-MNIST's
@@ -455,8 +487,187 @@ class ClassifierConfig:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class GANConfig:
+    """The ``gan`` mode: a GAN whose discriminator may be made robust.
+
+    Zhou & Kraehenbuehl, "Don't let your discriminator be fooled" (ICLR 2019).
+    Objective (eq. 1): L(G, D) = E_x f(-D(x)) + E_z f(D(G(z))), maximised by
+    D and minimised by G, with f(t) = -log(1 + e^-t) (gan), -(1 + t)^2 / 2
+    (lsgan) or t (wgan). Sign convention: for gan and wgan the discriminator
+    scores generated images high and real ones low (Mescheder et al.'s
+    convention, which the paper follows); for lsgan its optimum is D = +1 on
+    real and -1 on generated images. Images are in [0, 1]; the regularisers'
+    radius ``reg_delta`` is in those units.
+    """
+
+    RESUMABLE: ClassVar[FrozenSet[str]] = frozenset({"fcd_network", "fcd_samples"})
+
+    gan_loss: str = flag_field("gan", "The loss f of the GAN objective (eq. 1).", choices=GAN_LOSSES)
+    gan_generator_loss: str = flag_field(
+        "minimax",
+        "What the generator minimises. minimax: E f(D(G(z))), eq. 1 as written; non_saturating: "
+        "-E f(-D(G(z))), the generator asks to be taken for real (what most GANs run; the same as "
+        "minimax for wgan).",
+        choices=GAN_GENERATOR_LOSSES,
+    )
+    disc_reg: str = flag_field(
+        "none",
+        "Regulariser of the discriminator: none; instance_noise (Gaussian noise on every discriminator "
+        "input); gradient_penalty (WGAN-GP on interpolates, weight from U(0, 1)); ar (eq. 4: "
+        "(D(G(z)) - D(G(z) + v))^2); rfm (eq. 5: ||phi(G(z)) - phi(G(z) + v)||^2 + alpha ||w||^2 on the "
+        "penultimate features).",
+        choices=DISC_REGULARIZERS,
+    )
+    reg_weight: float = flag_field(
+        10.0,
+        "lambda of --disc_reg=ar or rfm (not in the paper; ours: 10). Only with ar or rfm.",
+        lower=0.0,
+        flag_default=None,
+    )
+    reg_delta: float = flag_field(
+        0.05,
+        "Radius of the attack of ar / rfm in [0, 1] image units: L2 for fgm, pgd and cw (paper: 0.05), "
+        "L-inf for fgsm. Only with ar or rfm.",
+        lower=0.0,
+        flag_default=None,
+    )
+    rfm_alpha: float = flag_field(
+        1e-4,
+        "alpha of --disc_reg=rfm, the weight of ||w||^2 (paper: 1e-4). Only with rfm.",
+        lower=0.0,
+        flag_default=None,
+    )
+    reg_attack: str = flag_field(
+        "fgm",
+        "The attack v of ar / rfm on generated images (held constant: no gradient through it). fgm: the "
+        "fast normalised gradient delta * g / ||g||_2 of D (paper); fgsm: delta * sign(g); pgd: L2 PGD on "
+        "the regulariser's own distance, from the fgm point; cw: Carlini-Wagner-style ascent on "
+        "distance - ||v||^2 / delta^2 (Appendix F). Only with ar or rfm.",
+        choices=REG_ATTACKS,
+        flag_default=None,
+    )
+    reg_attack_steps: int = flag_field(
+        5, "Steps of --reg_attack=pgd or cw (only with them).", lower=1, flag_default=None
+    )
+    reg_target: str = flag_field(
+        "discriminator",
+        "What ar / gradient_penalty make robust: the discriminator's output D (section 4) or the loss "
+        "f(D) of generated images (Appendix D, the robust loss).",
+        choices=REG_TARGETS,
+    )
+    gp_weight: float = flag_field(
+        10.0,
+        "Weight of --disc_reg=gradient_penalty (WGAN-GP's 10). Only with it.",
+        lower=0.0,
+        flag_default=None,
+    )
+    gp_target: float = flag_field(
+        1.0, "Target gradient norm of the penalty: (||grad|| / target - 1)^2 (as TF-GAN).", lower=1e-6
+    )
+    noise_sigma: float = flag_field(
+        0.1,
+        "Std of the Gaussian instance noise in [0, 1] image units (not in the paper; ours: 0.1). Only with "
+        "--disc_reg=instance_noise.",
+        lower=0.0,
+        flag_default=None,
+    )
+    disc_steps: int = flag_field(
+        1, "Discriminator steps per generator step (each on its own batch; the paper gives none).", lower=1
+    )
+    latent_dim: int = flag_field(128, "Dimension of the latent z ~ N(0, I) (paper: 128).", lower=1)
+    gan_channels: int = flag_field(
+        128, "Channels of every layer of the generator and discriminator (paper: 128).", lower=1
+    )
+    adam_beta1: float = flag_field(0.0, "Adam beta1 of both networks (paper: 0).", lower=0.0, upper=1.0)
+    adam_beta2: float = flag_field(0.9, "Adam beta2 of both networks (paper: 0.9).", lower=0.0, upper=1.0)
+    fcd_network: Optional[str] = flag_field(
+        None,
+        "A classifier export of this project trained on the same dataset: the evaluations log its "
+        "Frechet distance (eval/fcd) and classifier score. Not FID: see jarn_tf.evaluate_gan.",
+    )
+    fcd_samples: int = flag_field(
+        5000,
+        "Samples (and first test images) of the evaluations' FCD; more than the feature dimension.",
+        lower=2,
+    )
+
+    # Fields whose flag may only be given with these regularisers.
+    REG_FIELDS: ClassVar[Dict[str, Tuple[str, ...]]] = {
+        "reg_weight": ("ar", "rfm"),
+        "reg_delta": ("ar", "rfm"),
+        "reg_attack": ("ar", "rfm"),
+        "rfm_alpha": ("rfm",),
+        "gp_weight": ("gradient_penalty",),
+        "noise_sigma": ("instance_noise",),
+    }
+
+    @staticmethod
+    def derive(values: Dict[str, Any]) -> Dict[str, Any]:
+        """Refuses regulariser flags given without their regulariser, then fills defaults.
+
+        Raises:
+          ValueError: naming the flag and the --disc_reg it needs.
+        """
+        out = dict(values)
+        reg = out.get("disc_reg") or "none"
+        defaults = {f.name: f.default for f in dataclasses.fields(GANConfig)}
+        for name, regs in GANConfig.REG_FIELDS.items():
+            if out.get(name) is not None and reg not in regs:
+                raise ValueError(
+                    f"--{name} applies to --disc_reg={' or '.join(regs)} only, not --disc_reg={reg}"
+                )
+            if out.get(name) is None:
+                out[name] = defaults[name]
+        if out.get("reg_attack_steps") is not None and out["reg_attack"] not in ("pgd", "cw"):
+            raise ValueError(
+                f"--reg_attack_steps applies to --reg_attack=pgd or cw only, not --reg_attack={out['reg_attack']}"
+            )
+        if out.get("reg_attack_steps") is None:
+            out["reg_attack_steps"] = defaults["reg_attack_steps"]
+        return out
+
+    def validate(self, config: "ExperimentConfig") -> None:
+        _check(
+            [
+                (
+                    self.gan_loss in GAN_LOSSES,
+                    f"--gan_loss must be one of {GAN_LOSSES}, got {self.gan_loss!r}",
+                ),
+                (
+                    self.gan_generator_loss in GAN_GENERATOR_LOSSES,
+                    f"--gan_generator_loss must be one of {GAN_GENERATOR_LOSSES}, got {self.gan_generator_loss!r}",
+                ),
+                (
+                    self.disc_reg in DISC_REGULARIZERS,
+                    f"--disc_reg must be one of {DISC_REGULARIZERS}, got {self.disc_reg!r}",
+                ),
+                (self.reg_attack in REG_ATTACKS, f"--reg_attack must be one of {REG_ATTACKS}"),
+                (self.reg_target in REG_TARGETS, f"--reg_target must be one of {REG_TARGETS}"),
+                (
+                    self.reg_target == "discriminator" or self.disc_reg in ("ar", "gradient_penalty"),
+                    "--reg_target=loss (Appendix D's robust loss) applies to --disc_reg=ar or "
+                    f"gradient_penalty, not --disc_reg={self.disc_reg}",
+                ),
+                (self.reg_delta > 0, f"--reg_delta must be positive, got {self.reg_delta}"),
+                (self.reg_weight >= 0, f"--reg_weight must be >= 0, got {self.reg_weight}"),
+                (self.gp_weight >= 0, f"--gp_weight must be >= 0, got {self.gp_weight}"),
+                (self.noise_sigma >= 0, f"--noise_sigma must be >= 0, got {self.noise_sigma}"),
+                (self.disc_steps >= 1, f"--disc_steps must be >= 1, got {self.disc_steps}"),
+                (self.latent_dim >= 1, f"--latent_dim must be >= 1, got {self.latent_dim}"),
+                (self.gan_channels >= 1, f"--gan_channels must be >= 1, got {self.gan_channels}"),
+                (0 <= self.adam_beta1 < 1, f"--adam_beta1 must be in [0, 1), got {self.adam_beta1}"),
+                (0 <= self.adam_beta2 < 1, f"--adam_beta2 must be in [0, 1), got {self.adam_beta2}"),
+                (
+                    config.model.mixed_precision == "none",
+                    "--mixed_precision is not supported by --mode=gan yet",
+                ),
+            ]
+        )
+
+
 # Mode name -> its config section. A new mode adds its section here.
-MODE_SECTIONS: Dict[str, type] = {"classifier": ClassifierConfig}
+MODE_SECTIONS: Dict[str, type] = {"classifier": ClassifierConfig, "gan": GANConfig}
 
 # The sections every mode has, in the order they are written.
 COMMON_SECTIONS: Dict[str, type] = {

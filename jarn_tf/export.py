@@ -181,21 +181,32 @@ def export_classifier(
         **(dict(metadata) if metadata else {}),
     }
 
-    _recover_dir(final)
-    # What an export killed while writing left aside.
-    for stale in glob.glob(os.path.join(glob.escape(parent), f"{glob.escape(name)}.tmp-*")):
-        shutil.rmtree(stale, ignore_errors=True)
-
-    # Everything is written aside and moved in with one directory swap, so a
-    # failure while writing leaves the previous export whole and a kill at any
-    # point leaves readers one whole export, old or new.
-    tmp = _new_dir(parent, f"{name}.tmp-")
-    try:
+    def write(tmp: str) -> None:
         module = ServingModule(classifier, image_shape)
         tf.saved_model.save(
             module, os.path.join(tmp, SAVED_MODEL_DIR), signatures={"serving_default": module.serve}
         )
         classifier.save(os.path.join(tmp, KERAS_FILE))
+
+    _write_export(final, write, payload)
+    return os.path.join(export_dir, SAVED_MODEL_DIR)
+
+
+def _write_export(final: str, write: Callable[[str], None], payload: Mapping[str, Any]) -> None:
+    """Runs ``write(tmp)`` in a new sibling directory, adds metadata.json, and swaps it in.
+
+    Everything is written aside and moved in with one directory swap, so a
+    failure while writing leaves the previous export whole and a kill at any
+    point leaves readers one whole export, old or new.
+    """
+    parent, name = os.path.split(final)
+    _recover_dir(final)
+    # What an export killed while writing left aside.
+    for stale in glob.glob(os.path.join(glob.escape(parent), f"{glob.escape(name)}.tmp-*")):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = _new_dir(parent, f"{name}.tmp-")
+    try:
+        write(tmp)
         with open(os.path.join(tmp, METADATA_FILE), "w") as f:
             json.dump(payload, f, indent=2, sort_keys=True, default=str)
             f.write("\n")
@@ -203,7 +214,69 @@ def export_classifier(
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
-    return os.path.join(export_dir, SAVED_MODEL_DIR)
+
+
+GENERATOR_KERAS_FILE = "generator.keras"
+SAMPLES_FILE = "samples.png"
+
+
+class GeneratorServingModule(tf.Module):
+    """A generator with an explicit serving signature: latent -> images in [0, 1]."""
+
+    def __init__(self, generator: keras.Model, latent_dim: int):
+        super().__init__(name="generator_serving")
+        self.generator = generator
+        self.serve = tf.function(
+            self._serve, input_signature=[tf.TensorSpec([None, latent_dim], tf.float32, name="latent")]
+        )
+
+    def _serve(self, latent: tf.Tensor) -> dict:
+        return {"images": tf.cast(self.generator(latent, training=False), tf.float32)}
+
+
+def export_generator(
+    generator: keras.Model,
+    export_dir: str,
+    latent_dim: int,
+    image_shape: Sequence[int],
+    metadata: Optional[Mapping[str, Any]] = None,
+    samples_png: Optional[bytes] = None,
+) -> str:
+    """Writes a generator export: SavedModel, ``generator.keras``, metadata.json (and samples.png).
+
+    The SavedModel's ``serving_default`` signature takes ``latent`` float32
+    [N, latent_dim] (z ~ N(0, I)) and returns ``images`` float32 [N, H, W, C]
+    in [0, 1]; it loads with plain ``tf.saved_model.load``. The .keras model
+    uses stock Keras layers only. The directory is swapped in whole, as a
+    classifier export is.
+
+    Returns:
+      The export directory.
+    """
+    final = os.path.normpath(os.path.abspath(export_dir))
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    payload = {
+        "kind": "generator",
+        "latent_dim": int(latent_dim),
+        "latent_distribution": "standard_normal",
+        "image_shape": list(image_shape),
+        "output_range": [0.0, 1.0],
+        "outputs": ["images"],
+        **(dict(metadata) if metadata else {}),
+    }
+
+    def write(tmp: str) -> None:
+        module = GeneratorServingModule(generator, latent_dim)
+        tf.saved_model.save(
+            module, os.path.join(tmp, SAVED_MODEL_DIR), signatures={"serving_default": module.serve}
+        )
+        generator.save(os.path.join(tmp, GENERATOR_KERAS_FILE))
+        if samples_png is not None:
+            with open(os.path.join(tmp, SAMPLES_FILE), "wb") as f:
+                f.write(samples_png)
+
+    _write_export(final, write, payload)
+    return export_dir
 
 
 # ---------------------------------------------------------------------------
@@ -245,12 +318,16 @@ class LoadedModel:
     def train_eps(self) -> Optional[float]:
         """The eps it was adversarially trained with, from its metadata, if any.
 
-        Exports hold it at ``config["classifier"]["eps"]``; exports written
-        before the training config was re-sectioned hold it at
-        ``config["train"]["eps"]``.
+        Exports hold it in the training mode's section,
+        ``config[config["mode"]]["eps"]`` (``config["classifier"]["eps"]``,
+        ``config["advgan_finetune"]["eps"]``); exports written before the
+        training config was re-sectioned hold it at ``config["train"]["eps"]``.
         """
         config = self.metadata.get("config") or {}
-        for section in ("classifier", "train"):
+        # The training mode's own section first (e.g. ``advgan_finetune``).
+        for section in (config.get("mode"), "classifier", "train"):
+            if not isinstance(section, str):
+                continue
             eps = (config.get(section) or {}).get("eps")
             if eps is not None:
                 return eps
@@ -415,6 +492,11 @@ def load_model(path: str, training: bool = False) -> LoadedModel:
             f"an export directory, a SavedModel directory (with saved_model.pb) or a .keras file."
         )
 
+    if metadata.get("kind") == "generator":
+        raise ValueError(
+            f"--model={path} is a generator export (--mode=gan), not a classifier; measure its images "
+            "with python -m jarn_tf.evaluate_gan"
+        )
     if training and fmt != "keras":
         raise ValueError(
             f"--batchnorm=train calls the model with training=True, which needs its .keras file, but "

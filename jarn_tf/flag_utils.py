@@ -196,7 +196,13 @@ def _field_value(field: dataclasses.Field, value: Any) -> Any:
     return value
 
 
-def section_from_flags(section: type, fv: flags.FlagValues, presets: Mapping[str, Any], **fixed: Any) -> Any:
+def section_from_flags(
+    section: type,
+    fv: flags.FlagValues,
+    presets: Mapping[str, Any],
+    mode_presets: Optional[Mapping[str, Any]] = None,
+    **fixed: Any,
+) -> Any:
     """Builds a config section from the flags named like its fields.
 
     A flag left at None takes ``presets[name]`` (the paper's value for the
@@ -207,13 +213,19 @@ def section_from_flags(section: type, fv: flags.FlagValues, presets: Mapping[str
       section: the section's dataclass.
       fv: the parsed flags.
       presets: per-dataset defaults for flags left unset.
+      mode_presets: the mode's values for flags not given at all
+        (``config.MODE_PRESETS``), which win over the flag's default.
       **fixed: values of fields that have no generated flag.
 
     Returns:
       The section.
     """
     values = {}
+    mode_presets = mode_presets or {}
     for field in flag_fields(section):
+        if field.name in mode_presets and not fv[field.name].present:
+            values[field.name] = mode_presets[field.name]
+            continue
         value = _field_value(field, fv[field.name].value)
         if value is None and field.name in presets:
             value = presets[field.name]
@@ -223,6 +235,36 @@ def section_from_flags(section: type, fv: flags.FlagValues, presets: Mapping[str
     if derive is not None:
         values = derive(values)
     return section(**values)
+
+
+def check_mode_flags(fv: flags.FlagValues) -> None:
+    """Refuses flags given on the command line that mean nothing in ``--mode``.
+
+    A flag of another mode's section (``--jarn`` with ``--mode=gan``) or a
+    common flag the mode does not use (``config.MODE_UNUSED_FLAGS``, e.g.
+    ``--momentum`` with Adam-trained GANs) would otherwise be silently ignored.
+
+    Raises:
+      ValueError: naming the flags and the mode.
+    """
+    from jarn_tf import config as config_lib
+
+    mode = fv.mode
+    own = {f.name for f in flag_fields(config_lib.mode_section_class(mode))}
+    for section in config_lib.COMMON_SECTIONS.values():
+        own |= {f.name for f in flag_fields(section)}
+    foreign = []
+    for other, section in config_lib.MODE_SECTIONS.items():
+        if other == mode:
+            continue
+        foreign += [
+            f"--{f.name} (--mode={other})"
+            for f in flag_fields(section)
+            if f.name not in own and fv[f.name].present
+        ]
+    foreign += [f"--{name}" for name in config_lib.MODE_UNUSED_FLAGS.get(mode, ()) if fv[name].present]
+    if foreign:
+        raise ValueError(f"--mode={mode} does not use {', '.join(foreign)}; drop them")
 
 
 def config_from_flags(fv: flags.FlagValues = flags.FLAGS):
@@ -240,13 +282,16 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS):
     """
     from jarn_tf import config as config_lib
 
+    check_mode_flags(fv)
     presets = config_lib.PAPER_DEFAULTS[fv.dataset]
-    data_cfg = section_from_flags(config_lib.DataConfig, fv, presets)
+    mode_presets = config_lib.MODE_PRESETS.get(fv.mode, {})
+    data_cfg = section_from_flags(config_lib.DataConfig, fv, presets, mode_presets)
+    batch_size = fv.batch_size if fv["batch_size"].present else mode_presets.get("batch_size", fv.batch_size)
     train_steps = fv.train_steps
     if fv.epochs is not None:
         from jarn_tf import data  # loads the training split to count it
 
-        train_steps = max(1, int(round(fv.epochs * data.steps_per_epoch(data_cfg, fv.batch_size))))
+        train_steps = max(1, int(round(fv.epochs * data.steps_per_epoch(data_cfg, batch_size))))
     if train_steps is None:
         train_steps = config_lib.OptimizerConfig.train_steps
     return config_lib.ExperimentConfig(
@@ -259,8 +304,10 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS):
             presets,
             mixed_precision=fv.mixed_precision_dtype if fv.mixed_precision else "none",
         ),
-        optimizer=section_from_flags(config_lib.OptimizerConfig, fv, presets, train_steps=train_steps),
-        runtime=section_from_flags(config_lib.RuntimeConfig, fv, presets),
+        optimizer=section_from_flags(
+            config_lib.OptimizerConfig, fv, presets, mode_presets, train_steps=train_steps
+        ),
+        runtime=section_from_flags(config_lib.RuntimeConfig, fv, presets, mode_presets),
         mode_config=section_from_flags(config_lib.mode_section_class(fv.mode), fv, presets),
     )
 

@@ -117,7 +117,14 @@ def validate_config(config: config_lib.ExperimentConfig) -> None:
       ValueError: with the offending flag in its message.
     """
     config.validate()
-    models.validate_model_config(config.model, data.dataset_info(config.data.dataset).image_shape)
+    image_shape = data.dataset_info(config.data.dataset).image_shape
+    if config.mode == "gan":
+        from jarn_tf import gan_models
+
+        # The gan mode builds its own networks; the classifier's fields are unused.
+        gan_models.gan_stages(image_shape)
+    else:
+        models.validate_model_config(config.model, image_shape)
 
 
 def mixed_precision_policy(setting: str) -> Optional[str]:

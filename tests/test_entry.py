@@ -88,6 +88,23 @@ def test_every_flagfile_resolves_to_a_valid_config(path, monkeypatch, tmp_path):
     expected = "fashion_mnist" if name.startswith(("fashion", "cpu_")) else name.split("_")[0]
     assert config.data.dataset == expected
     t = config.mode_config
+    if config.mode == "gan":
+        # <prefix>_<loss>_<reg>.cfg, or the shared <prefix>_gan_base.cfg (the paper's settings).
+        assert (config.optimizer.learning_rate, config.optimizer.batch_size) == (2e-4, 64)
+        assert (t.adam_beta1, t.adam_beta2, config.optimizer.weight_decay) == (0.0, 0.9, 1e-4)
+        if not name.endswith("_base.cfg"):
+            loss, reg = name[: -len(".cfg")].split("_")[1:]
+            regs = {
+                "none": "none",
+                "in": "instance_noise",
+                "gp": "gradient_penalty",
+                "ar": "ar",
+                "rfm": "rfm",
+            }
+            assert (t.gan_loss, t.disc_reg) == (loss, regs[reg])
+        return
+    if config.mode != "classifier":
+        return
     assert t.jarn == ("jarn" in name)
     if "release" in name:
         variant = "release_intended" if "intended" in name else "release"

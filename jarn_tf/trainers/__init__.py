@@ -16,8 +16,9 @@ from jarn_tf.config import ExperimentConfig
 from jarn_tf.data import DatasetInfo
 from jarn_tf.trainers.base import Trainer
 from jarn_tf.trainers.classifier import ClassifierTrainer
+from jarn_tf.trainers.gan import GANTrainer
 
-TRAINERS: Dict[str, type] = {"classifier": ClassifierTrainer}
+TRAINERS: Dict[str, type] = {"classifier": ClassifierTrainer, "gan": GANTrainer}
 
 
 def build_trainer(config: ExperimentConfig, info: DatasetInfo, strategy: tf.distribute.Strategy) -> Trainer:
