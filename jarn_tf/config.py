@@ -876,3 +876,288 @@ def write_config(config: ExperimentConfig, path: str, extra: Optional[dict] = No
 def read_config(path: str) -> dict:
     with open(path) as f:
         return json.load(f)
+
+
+# ---------------------------------------------------------------------------
+# The ``advgan`` modes (Rob-GAN: "From Adversarial Training to Generative
+# Adversarial Networks"): co-training of a class-conditional generator and a
+# two-head discriminator on PGD-attacked real images (``advgan``, alias
+# ``robgan``), then fine-tuning of the discriminator's class head
+# (``advgan_finetune``).
+
+# How the discriminator's class loss is split: eq. 9 (the paper's: D's class
+# loss on attacked real images only) or eq. 8 (AC-GAN: on real and generated).
+ADVGAN_CLASS_LOSSES = ("split", "acgan")
+# The names of the co-training mode (``robgan`` is an alias).
+ADVGAN_MODES = ("advgan", "robgan")
+
+
+def _help_of(section: type, name: str) -> str:
+    """The help of ``section``'s field ``name`` (a field sharing its flag must share its help)."""
+    return next(f.metadata["help"] for f in dataclasses.fields(section) if f.name == name)
+
+
+def _advgan_attack_fields() -> Dict[str, Any]:
+    """Field definitions shared by both AdvGAN sections (one flag each)."""
+    return dict(
+        # The flag is ClassifierConfig's (one flag per name): the same help.
+        eps=image_fraction(8.0 / 255.0, _help_of(ClassifierConfig, "eps")),
+        attack_steps=flag_field(
+            5,
+            "PGD steps of the training attack: on real images in --mode=advgan (paper: 5; 0 = no attack, "
+            "the ablation without adversarial training), on real and generated images in "
+            "--mode=advgan_finetune (authors' code: 5).",
+            lower=0,
+        ),
+        attack_step_size=image_fraction(
+            1.0 / 256.0,
+            "Step of the training PGD in [0, 1] units. Default: eps/8 in --mode=advgan (authors' code: "
+            "0.0078 of eps 0.0625 in [-1, 1] units), eps/5 in --mode=advgan_finetune (authors' code).",
+        ),
+        attack_random_start=flag_field(
+            False,
+            "Start the training PGD from a uniform point of the eps-ball. Default: off in --mode=advgan "
+            "(authors' code), on in --mode=advgan_finetune (ours, as PGD-AT).",
+            flag_default=None,
+        ),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class AdvGANConfig:
+    """The ``advgan`` mode: co-training of generator, discriminator and PGD attacker.
+
+    Discriminator (maximises, eq. 9): L_S + L_C1, with L_S = E log P(S =
+    real | x_adv) + E log P(S = fake | G(z, y)) over PGD-attacked real images
+    x_adv and generated images, and L_C1 = E log P(C = y | x_adv) on attacked
+    real images only. Generator (maximises): L_C2 - L_S, L_C2 = E log P(C = y
+    | G(z, y)). ``--class_loss=acgan`` gives the discriminator eq. 8's L_C =
+    L_C1 + L_C2 instead. The attack maximises the discriminator's loss on the
+    true class and "real": -log P(S = real | x) - log P(C = y | x). All eps
+    are in [0, 1] image units.
+    """
+
+    RESUMABLE: ClassVar[FrozenSet[str]] = frozenset({"fcd_network", "fcd_samples"})
+
+    class_loss: str = flag_field(
+        "split",
+        "The discriminator's class loss: split (eq. 9, the paper's: class loss on attacked real images "
+        "only) or acgan (eq. 8: on real and generated images, for the paper's ablation).",
+        choices=ADVGAN_CLASS_LOSSES,
+    )
+    # The flag is GANConfig's: minimax = -L_S as written; non_saturating = -log P(S = real | G(z, y)),
+    # the authors' code. The generator's class loss -L_C2 is added to either.
+    gan_generator_loss: str = flag_field(
+        "minimax", _help_of(GANConfig, "gan_generator_loss"), choices=GAN_GENERATOR_LOSSES
+    )
+    eps: float = _advgan_attack_fields()["eps"]
+    attack_steps: int = _advgan_attack_fields()["attack_steps"]
+    attack_step_size: float = _advgan_attack_fields()["attack_step_size"]
+    attack_random_start: bool = _advgan_attack_fields()["attack_random_start"]
+    advgan_disc_steps: int = flag_field(
+        5,
+        "Discriminator steps per generator step (SN-GAN's 5, which the paper keeps; each on its own batch).",
+        lower=1,
+    )
+    latent_dim: int = flag_field(128, "Dimension of the latent z ~ N(0, I) (paper: 128).", lower=1)
+    gan_channels: int = flag_field(
+        128, "Channels of every layer of the generator and discriminator (paper: 128).", lower=1
+    )
+    adam_beta1: float = flag_field(0.0, "Adam beta1 of both networks (paper: 0).", lower=0.0, upper=1.0)
+    adam_beta2: float = flag_field(0.9, "Adam beta2 of both networks (paper: 0.9).", lower=0.0, upper=1.0)
+    fcd_network: Optional[str] = flag_field(
+        None,
+        "A classifier export of this project trained on the same dataset: the evaluations log its "
+        "Frechet distance (eval/fcd) and classifier score. Not FID: see jarn_tf.evaluate_gan.",
+    )
+    fcd_samples: int = flag_field(
+        5000,
+        "Samples (and first test images) of the evaluations' FCD; more than the feature dimension.",
+        lower=2,
+    )
+
+    @staticmethod
+    def derive(values: Dict[str, Any]) -> Dict[str, Any]:
+        """Fills the co-training attack's step (eps/8) and random start (off), the authors' code's."""
+        out = dict(values)
+        if out.get("attack_step_size") is None:
+            out["attack_step_size"] = out["eps"] / 8
+        if out.get("attack_random_start") is None:
+            out["attack_random_start"] = False
+        return out
+
+    def validate(self, config: "ExperimentConfig") -> None:
+        _check(
+            _advgan_attack_checks(self)
+            + [
+                (
+                    self.class_loss in ADVGAN_CLASS_LOSSES,
+                    f"--class_loss must be one of {ADVGAN_CLASS_LOSSES}, got {self.class_loss!r}",
+                ),
+                (
+                    self.gan_generator_loss in GAN_GENERATOR_LOSSES,
+                    f"--gan_generator_loss must be one of {GAN_GENERATOR_LOSSES}, got {self.gan_generator_loss!r}",
+                ),
+                (
+                    self.advgan_disc_steps >= 1,
+                    f"--advgan_disc_steps must be >= 1, got {self.advgan_disc_steps}",
+                ),
+                (self.latent_dim >= 1, f"--latent_dim must be >= 1, got {self.latent_dim}"),
+                (self.gan_channels >= 1, f"--gan_channels must be >= 1, got {self.gan_channels}"),
+                (0 <= self.adam_beta1 < 1, f"--adam_beta1 must be in [0, 1), got {self.adam_beta1}"),
+                (0 <= self.adam_beta2 < 1, f"--adam_beta2 must be in [0, 1), got {self.adam_beta2}"),
+                (
+                    config.model.mixed_precision == "none",
+                    f"--mixed_precision is not supported by --mode={config.mode} yet",
+                ),
+            ]
+        )
+
+
+def _advgan_attack_checks(section: Any) -> List[Tuple[bool, str]]:
+    return [
+        (
+            0.0 <= section.eps <= 1.0,
+            f"--eps must be in [0, 1] (pixel units of [0, 1] images), got {section.eps}",
+        ),
+        (section.attack_steps >= 0, f"--attack_steps must be >= 0, got {section.attack_steps}"),
+        (
+            0.0 <= section.attack_step_size <= 1.0,
+            f"--attack_step_size must be in [0, 1], got {section.attack_step_size}",
+        ),
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class AdvGANFinetuneConfig:
+    """The ``advgan_finetune`` mode: eq. 10 on the co-trained discriminator's class head.
+
+    Starts from the generator and discriminator of the ``advgan`` run in
+    ``init_from`` (its newest checkpoint) and minimises, over the trunk and
+    the class head, E xent(x_adv, y) on PGD-attacked real images plus
+    ``lambda_fake`` times E xent(G(z, y)_adv, y) on PGD-attacked generated
+    images with their conditioning labels (the attack maximises the
+    cross-entropy: the paper's "arg min" is a typo). The generator is frozen
+    (inference mode). Exports the class head as a classifier.
+    """
+
+    RESUMABLE: ClassVar[FrozenSet[str]] = frozenset()
+
+    init_from: Optional[str] = flag_field(
+        None,
+        "The model_dir of the --mode=advgan run (same --dataset) whose newest checkpoint gives the "
+        "generator and the discriminator to fine-tune. Required by --mode=advgan_finetune.",
+    )
+    lambda_fake: float = flag_field(
+        0.5,
+        "lambda of eq. 10, the weight of the cross-entropy on attacked generated images (not in the paper; "
+        "the authors' README suggests 0.3-0.8; ours: 0.5).",
+        lower=0.0,
+    )
+    eps: float = _advgan_attack_fields()["eps"]
+    attack_steps: int = _advgan_attack_fields()["attack_steps"]
+    attack_step_size: float = _advgan_attack_fields()["attack_step_size"]
+    attack_random_start: bool = _advgan_attack_fields()["attack_random_start"]
+
+    @staticmethod
+    def derive(values: Dict[str, Any]) -> Dict[str, Any]:
+        """Makes --init_from absolute; fills the attack's step (eps/5) and random start (on)."""
+        out = dict(values)
+        if out.get("init_from"):
+            out["init_from"] = os.path.abspath(out["init_from"])
+        if out.get("attack_step_size") is None:
+            out["attack_step_size"] = out["eps"] / 5
+        if out.get("attack_random_start") is None:
+            out["attack_random_start"] = True
+        return out
+
+    def init_run_config(self) -> dict:
+        """The config.json of the ``init_from`` run.
+
+        Raises:
+          ValueError: no --init_from, no run there, or an unreadable config.json.
+        """
+        if not self.init_from:
+            raise ValueError(
+                "--mode=advgan_finetune needs --init_from=<model_dir of a --mode=advgan run> (the co-trained "
+                "generator and discriminator to fine-tune)"
+            )
+        path = os.path.join(self.init_from, "config.json")
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"--init_from={self.init_from} holds no training run (no config.json); pass the model_dir of "
+                "a --mode=advgan run"
+            )
+        try:
+            stored = read_config(path)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--init_from={self.init_from}: {path} cannot be read ({e})") from e
+        if not isinstance(stored, dict):
+            raise ValueError(f"--init_from={self.init_from}: {path} holds no JSON object")
+        return stored
+
+    def validate(self, config: "ExperimentConfig") -> None:
+        _check(
+            _advgan_attack_checks(self)
+            + [
+                (self.lambda_fake >= 0, f"--lambda_fake must be >= 0, got {self.lambda_fake}"),
+                (
+                    config.model.mixed_precision == "none",
+                    "--mixed_precision is not supported by --mode=advgan_finetune yet",
+                ),
+            ]
+        )
+        stored = self.init_run_config()
+        mode = stored.get("mode", "classifier")
+        if mode not in ADVGAN_MODES:
+            raise ValueError(
+                f"--init_from={self.init_from} is a --mode={mode} run; --mode=advgan_finetune starts from a "
+                "--mode=advgan run"
+            )
+        dataset = (stored.get("data") or {}).get("dataset")
+        if dataset != config.data.dataset:
+            raise ValueError(
+                f"--init_from={self.init_from} was trained on {dataset} but --dataset={config.data.dataset}; "
+                "fine-tune on the co-training run's dataset"
+            )
+        checkpoints = os.path.join(self.init_from, "checkpoints")
+        if not (os.path.isdir(checkpoints) and any(n.endswith(".index") for n in os.listdir(checkpoints))):
+            raise ValueError(
+                f"--init_from={self.init_from} has no checkpoint yet ({checkpoints}); train it first"
+            )
+
+
+MODE_SECTIONS.update(
+    {"advgan": AdvGANConfig, "robgan": AdvGANConfig, "advgan_finetune": AdvGANFinetuneConfig}
+)
+# [paper] SN-GAN's settings, which the paper keeps: Adam 2e-4 (betas in the
+# section), batch 64, no weight decay; no augmentation unless asked.
+# Fine-tuning: [code] Adam 1e-3, batch 128, staged epochs 40/20/20/10 with
+# lr / 10 at each stage.
+MODE_PRESETS.update(
+    {
+        "advgan": dict(learning_rate=2e-4, lr_boundaries=(), weight_decay=0.0, batch_size=64, augment=False),
+        "advgan_finetune": dict(
+            learning_rate=1e-3,
+            lr_boundaries=(4 / 9, 6 / 9, 8 / 9),
+            lr_decay=0.1,
+            weight_decay=0.0,
+            batch_size=128,
+        ),
+    }
+)
+MODE_PRESETS["robgan"] = MODE_PRESETS["advgan"]
+_ADVGAN_UNUSED = (
+    "momentum",
+    "model",
+    "wrn_depth",
+    "wrn_width",
+    "cnn_channels",
+    "disc_layers",
+    "disc_base_channels",
+    "standardize_input",
+    "sync_batchnorm",
+)
+MODE_UNUSED_FLAGS.update(
+    {"advgan": _ADVGAN_UNUSED, "robgan": _ADVGAN_UNUSED, "advgan_finetune": _ADVGAN_UNUSED}
+)

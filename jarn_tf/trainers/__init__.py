@@ -20,6 +20,10 @@ from jarn_tf.trainers.gan import GANTrainer
 
 TRAINERS: Dict[str, type] = {"classifier": ClassifierTrainer, "gan": GANTrainer}
 
+from jarn_tf.trainers.advgan import AdvGANFinetuneTrainer, AdvGANTrainer  # noqa: E402
+
+TRAINERS.update({"advgan": AdvGANTrainer, "robgan": AdvGANTrainer, "advgan_finetune": AdvGANFinetuneTrainer})
+
 
 def build_trainer(config: ExperimentConfig, info: DatasetInfo, strategy: tf.distribute.Strategy) -> Trainer:
     """Builds the trainer of ``config.mode`` inside the strategy's scope.

@@ -1,0 +1,560 @@
+"""The ``advgan`` modes: Rob-GAN ("From Adversarial Training to GANs").
+
+``AdvGANTrainer`` (``--mode=advgan``, alias ``robgan``) co-trains the
+class-conditional generator and the two-head discriminator of
+``jarn_tf.advgan_models``: every step attacks the real batch with PGD
+(``advgan_losses.cotraining_attack``: maximise -log P(real | x) - log P(y |
+x), ``--attack_steps`` sign steps of ``--attack_step_size`` within
+``--eps``), then updates the discriminator on eq. 9 (or eq. 8 with
+``--class_loss=acgan``); the generator is updated after every
+``--advgan_disc_steps``-th discriminator update (a step variant, as in the
+``gan`` mode). Both networks use Adam with betas ``--adam_beta1/2``. The
+export is the conditional generator (``advgan_export``).
+
+``AdvGANFinetuneTrainer`` (``--mode=advgan_finetune``) starts from the
+newest checkpoint of the ``--init_from`` co-training run and trains the
+discriminator's trunk and class head on eq. 10: xent on PGD-attacked real
+images plus ``--lambda_fake`` times xent on PGD-attacked generated images
+(the generator frozen, in inference mode). The export is the class head as
+a classifier (``export.export_classifier``), which ``jarn_tf.evaluate``
+attacks like any other.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from jarn_tf import advgan_export, advgan_losses, advgan_models, attacks, data, export
+from jarn_tf.config import AdvGANConfig, AdvGANFinetuneConfig, ExperimentConfig
+from jarn_tf.data import DatasetInfo
+from jarn_tf.trainers.base import Trainer, learning_rate_schedule
+from jarn_tf.trainers.gan import GANVariant, image_grid, png_bytes
+
+_LATENT_SEED = 21
+_LABEL_SEED = 22
+_GEN_LATENT_SEED = 23
+_GEN_LABEL_SEED = 24
+_ATTACK_SEED = 25
+_FAKE_ATTACK_SEED = 26
+_FIXED_LATENT_SEED = 27
+_EVAL_SEED = 28
+GRID_COLUMNS = 8
+
+
+def _accuracy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    return tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32)
+
+
+class _ConditionalSampling:
+    """Fixed-latent sample grids (one row per class) of a conditional generator."""
+
+    def _init_sampling(self, latent_dim: int, seed: int) -> None:
+        k = self.info.num_classes
+        self._fixed_labels = tf.constant(np.repeat(np.arange(k), GRID_COLUMNS), tf.int32)
+        self._fixed_latent = tf.random.stateless_normal(
+            [k * GRID_COLUMNS, latent_dim], tf.constant([seed, _FIXED_LATENT_SEED], tf.int64)
+        )
+
+    def sample(self, latent: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        """Images of the generator in inference mode (batch norm's moving statistics)."""
+        return self.networks["generator"]([latent, labels], training=False)
+
+    def samples_png(self) -> bytes:
+        """A PNG grid of the fixed latents' samples, one row per class."""
+        return png_bytes(self.sample(self._fixed_latent, self._fixed_labels).numpy(), GRID_COLUMNS)
+
+    def _sample_grid_images(self) -> Dict[str, tf.Tensor]:
+        samples = self.sample(self._fixed_latent, self._fixed_labels)
+        grid = tf.numpy_function(lambda x: image_grid(x, GRID_COLUMNS), [samples], tf.float32)
+        return {"images/samples": samples, "images/sample_grid": grid[None]}
+
+
+class AdvGANTrainer(_ConditionalSampling, Trainer):
+    """Co-training of generator, two-head discriminator and PGD attacker."""
+
+    metric_names = (
+        "train/d_loss",
+        "train/g_loss",
+        "train/source_loss",
+        "train/class_loss_real",
+        "train/class_loss_fake",
+        "train/real_accuracy",
+        "train/fake_accuracy",
+        "train/p_real_real",
+        "train/p_real_fake",
+        "train/attack_gain",
+    )
+    progress_metrics = ("train/d_loss", "train/g_loss", "train/real_accuracy")
+
+    def __init__(self, config: ExperimentConfig, info: DatasetInfo, strategy: tf.distribute.Strategy):
+        super().__init__(config, info, strategy)
+        self.params: AdvGANConfig = config.mode_config
+        p, o = self.params, config.optimizer
+        generators = advgan_models.build_generators(
+            p.latent_dim, info.image_shape, info.num_classes, p.gan_channels
+        )
+        self.networks["generator"] = generators["conditional"]
+        self.marginal_generator = generators["marginal"]  # the same weights
+        self.networks["discriminator"] = advgan_models.build_discriminator(
+            info.image_shape, info.num_classes, p.gan_channels
+        )
+        self.schedule = learning_rate_schedule(o.learning_rate, o.lr_boundaries, o.lr_decay, o.train_steps)
+        for name in ("generator", "discriminator"):
+            self.optimizers[name] = keras.optimizers.Adam(
+                learning_rate=lambda: self.schedule(self.step),
+                beta_1=p.adam_beta1,
+                beta_2=p.adam_beta2,
+                name=f"{name}_adam",
+            )
+        self._build_optimizers()
+        self._init_sampling(p.latent_dim, config.seed)
+        self._features = None
+        self._reference: Optional[Tuple[np.ndarray, np.ndarray]] = None
+        self._marginal_fn = None
+        self._eval_fn = None
+
+    @property
+    def generator(self) -> keras.Model:
+        return self.networks["generator"]
+
+    @property
+    def discriminator(self) -> keras.Model:
+        return self.networks["discriminator"]
+
+    def variant(self, step: int) -> GANVariant:
+        return GANVariant(update_generator=(step + 1) % self.params.advgan_disc_steps == 0)
+
+    def learning_rates(self) -> Dict[str, float]:
+        return {"train/learning_rate": float(self.schedule(self.step))}
+
+    def heads(self, x: tf.Tensor, training: bool = False) -> Tuple[tf.Tensor, tf.Tensor]:
+        """(source logits [N], class logits [N, K]) of the discriminator."""
+        source, logits = self.discriminator(x, training=training)
+        return tf.reshape(tf.cast(source, tf.float32), [-1]), tf.cast(logits, tf.float32)
+
+    def attack(self, images: tf.Tensor, labels: tf.Tensor, seed: Optional[tf.Tensor] = None) -> tf.Tensor:
+        """The co-training attack on real images (the discriminator in inference mode)."""
+        p = self.params
+        return advgan_losses.cotraining_attack(
+            lambda x: self.heads(x, training=False),
+            images,
+            labels,
+            eps=p.eps,
+            step_size=p.attack_step_size,
+            num_steps=p.attack_steps,
+            random_start=p.attack_random_start,
+            seed=seed,
+        )
+
+    def _labels(self, n: tf.Tensor, purpose: int) -> tf.Tensor:
+        return tf.random.stateless_uniform(
+            tf.reshape(n, [1]), self._seed(purpose), minval=0, maxval=self.info.num_classes, dtype=tf.int32
+        )
+
+    def _latent(self, n: tf.Tensor, purpose: int) -> tf.Tensor:
+        return tf.random.stateless_normal(tf.stack([n, self.params.latent_dim]), self._seed(purpose))
+
+    def replica_step(self, batch: Tuple[tf.Tensor, tf.Tensor], variant: GANVariant) -> Dict[str, tf.Tensor]:
+        p = self.params
+        real, labels = batch
+        real = tf.cast(real, tf.float32)
+        labels = tf.cast(labels, tf.int32)
+        n = tf.shape(real)[0]
+        scale = 1.0 / self.global_batch_size
+        real_adv = self.attack(real, labels, self._seed(_ATTACK_SEED))
+        fake_labels = self._labels(n, _LABEL_SEED)
+        fake = tf.stop_gradient(self.generator([self._latent(n, _LATENT_SEED), fake_labels], training=True))
+        d_vars = self.discriminator.trainable_variables
+        with tf.GradientTape() as tape:
+            real_source, real_logits = self.heads(real_adv, training=True)
+            fake_source, fake_logits = self.heads(fake, training=True)
+            parts = advgan_losses.discriminator_losses(
+                real_source, real_logits, labels, fake_source, fake_logits, fake_labels, p.class_loss
+            )
+            d_loss = tf.reduce_sum(parts["total"]) * scale
+            d_total = d_loss + self._weight_decay(self.discriminator)
+        grads = tape.gradient(d_total, d_vars)
+        self.optimizers["discriminator"].apply_gradients(zip(grads, d_vars))
+        clean_source, clean_logits = self.heads(real, training=False)
+        before = advgan_losses.attack_objective(clean_source, clean_logits, labels)
+        after = advgan_losses.attack_objective(real_source, real_logits, labels)
+        values = {
+            "train/d_loss": parts["total"],
+            "train/source_loss": parts["source"],
+            "train/class_loss_real": parts["class_real"],
+            "train/class_loss_fake": parts["class_fake"],
+            "train/real_accuracy": _accuracy(real_logits, labels),
+            "train/fake_accuracy": _accuracy(fake_logits, fake_labels),
+            "train/p_real_real": tf.sigmoid(real_source),
+            "train/p_real_fake": tf.sigmoid(fake_source),
+            "train/attack_gain": after - before,
+        }
+        out = {"d_loss": d_loss}
+        if variant.update_generator:
+            g_vars = self.generator.trainable_variables
+            gen_labels = self._labels(n, _GEN_LABEL_SEED)
+            with tf.GradientTape() as tape:
+                generated = self.generator([self._latent(n, _GEN_LATENT_SEED), gen_labels], training=True)
+                gen_source, gen_logits = self.heads(generated, training=True)
+                g_parts = advgan_losses.generator_losses(
+                    gen_source, gen_logits, gen_labels, p.gan_generator_loss
+                )
+                g_loss = tf.reduce_sum(g_parts["total"]) * scale
+                g_total = g_loss + self._weight_decay(self.generator)
+            grads = tape.gradient(g_total, g_vars)
+            self.optimizers["generator"].apply_gradients(zip(grads, g_vars))
+            values["train/g_loss"] = g_parts["total"]
+            out["g_loss"] = g_loss
+        self.metrics.update(values)
+        return out
+
+    def summary_images(self, images: tf.Tensor, labels: tf.Tensor) -> Dict[str, tf.Tensor]:
+        adv = self.attack(images, labels)
+        return {"images/real": images, "images/real_attacked": adv, **self._sample_grid_images()}
+
+    # -- evaluation and export ---------------------------------------------------
+    def _generate_marginal(self, num: int, seed: int, batch_size: int = 500) -> np.ndarray:
+        """Samples of the class-marginal generator (uniform classes), as the export gives them."""
+        if self._marginal_fn is None:
+            self._marginal_fn = tf.function(lambda z: self.marginal_generator(z, training=False))
+        key = tf.constant([seed, _EVAL_SEED], tf.int64)
+        out = []
+        for start in range(0, num, batch_size):
+            n = min(batch_size, num - start)
+            z = tf.random.stateless_normal(
+                [n, self.params.latent_dim + 1], tf.random.experimental.stateless_fold_in(key, start)
+            )
+            out.append(self._marginal_fn(z).numpy())
+        return np.concatenate(out)
+
+    def _eval_batch(self, images, labels, attacked: bool, seed):
+        source, logits = self.heads(images)
+        correct = tf.reduce_sum(_accuracy(logits, labels))
+        p_real = tf.reduce_sum(tf.sigmoid(source))
+        if not attacked:
+            return tf.stack([correct, p_real, 0.0])
+        r, eps = self.config.runtime, self.params.eps
+        adv = attacks.pgd(
+            lambda x: self.heads(x)[1],
+            images,
+            labels,
+            eps,
+            eps / 4,
+            r.eval_pgd_steps,
+            random_start=True,
+            seed=seed,
+        )
+        return tf.stack([correct, p_real, tf.reduce_sum(_accuracy(self.heads(adv)[1], labels))])
+
+    def evaluate(self, num_examples: int) -> Dict[str, float]:
+        """The class head's clean and PGD accuracy on test images, P(real) on test and generated images, FCD.
+
+        PGD: ``--eval_pgd_steps`` sign steps of eps/4 from a seeded random
+        start on the first ``--eval_pgd_examples`` images (as the classifier
+        mode). FCD and the classifier score with ``--fcd_network``, on the
+        class-marginal samples (uniform classes).
+        """
+        p, r = self.params, self.config.runtime
+        images, labels = data.load_arrays(self.config.data, "test")
+        n = min(num_examples, len(images)) if num_examples else 0
+        out: Dict[str, float] = {}
+        if n:
+            if self._eval_fn is None:
+                self._eval_fn = tf.function(self._eval_batch)
+            attack = r.eval_pgd_steps > 0 and p.eps > 0
+            sums = np.zeros(3)
+            pgd_count = 0
+            key = tf.constant([self.config.seed, _EVAL_SEED], tf.int64)
+            for i, start in enumerate(range(0, n, 256)):
+                x = tf.constant(images[start : min(n, start + 256)].astype(np.float32) / 255.0)
+                y = tf.constant(labels[start : min(n, start + 256)].astype(np.int32))
+                k = min(int(y.shape[0]), max(0, r.eval_pgd_examples - start)) if attack else 0
+                if k == int(y.shape[0]):
+                    sums += self._eval_fn(
+                        x, y, True, tf.random.experimental.stateless_fold_in(key, i)
+                    ).numpy()
+                else:
+                    sums += self._eval_fn(x, y, False, key).numpy()
+                    if k:
+                        part = self._eval_fn(
+                            x[:k], y[:k], True, tf.random.experimental.stateless_fold_in(key, i)
+                        )
+                        sums[2] += part.numpy()[2]
+                pgd_count += k
+            out["eval/clean_accuracy"] = sums[0] / n
+            out["eval/p_real_test"] = sums[1] / n
+            if pgd_count:
+                out[f"eval/pgd{r.eval_pgd_steps}_accuracy"] = sums[2] / pgd_count
+            fake = self._generate_marginal(n, self.config.seed)
+            p_fake = [tf.sigmoid(self.heads(b)[0]).numpy() for b in np.array_split(fake, -(-n // 256))]
+            out["eval/p_real_generated"] = float(np.mean(np.concatenate(p_fake)))
+        if p.fcd_network:
+            from jarn_tf import gan_metrics
+
+            if self._features is None:
+                self._features = gan_metrics.load_feature_network(p.fcd_network)
+                m = min(p.fcd_samples, len(images))
+                feats, _ = self._features.features_and_probabilities(
+                    images[:m].astype(np.float32) / 255.0, 500
+                )
+                self._reference = gan_metrics.feature_statistics(feats)
+            fake = self._generate_marginal(p.fcd_samples, self.config.seed + 1)
+            feats, probs = self._features.features_and_probabilities(fake, 500)
+            mu, sigma = gan_metrics.feature_statistics(feats)
+            out["eval/fcd"] = gan_metrics.frechet_distance(mu, sigma, *self._reference)
+            out["eval/classifier_score"] = float(gan_metrics.classifier_score(probs))
+        return {k: float(v) for k, v in out.items()}
+
+    def export(
+        self, export_dir: str, metadata: Mapping[str, Any], evaluation: Mapping[str, float], num_examples: int
+    ) -> None:
+        """Exports the conditional generator (``advgan_export``) with the evaluation in its metadata."""
+        metadata = dict(metadata)
+        if "eval/clean_accuracy" in evaluation:
+            metadata["class_head"] = {
+                k.split("/", 1)[1]: v for k, v in evaluation.items() if k.endswith("accuracy")
+            }
+            metadata["class_head"]["num_test_examples"] = num_examples
+        if "eval/fcd" in evaluation:
+            metadata["fcd"] = {
+                "value": evaluation["eval/fcd"],
+                "classifier_score": evaluation.get("eval/classifier_score"),
+                "feature_network": self.params.fcd_network,
+                "num_samples": self.params.fcd_samples,
+                "reference": f"first {self.params.fcd_samples} test images",
+            }
+        advgan_export.export_conditional_generator(
+            self.generator,
+            self.marginal_generator,
+            export_dir,
+            self.params.latent_dim,
+            self.info.num_classes,
+            self.info.image_shape,
+            metadata,
+            samples_png=self.samples_png(),
+        )
+
+
+def restore_cotraining(init_from: str, generator: keras.Model, discriminator: keras.Model) -> str:
+    """Restores the generator and discriminator of the newest readable checkpoint of an ``advgan`` run.
+
+    Returns:
+      The checkpoint restored.
+
+    Raises:
+      ValueError: no checkpoint there can be read, or it does not hold these networks.
+    """
+    from jarn_tf import train_lib  # train_lib imports the trainers: import it late
+
+    directory = os.path.join(init_from, train_lib.CHECKPOINT_DIR)
+    checkpoint = tf.train.Checkpoint(generator=generator, discriminator=discriminator)
+    problems = []
+    for path in train_lib.checkpoint_candidates(directory):
+        try:
+            checkpoint.restore(path).assert_existing_objects_matched().expect_partial()
+        except (IndexError, tf.errors.OpError) as e:
+            problems.append(f"{os.path.basename(path)}: {train_lib._one_line(e)}")
+            logging.warning("Skipped checkpoint %s of --init_from: %s", path, problems[-1])
+            continue
+        except AssertionError as e:
+            raise ValueError(
+                f"--init_from checkpoint {path} does not hold the networks of this fine-tuning "
+                f"({train_lib._one_line(e)}); was it written by --mode=advgan of this version?"
+            ) from e
+        return path
+    raise ValueError(
+        f"--init_from={init_from}: no checkpoint can be read in {directory}"
+        + (f" ({'; '.join(problems)})" if problems else "")
+    )
+
+
+class AdvGANFinetuneTrainer(_ConditionalSampling, Trainer):
+    """Eq. 10: the co-trained discriminator's class head on attacked real and generated images."""
+
+    metric_names = (
+        "train/loss",
+        "train/xent_real",
+        "train/xent_fake",
+        "train/accuracy_real",
+        "train/accuracy_fake",
+    )
+    progress_metrics = ("train/xent_real", "train/accuracy_real", "train/accuracy_fake")
+
+    def __init__(self, config: ExperimentConfig, info: DatasetInfo, strategy: tf.distribute.Strategy):
+        super().__init__(config, info, strategy)
+        self.params: AdvGANFinetuneConfig = config.mode_config
+        p, o = self.params, config.optimizer
+        init = p.init_run_config()
+        self.init_config = init
+        cotraining = init.get(init.get("mode", "advgan")) or {}
+        defaults = AdvGANConfig()
+        self.latent_dim = int(cotraining.get("latent_dim", defaults.latent_dim))
+        channels = int(cotraining.get("gan_channels", defaults.gan_channels))
+        generators = advgan_models.build_generators(
+            self.latent_dim, info.image_shape, info.num_classes, channels
+        )
+        self.networks["discriminator"] = advgan_models.build_discriminator(
+            info.image_shape, info.num_classes, channels
+        )
+        self.networks["generator"] = generators["conditional"]  # frozen: no optimizer
+        self.classifier = advgan_models.classifier_from_discriminator(self.discriminator)
+        self._train_vars = advgan_models.class_head_variables(self.discriminator)
+        self.schedule = learning_rate_schedule(o.learning_rate, o.lr_boundaries, o.lr_decay, o.train_steps)
+        # [code] Adam at 1e-3 with PyTorch's default betas (0.9, 0.999).
+        self.optimizers["discriminator"] = keras.optimizers.Adam(
+            learning_rate=lambda: self.schedule(self.step), name="discriminator_adam"
+        )
+        self.optimizers["discriminator"].build(self._train_vars)
+        # The co-training weights; the loop then restores this run's own
+        # checkpoint over them when it resumes.
+        self.init_checkpoint = restore_cotraining(p.init_from, self.generator, self.discriminator)
+        self._init_sampling(self.latent_dim, config.seed)
+        self._eval_fn = None
+        self._eval_order = "stored"
+
+    @property
+    def generator(self) -> keras.Model:
+        return self.networks["generator"]
+
+    @property
+    def discriminator(self) -> keras.Model:
+        return self.networks["discriminator"]
+
+    def learning_rates(self) -> Dict[str, float]:
+        return {"train/learning_rate": float(self.schedule(self.step))}
+
+    def _logits(self, x: tf.Tensor) -> tf.Tensor:
+        return tf.cast(self.classifier(x, training=False), tf.float32)
+
+    def _attack(self, images: tf.Tensor, labels: tf.Tensor, purpose: int) -> tf.Tensor:
+        p = self.params
+        return attacks.pgd(
+            self._logits,
+            images,
+            labels,
+            eps=p.eps,
+            step_size=p.attack_step_size,
+            num_steps=p.attack_steps,
+            random_start=p.attack_random_start,
+            seed=self._seed(purpose),
+        )
+
+    def replica_step(self, batch: Tuple[tf.Tensor, tf.Tensor], variant) -> Dict[str, tf.Tensor]:
+        del variant
+        p = self.params
+        real, labels = batch
+        real = tf.cast(real, tf.float32)
+        labels = tf.cast(labels, tf.int32)
+        n = tf.shape(real)[0]
+        scale = 1.0 / self.global_batch_size
+        real_adv = self._attack(real, labels, _ATTACK_SEED)
+        fake_labels = tf.random.stateless_uniform(
+            tf.reshape(n, [1]),
+            self._seed(_LABEL_SEED),
+            minval=0,
+            maxval=self.info.num_classes,
+            dtype=tf.int32,
+        )
+        z = tf.random.stateless_normal(tf.stack([n, self.latent_dim]), self._seed(_LATENT_SEED))
+        fake = tf.stop_gradient(self.generator([z, fake_labels], training=False))
+        # lambda 0 (plain PGD-AT of the class head): the generated images weigh nothing; skip their attack.
+        fake_adv = self._attack(fake, fake_labels, _FAKE_ATTACK_SEED) if p.lambda_fake > 0 else fake
+        with tf.GradientTape() as tape:
+            real_logits = tf.cast(self.classifier(real_adv, training=True), tf.float32)
+            fake_logits = tf.cast(self.classifier(fake_adv, training=True), tf.float32)
+            parts = advgan_losses.finetune_loss(real_logits, labels, fake_logits, fake_labels, p.lambda_fake)
+            loss = tf.reduce_sum(parts["total"]) * scale
+            total = loss + self._weight_decay(self.classifier)
+        grads = tape.gradient(total, self._train_vars)
+        self.optimizers["discriminator"].apply_gradients(zip(grads, self._train_vars))
+        self.metrics.update(
+            {
+                "train/loss": parts["total"],
+                "train/xent_real": parts["real"],
+                "train/xent_fake": parts["fake"],
+                "train/accuracy_real": _accuracy(real_logits, labels),
+                "train/accuracy_fake": _accuracy(fake_logits, fake_labels),
+            }
+        )
+        return {"loss": loss}
+
+    def summary_images(self, images: tf.Tensor, labels: tf.Tensor) -> Dict[str, tf.Tensor]:
+        adv = attacks.pgd(
+            self._logits,
+            images,
+            labels,
+            self.params.eps,
+            self.params.attack_step_size,
+            self.params.attack_steps,
+            random_start=False,
+        )
+        return {"images/x": images, "images/x_attacked": adv, **self._sample_grid_images()}
+
+    def _eval_batch(self, images, labels, index, steps: int, attacked: int):
+        labels = tf.cast(labels, tf.int32)
+        clean = tf.reduce_sum(_accuracy(self._logits(images), labels))
+        if not steps:
+            return tf.stack([clean, 0.0])
+        eps = self.params.eps
+        seed = tf.random.experimental.stateless_fold_in(
+            tf.constant([self.config.seed, _EVAL_SEED], tf.int64), index
+        )
+        x, y = images[:attacked], labels[:attacked]
+        adv = attacks.pgd(self._logits, x, y, eps, eps / 4, steps, random_start=True, seed=seed)
+        return tf.stack([clean, tf.reduce_sum(_accuracy(self._logits(adv), y))])
+
+    def evaluate(self, num_examples: int) -> Dict[str, float]:
+        """Clean and PGD accuracy of the class head on the first test images (as the classifier mode).
+
+        PGD: ``--eval_pgd_steps`` sign steps of eps/4 from a seeded random
+        start, on the first ``--eval_pgd_examples`` of them.
+        """
+        r = self.config.runtime
+        steps = r.eval_pgd_steps if self.params.eps > 0 else 0
+        attacked = min(num_examples, r.eval_pgd_examples) if steps else 0
+        if self._eval_fn is None:
+            self._eval_fn = tf.function(self._eval_batch)
+            self._eval_order = data.resolve_example_order(self.config.data, "test", "auto").name
+        correct = np.zeros(2)
+        total = 0
+        batches = data.make_eval_dataset(
+            self.config.data, batch_size=256, num_examples=num_examples, order=self._eval_order
+        )
+        for i, (images, labels) in enumerate(batches):
+            n = int(labels.shape[0])
+            k = max(0, min(n, attacked - total))
+            correct += self._eval_fn(images, labels, tf.constant(i, tf.int64), steps if k else 0, k).numpy()
+            total += n
+        out = {"eval/clean_accuracy": correct[0] / max(total, 1)}
+        if attacked:
+            out[f"eval/pgd{steps}_accuracy"] = correct[1] / min(attacked, max(total, 1))
+        return {k: float(v) for k, v in out.items()}
+
+    def export(
+        self, export_dir: str, metadata: Mapping[str, Any], evaluation: Mapping[str, float], num_examples: int
+    ) -> None:
+        """Exports the class head as a classifier (SavedModel, classifier.keras, metadata.json)."""
+        metadata = dict(metadata)
+        metadata["init_from"] = {"model_dir": self.params.init_from, "checkpoint": self.init_checkpoint}
+        if "eval/clean_accuracy" in evaluation:
+            metadata["clean_accuracy"] = {
+                "value": evaluation["eval/clean_accuracy"],
+                "num_test_examples": num_examples,
+            }
+        pgd = [k for k in evaluation if k.startswith("eval/pgd")]
+        if pgd:
+            metadata["pgd_accuracy"] = {
+                "value": evaluation[pgd[0]],
+                "num_test_examples": min(num_examples, self.config.runtime.eval_pgd_examples),
+                "eps": self.params.eps,
+                "steps": self.config.runtime.eval_pgd_steps,
+                "step_size": self.params.eps / 4,
+            }
+        export.export_classifier(self.classifier, export_dir, self.info.image_shape, metadata)

@@ -1,0 +1,402 @@
+"""The advgan modes (Rob-GAN): losses, the co-training attack, training, fine-tuning, export, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from jarn_tf import advgan_losses, advgan_models
+from jarn_tf import config as config_lib
+from jarn_tf import train_lib
+from jarn_tf.trainers import advgan as advgan_trainers
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _sp(t):  # softplus
+    return math.log1p(math.exp(t))
+
+
+def _xent(logits, y):
+    m = max(logits)
+    return m + math.log(sum(math.exp(v - m) for v in logits)) - logits[y]
+
+
+# -- losses against hand-computed values -----------------------------------------
+S_REAL, S_FAKE = [1.5, -0.5], [0.3, -2.0]
+C_REAL, Y_REAL = [[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]], [0, 2]
+C_FAKE, Y_FAKE = [[0.0, 1.0, 0.0], [3.0, -1.0, 1.0]], [1, 2]
+
+
+def _losses(class_loss):
+    return advgan_losses.discriminator_losses(
+        tf.constant(S_REAL), tf.constant(C_REAL), tf.constant(Y_REAL),
+        tf.constant(S_FAKE), tf.constant(C_FAKE), tf.constant(Y_FAKE), class_loss,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("class_loss", ["split", "acgan"])
+def test_discriminator_losses_eq8_eq9_hand_values(class_loss):
+    out = {k: v.numpy() for k, v in _losses(class_loss).items()}
+    for i in range(2):
+        source = _sp(-S_REAL[i]) + _sp(S_FAKE[i])  # -log sigmoid(s_r) - log(1 - sigmoid(s_f))
+        c1, c2 = _xent(C_REAL[i], Y_REAL[i]), _xent(C_FAKE[i], Y_FAKE[i])
+        expected = source + c1 + (c2 if class_loss == "acgan" else 0.0)  # -(L_S + L_C1) or -(L_S + L_C)
+        np.testing.assert_allclose(out["source"][i], source, rtol=1e-6)
+        np.testing.assert_allclose(out["class_real"][i], c1, rtol=1e-6)
+        np.testing.assert_allclose(out["class_fake"][i], c2, rtol=1e-6)
+        np.testing.assert_allclose(out["total"][i], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["minimax", "non_saturating"])
+def test_generator_loss_hand_values(kind):
+    out = advgan_losses.generator_losses(tf.constant(S_FAKE), tf.constant(C_FAKE), tf.constant(Y_FAKE), kind)
+    for i in range(2):
+        source = -_sp(S_FAKE[i]) if kind == "minimax" else _sp(-S_FAKE[i])
+        np.testing.assert_allclose(out["total"].numpy()[i], source + _xent(C_FAKE[i], Y_FAKE[i]), rtol=1e-6)
+
+
+def test_attack_objective_and_finetune_loss_hand_values():
+    obj = advgan_losses.attack_objective(
+        tf.constant(S_REAL), tf.constant(C_REAL), tf.constant(Y_REAL)
+    ).numpy()
+    ft = advgan_losses.finetune_loss(
+        tf.constant(C_REAL), tf.constant(Y_REAL), tf.constant(C_FAKE), tf.constant(Y_FAKE), 0.5
+    )["total"].numpy()
+    for i in range(2):
+        np.testing.assert_allclose(obj[i], _sp(-S_REAL[i]) + _xent(C_REAL[i], Y_REAL[i]), rtol=1e-6)
+        np.testing.assert_allclose(
+            ft[i], _xent(C_REAL[i], Y_REAL[i]) + 0.5 * _xent(C_FAKE[i], Y_FAKE[i]), rtol=1e-6
+        )
+
+
+def test_split_loss_gives_the_discriminator_no_gradient_from_the_fake_class_loss():
+    # On the logits: d total / d fake class logits is 0 under eq. 9 and not under eq. 8.
+    for class_loss, zero in (("split", True), ("acgan", False)):
+        fake_logits = tf.Variable(C_FAKE)
+        with tf.GradientTape() as tape:
+            total = tf.reduce_sum(
+                advgan_losses.discriminator_losses(
+                    tf.constant(S_REAL), tf.constant(C_REAL), tf.constant(Y_REAL),
+                    tf.constant(S_FAKE), fake_logits, tf.constant(Y_FAKE), class_loss,
+                )["total"]
+            )  # fmt: skip
+        grad = tape.gradient(total, fake_logits)
+        assert (grad is None or not np.any(grad.numpy())) == zero, class_loss
+    # On the network: the discriminator's gradients do not depend on the generated images' labels.
+    disc = advgan_models.build_discriminator((8, 8, 1), 3, channels=4)
+    rng = np.random.default_rng(0)
+    real, fake = (tf.constant(rng.uniform(size=(4, 8, 8, 1)), tf.float32) for _ in range(2))
+    y_real = tf.constant([0, 1, 2, 0])
+
+    def grads(class_loss, y_fake):
+        with tf.GradientTape() as tape:
+            (rs, rl), (fs, fl) = disc(real), disc(fake)
+            total = tf.reduce_sum(
+                advgan_losses.discriminator_losses(rs, rl, y_real, fs, fl, tf.constant(y_fake), class_loss)[
+                    "total"
+                ]
+            )
+        return [g.numpy() for g in tape.gradient(total, disc.trainable_variables)]
+
+    for a, b in zip(grads("split", [0, 0, 0, 0]), grads("split", [2, 1, 0, 1])):
+        np.testing.assert_array_equal(a, b)
+    assert any(
+        not np.allclose(a, b) for a, b in zip(grads("acgan", [0, 0, 0, 0]), grads("acgan", [2, 1, 0, 1]))
+    )
+
+
+def test_cotraining_attack_increases_the_discriminator_loss_within_eps_and_range():
+    tf.keras.utils.set_random_seed(0)
+    disc = advgan_models.build_discriminator((8, 8, 1), 3, channels=8)
+    images = tf.constant(np.random.default_rng(1).uniform(size=(16, 8, 8, 1)), tf.float32)
+    images = tf.clip_by_value(images * 1.2 - 0.1, 0.0, 1.0)  # some pixels at 0 and 1
+    labels = tf.constant(np.arange(16) % 3)
+
+    def heads(x):
+        s, c = disc(x, training=False)
+        return tf.reshape(s, [-1]), c
+
+    eps = 0.05
+    adv = advgan_losses.cotraining_attack(heads, images, labels, eps, eps / 4, 5)
+    before = advgan_losses.attack_objective(*heads(images), labels).numpy()
+    after = advgan_losses.attack_objective(*heads(adv), labels).numpy()
+    assert after.mean() > before.mean() and np.mean(after > before) > 0.9
+    assert np.max(np.abs(adv.numpy() - images.numpy())) <= eps + 1e-6
+    assert adv.numpy().min() >= 0.0 and adv.numpy().max() <= 1.0
+    # The seeded random start stays in range too; 0 steps is the identity.
+    adv = advgan_losses.cotraining_attack(heads, images, labels, eps, eps / 4, 2, True, tf.constant([1, 2]))
+    assert np.max(np.abs(adv.numpy() - images.numpy())) <= eps + 1e-6 and 0 <= adv.numpy().min()
+    np.testing.assert_array_equal(
+        advgan_losses.cotraining_attack(heads, images, labels, eps, 0.01, 0), images
+    )
+
+
+def test_marginal_generator_draws_classes_uniformly_and_matches_the_conditional_one():
+    freq = advgan_models.uniform_class_check(10)
+    np.testing.assert_allclose(freq, 0.1, atol=0.005)
+    gens = advgan_models.build_generators(4, (8, 8, 1), 3, channels=4)
+    z = np.random.default_rng(0).standard_normal((6, 5)).astype(np.float32)
+    labels = np.searchsorted(advgan_models.normal_quantiles(3), z[:, 0], side="right")
+    np.testing.assert_allclose(
+        gens["marginal"](z, training=False),
+        gens["conditional"]([z[:, 1:], labels], training=False),
+        atol=1e-6,
+    )
+
+
+# -- training, resuming, fine-tuning, export ---------------------------------------
+ADVGAN_FIELDS = dict(
+    dataset="fashion_mnist",
+    # Classifier-mode fields, unused here, at values valid for 28x28 images.
+    model="mnist_cnn",
+    disc_layers=2,
+    download=False,
+    train_steps=4,
+    batch_size=8,
+    steps_per_loop=2,
+    checkpoint_every=2,
+    summary_every=2,
+    image_summary_every=0,
+    eval_every=0,
+    eval_pgd_steps=1,
+    eval_pgd_examples=8,
+    eps=0.1,
+    attack_steps=2,
+    attack_step_size=0.025,
+)
+
+
+def _config(mode, data_dir, **fields):
+    base = config_lib.ExperimentConfig(mode=mode)
+    values = dict(ADVGAN_FIELDS, data_dir=data_dir)
+    if mode != "advgan_finetune":
+        values.update(latent_dim=8, gan_channels=4, advgan_disc_steps=2, learning_rate=2e-4, lr_boundaries=())
+    else:
+        values.update(learning_rate=1e-3, lr_boundaries=(0.5,), attack_random_start=True)
+    values.update(fields)
+    return config_lib.with_fields(base, **values)
+
+
+@pytest.fixture(scope="module")
+def cotrained(tiny_data_dir, tmp_path_factory):
+    """A co-training run of 4 steps, interrupted at step 2 and resumed."""
+    model_dir = str(tmp_path_factory.mktemp("advgan") / "co")
+    config = _config("advgan", tiny_data_dir)
+    first = train_lib.train(config, model_dir, eval_examples=16, stop_after=2, verbose=0)
+    assert first.step == 2 and first.export_dir is None
+    second = train_lib.train(config, model_dir, eval_examples=16, verbose=0)
+    assert (second.start_step, second.step) == (2, 4)
+    return model_dir, second
+
+
+def test_advgan_trains_resumes_and_exports_a_conditional_generator(cotrained):
+    model_dir, result = cotrained
+    assert set(result.metrics) >= {"train/d_loss", "train/g_loss", "train/attack_gain", "train/real_accuracy"}
+    assert all(np.isfinite(v) for v in result.metrics.values())
+    export_dir = os.path.join(model_dir, "export")
+    names = set(os.listdir(export_dir))
+    assert {
+        "generator.keras",
+        "conditional_generator.keras",
+        "saved_model",
+        "metadata.json",
+        "samples.png",
+    } <= names
+    metadata = json.load(open(os.path.join(export_dir, "metadata.json")))
+    assert metadata["kind"] == "generator" and metadata["latent_dim"] == 9
+    assert metadata["conditional"] == {**metadata["conditional"], "num_classes": 10, "latent_dim": 8}
+    assert "clean_accuracy" in metadata["class_head"]
+    loaded = tf.saved_model.load(os.path.join(export_dir, "saved_model"))
+    images = loaded.signatures["conditional"](latent=tf.zeros([3, 8]), labels=tf.constant([0, 1, 9]))[
+        "images"
+    ]
+    assert images.shape == (3, 28, 28, 1) and 0 <= images.numpy().min() and images.numpy().max() <= 1
+    assert loaded.signatures["serving_default"](latent=tf.zeros([2, 9]))["images"].shape == (2, 28, 28, 1)
+
+
+def test_nan_in_the_cotraining_loss_stops_with_the_last_good_checkpoint(tiny_data_dir, tmp_path, monkeypatch):
+    heads = advgan_trainers.AdvGANTrainer.heads
+
+    def poisoned(self, x, training=False):
+        source, logits = heads(self, x, training)
+        if training:  # a real NaN in the discriminator's source logits from step 3 on
+            source = source + tf.where(self.step >= 3, np.nan, 0.0)
+        return source, logits
+
+    monkeypatch.setattr(advgan_trainers.AdvGANTrainer, "heads", poisoned)
+    model_dir = str(tmp_path / "nan")
+    with pytest.raises(train_lib.NonFiniteLossError, match="at step 3"):
+        train_lib.train(_config("advgan", tiny_data_dir), model_dir, eval_examples=0, verbose=0)
+    assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-2")
+    reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints", "ckpt-2"))
+    for name in reader.get_variable_to_shape_map():
+        value = reader.get_tensor(name)
+        if np.issubdtype(np.asarray(value).dtype, np.floating):
+            assert np.all(np.isfinite(value)), name
+
+
+def _tensor_like(checkpoint_dir, prefix, like):
+    """The tensors of the newest checkpoint whose name starts with ``prefix`` and shape is ``like``'s.
+
+    (A variable is stored once, under the first path to it: often its optimizer's.)
+    """
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(checkpoint_dir))
+    names = reader.get_variable_to_shape_map()
+    return [reader.get_tensor(n) for n in names if n.startswith(prefix) and tuple(names[n]) == like.shape]
+
+
+@pytest.fixture(scope="module")
+def finetuned(cotrained, tiny_data_dir, tmp_path_factory):
+    """A fine-tuning run from ``cotrained``: 2 steps, a resume that trains nothing, 2 more steps."""
+    init, _ = cotrained
+    model_dir = str(tmp_path_factory.mktemp("advgan") / "ft")
+    config = _config("advgan_finetune", tiny_data_dir, init_from=init)
+    first = train_lib.train(config, model_dir, eval_examples=16, stop_after=2, verbose=0)
+    again = train_lib.train(config, model_dir, eval_examples=16, stop_after=2, verbose=0)
+    second = train_lib.train(config, model_dir, eval_examples=16, verbose=0)
+    assert (again.start_step, again.step, second.start_step, second.step) == (2, 2, 2, 4)
+    return model_dir, init, first, again, second
+
+
+def test_finetune_starts_from_the_cotraining_run_and_resumes_from_its_own_checkpoint(finetuned):
+    _, init, first, again, second = finetuned
+    checkpoints = os.path.join(init, "checkpoints")
+    # Fresh start: the frozen generator is the co-trained one (the newest co-training checkpoint).
+    assert first.trainer.init_checkpoint.endswith("ckpt-4")
+    linear = first.trainer.generator.get_layer("linear").kernel.numpy()
+    assert any(np.array_equal(t, linear) for t in _tensor_like(checkpoints, "", linear))
+    # Resume: the fine-tuned class head of step 2 wins over the co-trained one restored first.
+    head = first.trainer.classifier.get_layer("classes").kernel.numpy()
+    np.testing.assert_array_equal(again.trainer.classifier.get_layer("classes").kernel.numpy(), head)
+    cotrained_heads = _tensor_like(checkpoints, "", head)
+    assert cotrained_heads and not any(np.array_equal(t, head) for t in cotrained_heads)
+    assert set(second.metrics) >= {"train/xent_real", "train/xent_fake", "train/accuracy_real"}
+    assert all(np.isfinite(v) for v in second.metrics.values())
+
+
+LOAD_WITHOUT_PACKAGE = r"""
+import json, sys
+import numpy as np
+import keras, tensorflow as tf
+export_dir = sys.argv[1]
+model = keras.saving.load_model(export_dir + "/classifier.keras")
+x = np.random.default_rng(0).uniform(size=(3, 28, 28, 1)).astype("float32")
+a = np.asarray(model(x, training=False))
+b = tf.saved_model.load(export_dir + "/saved_model").signatures["serving_default"](images=tf.constant(x))["logits"]
+assert "jarn_tf" not in sys.modules
+print(json.dumps({"shape": list(a.shape), "diff": float(np.abs(a - b.numpy()).max())}))
+"""
+
+
+def test_finetuned_classifier_exports_loads_without_the_package_and_evaluates(
+    finetuned, evaluate_cli, tmp_path
+):
+    model_dir = finetuned[0]
+    export_dir = os.path.join(model_dir, "export")
+    metadata = json.load(open(os.path.join(export_dir, "metadata.json")))
+    assert metadata["mode"] == "advgan_finetune" and metadata["config"]["advgan_finetune"]["eps"] == 0.1
+    assert "clean_accuracy" in metadata and "pgd_accuracy" in metadata
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD_WITHOUT_PACKAGE, export_dir],
+        capture_output=True, text=True, cwd=str(tmp_path), env=dict(env, TF_CPP_MIN_LOG_LEVEL="2"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["shape"] == [3, 10] and out["diff"] < 1e-4
+    proc = evaluate_cli(
+        f"--model={model_dir}", "--attacks=clean,pgd2", "--num_examples=16", "--noeps_checks",
+        "--square_check_queries=0", "--verbose=0", f"--output_dir={tmp_path / 'eval'}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.load(open(tmp_path / "eval" / "results.json"))
+    assert results["eps_source"] == "metadata" and abs(results["eps"] - 0.1) < 1e-9
+    assert set(results["attacks"]) == {"clean", "pgd2"}
+
+
+# -- bad input -----------------------------------------------------------------------
+def _write_run(path, mode, dataset):
+    os.makedirs(os.path.join(path, "checkpoints"), exist_ok=True)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump({"mode": mode, "seed": 0, "data": {"dataset": dataset}}, f)
+    open(os.path.join(path, "checkpoints", "ckpt-1.index"), "w").close()
+    return str(path)
+
+
+def test_finetune_refuses_a_missing_or_wrong_init_run(run_main, tiny_data_dir, tmp_path, capsys):
+    common = [
+        "--mode=advgan_finetune",
+        "--dataset=fashion_mnist",
+        "--nodownload",
+        f"--data_dir={tiny_data_dir}",
+    ]
+    cases = [
+        ([], "needs --init_from"),
+        ([f"--init_from={tmp_path / 'nothing'}"], "holds no training run"),
+        ([f"--init_from={_write_run(tmp_path / 'gan', 'gan', 'fashion_mnist')}"], "is a --mode=gan run"),
+        (
+            [f"--init_from={_write_run(tmp_path / 'cls', 'classifier', 'fashion_mnist')}"],
+            "--mode=classifier run",
+        ),
+        ([f"--init_from={_write_run(tmp_path / 'mnist', 'advgan', 'mnist')}"], "was trained on mnist"),
+    ]
+    for args, message in cases:
+        model_dir = tmp_path / f"ft{len(message)}"
+        assert run_main(common + args + [f"--model_dir={model_dir}"]) == 2
+        err = capsys.readouterr().err
+        assert message in err, err
+        assert not os.path.exists(model_dir)
+    # The alias is a mode name; a flag of another mode is refused.
+    assert run_main(["--mode=robgan", "--jarn", f"--model_dir={tmp_path / 'x'}"]) == 2
+    assert "does not use --jarn" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        (
+            "cifar10_advgan",
+            dict(class_loss="split", eps=8 / 255, attack_step_size=1 / 256, advgan_disc_steps=5),
+        ),
+        ("cifar10_advgan_acgan", dict(class_loss="acgan", attack_random_start=False, adam_beta1=0.0)),
+        (
+            "cifar10_advgan_finetune",
+            dict(lambda_fake=0.5, attack_step_size=8 / 255 / 5, attack_random_start=True),
+        ),
+        ("cpu_advgan", dict(class_loss="split", eps=0.1, attack_step_size=0.0125, gan_channels=32)),
+        ("cpu_advgan_acgan", dict(class_loss="acgan", train_steps=1200)),
+        ("cpu_advgan_finetune", dict(eps=0.1, attack_step_size=0.02, batch_size=128, learning_rate=1e-3)),
+    ],
+)
+def test_flagfiles_resolve_to_the_documented_settings(name, expected):
+    from absl import flags
+
+    from jarn_tf import flag_utils
+
+    fv = flags.FlagValues()
+    flag_utils.define_config_flags(fv)
+    args = fv.read_flags_from_files(
+        [f"--flagfile={os.path.join(REPO, 'flags', name + '.cfg')}"], force_gnu=False
+    )
+    if name.startswith("cifar10"):  # --epochs would count CIFAR-10's training split
+        args = [a for a in args if not a.startswith("--epochs")] + ["--train_steps=10"]
+    if "finetune" in name:
+        args.append("--init_from=runs/x")
+    fv(["x"] + args)
+    config = flag_utils.config_from_flags(fv)
+    values = {}
+    for section in config.sections().values():
+        values.update(dataclasses.asdict(section))
+    for key, value in expected.items():
+        assert values[key] == pytest.approx(value), (name, key)
+    if "finetune" not in name:
+        config.validate()
