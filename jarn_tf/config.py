@@ -316,6 +316,133 @@ class RuntimeConfig:
 RuntimeConfig.RESUMABLE = frozenset(f.name for f in dataclasses.fields(RuntimeConfig))
 
 
+# ---------------------------------------------------------------------------
+# Robust-discriminator regularisers (Zhou & Kraehenbuehl, ICLR 2019): the
+# gan mode's, also offered to JARN's discriminator (``--jarn``) and to the
+# AdvGAN discriminator's source head. One definition, so the flags (one per
+# name) have the same help, choices and bounds in every mode.
+
+# Fields whose flag may only be given with these regularisers.
+DISC_REG_FIELDS: Dict[str, Tuple[str, ...]] = {
+    "reg_weight": ("ar", "rfm"),
+    "reg_delta": ("ar", "rfm"),
+    "reg_attack": ("ar", "rfm"),
+    "rfm_alpha": ("rfm",),
+    "gp_weight": ("gradient_penalty",),
+    "noise_sigma": ("instance_noise",),
+}
+
+
+def _disc_reg_fields() -> Dict[str, Any]:
+    """Field definitions of the discriminator regularisers (GAN, classifier/JARN, AdvGAN sections)."""
+    return dict(
+        disc_reg=flag_field(
+            "none",
+            "Regulariser of the discriminator: none; instance_noise (Gaussian noise on every discriminator "
+            "input); gradient_penalty (WGAN-GP on interpolates, weight from U(0, 1)); ar (eq. 4: "
+            "(D(G(z)) - D(G(z) + v))^2); rfm (eq. 5: ||phi(G(z)) - phi(G(z) + v)||^2 + alpha ||w||^2 on the "
+            "penultimate features).",
+            choices=DISC_REGULARIZERS,
+        ),
+        reg_weight=flag_field(
+            10.0,
+            "lambda of --disc_reg=ar or rfm (not in the paper; ours: 10). Only with ar or rfm.",
+            lower=0.0,
+            flag_default=None,
+        ),
+        reg_delta=flag_field(
+            0.05,
+            "Radius of the attack of ar / rfm in [0, 1] image units: L2 for fgm, pgd and cw (paper: 0.05), "
+            "L-inf for fgsm. Only with ar or rfm.",
+            lower=0.0,
+            flag_default=None,
+        ),
+        rfm_alpha=flag_field(
+            1e-4,
+            "alpha of --disc_reg=rfm, the weight of ||w||^2 (paper: 1e-4). Only with rfm.",
+            lower=0.0,
+            flag_default=None,
+        ),
+        reg_attack=flag_field(
+            "fgm",
+            "The attack v of ar / rfm on generated images (held constant: no gradient through it). fgm: the "
+            "fast normalised gradient delta * g / ||g||_2 of D (paper); fgsm: delta * sign(g); pgd: L2 PGD on "
+            "the regulariser's own distance, from the fgm point; cw: Carlini-Wagner-style ascent on "
+            "distance - ||v||^2 / delta^2 (Appendix F). Only with ar or rfm.",
+            choices=REG_ATTACKS,
+            flag_default=None,
+        ),
+        reg_attack_steps=flag_field(
+            5, "Steps of --reg_attack=pgd or cw (only with them).", lower=1, flag_default=None
+        ),
+        reg_target=flag_field(
+            "discriminator",
+            "What ar / gradient_penalty make robust: the discriminator's output D (section 4) or the loss "
+            "f(D) of generated images (Appendix D, the robust loss).",
+            choices=REG_TARGETS,
+        ),
+        gp_weight=flag_field(
+            10.0,
+            "Weight of --disc_reg=gradient_penalty (WGAN-GP's 10). Only with it.",
+            lower=0.0,
+            flag_default=None,
+        ),
+        gp_target=flag_field(
+            1.0, "Target gradient norm of the penalty: (||grad|| / target - 1)^2 (as TF-GAN).", lower=1e-6
+        ),
+        noise_sigma=flag_field(
+            0.1,
+            "Std of the Gaussian instance noise in [0, 1] image units (not in the paper; ours: 0.1). Only with "
+            "--disc_reg=instance_noise.",
+            lower=0.0,
+            flag_default=None,
+        ),
+    )
+
+
+def _derive_disc_reg(out: Dict[str, Any]) -> Dict[str, Any]:
+    """Refuses regulariser flags given without their regulariser, then fills their defaults (in place).
+
+    Raises:
+      ValueError: naming the flag and the --disc_reg it needs.
+    """
+    reg = out.get("disc_reg") or "none"
+    defaults = {name: f.default for name, f in _disc_reg_fields().items()}
+    for name, regs in DISC_REG_FIELDS.items():
+        if out.get(name) is not None and reg not in regs:
+            raise ValueError(f"--{name} applies to --disc_reg={' or '.join(regs)} only, not --disc_reg={reg}")
+        if out.get(name) is None:
+            out[name] = defaults[name]
+    if out.get("reg_attack_steps") is not None and out["reg_attack"] not in ("pgd", "cw"):
+        raise ValueError(
+            f"--reg_attack_steps applies to --reg_attack=pgd or cw only, not --reg_attack={out['reg_attack']}"
+        )
+    if out.get("reg_attack_steps") is None:
+        out["reg_attack_steps"] = defaults["reg_attack_steps"]
+    return out
+
+
+def _disc_reg_checks(section: Any) -> List[Tuple[bool, str]]:
+    """The checks of the regulariser fields of ``section``."""
+    return [
+        (
+            section.disc_reg in DISC_REGULARIZERS,
+            f"--disc_reg must be one of {DISC_REGULARIZERS}, got {section.disc_reg!r}",
+        ),
+        (section.reg_attack in REG_ATTACKS, f"--reg_attack must be one of {REG_ATTACKS}"),
+        (section.reg_target in REG_TARGETS, f"--reg_target must be one of {REG_TARGETS}"),
+        (
+            section.reg_target == "discriminator" or section.disc_reg in ("ar", "gradient_penalty"),
+            "--reg_target=loss (Appendix D's robust loss) applies to --disc_reg=ar or "
+            f"gradient_penalty, not --disc_reg={section.disc_reg}",
+        ),
+        (section.reg_delta > 0, f"--reg_delta must be positive, got {section.reg_delta}"),
+        (section.reg_weight >= 0, f"--reg_weight must be >= 0, got {section.reg_weight}"),
+        (section.gp_weight >= 0, f"--gp_weight must be >= 0, got {section.gp_weight}"),
+        (section.noise_sigma >= 0, f"--noise_sigma must be >= 0, got {section.noise_sigma}"),
+    ]
+
+
 @dataclasses.dataclass(frozen=True)
 class ClassifierConfig:
     """The ``classifier`` mode: standard training and its regularisers.
@@ -398,6 +525,18 @@ class ClassifierConfig:
     double_backprop: float = flag_field(
         0.0, "Weight of the input-gradient Frobenius penalty; 0 = off.", lower=0.0
     )
+    # The gan mode's robust-discriminator regularisers on JARN's discriminator
+    # (--jarn only): score s = logit_fake - logit_real, generated = J'.
+    disc_reg: str = _disc_reg_fields()["disc_reg"]
+    reg_weight: float = _disc_reg_fields()["reg_weight"]
+    reg_delta: float = _disc_reg_fields()["reg_delta"]
+    rfm_alpha: float = _disc_reg_fields()["rfm_alpha"]
+    reg_attack: str = _disc_reg_fields()["reg_attack"]
+    reg_attack_steps: int = _disc_reg_fields()["reg_attack_steps"]
+    reg_target: str = _disc_reg_fields()["reg_target"]
+    gp_weight: float = _disc_reg_fields()["gp_weight"]
+    gp_target: float = _disc_reg_fields()["gp_target"]
+    noise_sigma: float = _disc_reg_fields()["noise_sigma"]
 
     @staticmethod
     def derive(values: Dict[str, Any]) -> Dict[str, Any]:
@@ -412,6 +551,12 @@ class ClassifierConfig:
           step_size, at_random_start and noise_eps resolved.
         """
         out = dict(values)
+        if (out.get("disc_reg") or "none") != "none" and not out.get("jarn"):
+            raise ValueError(
+                f"--disc_reg={out['disc_reg']} regularises JARN's discriminator: it needs --jarn "
+                "(or --mode=gan / --mode=advgan)"
+            )
+        _derive_disc_reg(out)
         variant = out.get("jarn_variant") or "paper"
         for name, value in JARN_VARIANT_DEFAULTS[variant].items():
             if out.get(name) is None:
@@ -431,7 +576,12 @@ class ClassifierConfig:
     def validate(self, config: "ExperimentConfig") -> None:
         train_steps = config.optimizer.train_steps
         _check(
-            [
+            _disc_reg_checks(self)
+            + [
+                (
+                    self.disc_reg == "none" or self.jarn,
+                    f"--disc_reg={self.disc_reg} regularises JARN's discriminator: it needs --jarn",
+                ),
                 (self.at_steps >= 0, f"--at_steps must be >= 0, got {self.at_steps}"),
                 (
                     0.0 <= self.eps <= 1.0,
@@ -511,67 +661,16 @@ class GANConfig:
         "minimax for wgan).",
         choices=GAN_GENERATOR_LOSSES,
     )
-    disc_reg: str = flag_field(
-        "none",
-        "Regulariser of the discriminator: none; instance_noise (Gaussian noise on every discriminator "
-        "input); gradient_penalty (WGAN-GP on interpolates, weight from U(0, 1)); ar (eq. 4: "
-        "(D(G(z)) - D(G(z) + v))^2); rfm (eq. 5: ||phi(G(z)) - phi(G(z) + v)||^2 + alpha ||w||^2 on the "
-        "penultimate features).",
-        choices=DISC_REGULARIZERS,
-    )
-    reg_weight: float = flag_field(
-        10.0,
-        "lambda of --disc_reg=ar or rfm (not in the paper; ours: 10). Only with ar or rfm.",
-        lower=0.0,
-        flag_default=None,
-    )
-    reg_delta: float = flag_field(
-        0.05,
-        "Radius of the attack of ar / rfm in [0, 1] image units: L2 for fgm, pgd and cw (paper: 0.05), "
-        "L-inf for fgsm. Only with ar or rfm.",
-        lower=0.0,
-        flag_default=None,
-    )
-    rfm_alpha: float = flag_field(
-        1e-4,
-        "alpha of --disc_reg=rfm, the weight of ||w||^2 (paper: 1e-4). Only with rfm.",
-        lower=0.0,
-        flag_default=None,
-    )
-    reg_attack: str = flag_field(
-        "fgm",
-        "The attack v of ar / rfm on generated images (held constant: no gradient through it). fgm: the "
-        "fast normalised gradient delta * g / ||g||_2 of D (paper); fgsm: delta * sign(g); pgd: L2 PGD on "
-        "the regulariser's own distance, from the fgm point; cw: Carlini-Wagner-style ascent on "
-        "distance - ||v||^2 / delta^2 (Appendix F). Only with ar or rfm.",
-        choices=REG_ATTACKS,
-        flag_default=None,
-    )
-    reg_attack_steps: int = flag_field(
-        5, "Steps of --reg_attack=pgd or cw (only with them).", lower=1, flag_default=None
-    )
-    reg_target: str = flag_field(
-        "discriminator",
-        "What ar / gradient_penalty make robust: the discriminator's output D (section 4) or the loss "
-        "f(D) of generated images (Appendix D, the robust loss).",
-        choices=REG_TARGETS,
-    )
-    gp_weight: float = flag_field(
-        10.0,
-        "Weight of --disc_reg=gradient_penalty (WGAN-GP's 10). Only with it.",
-        lower=0.0,
-        flag_default=None,
-    )
-    gp_target: float = flag_field(
-        1.0, "Target gradient norm of the penalty: (||grad|| / target - 1)^2 (as TF-GAN).", lower=1e-6
-    )
-    noise_sigma: float = flag_field(
-        0.1,
-        "Std of the Gaussian instance noise in [0, 1] image units (not in the paper; ours: 0.1). Only with "
-        "--disc_reg=instance_noise.",
-        lower=0.0,
-        flag_default=None,
-    )
+    disc_reg: str = _disc_reg_fields()["disc_reg"]
+    reg_weight: float = _disc_reg_fields()["reg_weight"]
+    reg_delta: float = _disc_reg_fields()["reg_delta"]
+    rfm_alpha: float = _disc_reg_fields()["rfm_alpha"]
+    reg_attack: str = _disc_reg_fields()["reg_attack"]
+    reg_attack_steps: int = _disc_reg_fields()["reg_attack_steps"]
+    reg_target: str = _disc_reg_fields()["reg_target"]
+    gp_weight: float = _disc_reg_fields()["gp_weight"]
+    gp_target: float = _disc_reg_fields()["gp_target"]
+    noise_sigma: float = _disc_reg_fields()["noise_sigma"]
     disc_steps: int = flag_field(
         1, "Discriminator steps per generator step (each on its own batch; the paper gives none).", lower=1
     )
@@ -593,14 +692,7 @@ class GANConfig:
     )
 
     # Fields whose flag may only be given with these regularisers.
-    REG_FIELDS: ClassVar[Dict[str, Tuple[str, ...]]] = {
-        "reg_weight": ("ar", "rfm"),
-        "reg_delta": ("ar", "rfm"),
-        "reg_attack": ("ar", "rfm"),
-        "rfm_alpha": ("rfm",),
-        "gp_weight": ("gradient_penalty",),
-        "noise_sigma": ("instance_noise",),
-    }
+    REG_FIELDS: ClassVar[Dict[str, Tuple[str, ...]]] = DISC_REG_FIELDS
 
     @staticmethod
     def derive(values: Dict[str, Any]) -> Dict[str, Any]:
@@ -609,27 +701,12 @@ class GANConfig:
         Raises:
           ValueError: naming the flag and the --disc_reg it needs.
         """
-        out = dict(values)
-        reg = out.get("disc_reg") or "none"
-        defaults = {f.name: f.default for f in dataclasses.fields(GANConfig)}
-        for name, regs in GANConfig.REG_FIELDS.items():
-            if out.get(name) is not None and reg not in regs:
-                raise ValueError(
-                    f"--{name} applies to --disc_reg={' or '.join(regs)} only, not --disc_reg={reg}"
-                )
-            if out.get(name) is None:
-                out[name] = defaults[name]
-        if out.get("reg_attack_steps") is not None and out["reg_attack"] not in ("pgd", "cw"):
-            raise ValueError(
-                f"--reg_attack_steps applies to --reg_attack=pgd or cw only, not --reg_attack={out['reg_attack']}"
-            )
-        if out.get("reg_attack_steps") is None:
-            out["reg_attack_steps"] = defaults["reg_attack_steps"]
-        return out
+        return _derive_disc_reg(dict(values))
 
     def validate(self, config: "ExperimentConfig") -> None:
         _check(
-            [
+            _disc_reg_checks(self)
+            + [
                 (
                     self.gan_loss in GAN_LOSSES,
                     f"--gan_loss must be one of {GAN_LOSSES}, got {self.gan_loss!r}",
@@ -638,21 +715,6 @@ class GANConfig:
                     self.gan_generator_loss in GAN_GENERATOR_LOSSES,
                     f"--gan_generator_loss must be one of {GAN_GENERATOR_LOSSES}, got {self.gan_generator_loss!r}",
                 ),
-                (
-                    self.disc_reg in DISC_REGULARIZERS,
-                    f"--disc_reg must be one of {DISC_REGULARIZERS}, got {self.disc_reg!r}",
-                ),
-                (self.reg_attack in REG_ATTACKS, f"--reg_attack must be one of {REG_ATTACKS}"),
-                (self.reg_target in REG_TARGETS, f"--reg_target must be one of {REG_TARGETS}"),
-                (
-                    self.reg_target == "discriminator" or self.disc_reg in ("ar", "gradient_penalty"),
-                    "--reg_target=loss (Appendix D's robust loss) applies to --disc_reg=ar or "
-                    f"gradient_penalty, not --disc_reg={self.disc_reg}",
-                ),
-                (self.reg_delta > 0, f"--reg_delta must be positive, got {self.reg_delta}"),
-                (self.reg_weight >= 0, f"--reg_weight must be >= 0, got {self.reg_weight}"),
-                (self.gp_weight >= 0, f"--gp_weight must be >= 0, got {self.gp_weight}"),
-                (self.noise_sigma >= 0, f"--noise_sigma must be >= 0, got {self.noise_sigma}"),
                 (self.disc_steps >= 1, f"--disc_steps must be >= 1, got {self.disc_steps}"),
                 (self.latent_dim >= 1, f"--latent_dim must be >= 1, got {self.latent_dim}"),
                 (self.gan_channels >= 1, f"--gan_channels must be >= 1, got {self.gan_channels}"),
@@ -954,6 +1016,18 @@ class AdvGANConfig:
     attack_steps: int = _advgan_attack_fields()["attack_steps"]
     attack_step_size: float = _advgan_attack_fields()["attack_step_size"]
     attack_random_start: bool = _advgan_attack_fields()["attack_random_start"]
+    # The gan mode's robust-discriminator regularisers on the source head:
+    # score s = -source logit (high = generated), generated = G(z, y).
+    disc_reg: str = _disc_reg_fields()["disc_reg"]
+    reg_weight: float = _disc_reg_fields()["reg_weight"]
+    reg_delta: float = _disc_reg_fields()["reg_delta"]
+    rfm_alpha: float = _disc_reg_fields()["rfm_alpha"]
+    reg_attack: str = _disc_reg_fields()["reg_attack"]
+    reg_attack_steps: int = _disc_reg_fields()["reg_attack_steps"]
+    reg_target: str = _disc_reg_fields()["reg_target"]
+    gp_weight: float = _disc_reg_fields()["gp_weight"]
+    gp_target: float = _disc_reg_fields()["gp_target"]
+    noise_sigma: float = _disc_reg_fields()["noise_sigma"]
     advgan_disc_steps: int = flag_field(
         5,
         "Discriminator steps per generator step (SN-GAN's 5, which the paper keeps; each on its own batch).",
@@ -979,7 +1053,7 @@ class AdvGANConfig:
     @staticmethod
     def derive(values: Dict[str, Any]) -> Dict[str, Any]:
         """Fills the co-training attack's step (eps/8) and random start (off), the authors' code's."""
-        out = dict(values)
+        out = _derive_disc_reg(dict(values))
         if out.get("attack_step_size") is None:
             out["attack_step_size"] = out["eps"] / 8
         if out.get("attack_random_start") is None:
@@ -989,7 +1063,13 @@ class AdvGANConfig:
     def validate(self, config: "ExperimentConfig") -> None:
         _check(
             _advgan_attack_checks(self)
+            + _disc_reg_checks(self)
             + [
+                # TODO(issue 12): wire --disc_reg into trainers/advgan.py (source head); refused until then.
+                (
+                    self.disc_reg == "none",
+                    f"--disc_reg={self.disc_reg} is not implemented for --mode={config.mode} yet",
+                ),
                 (
                     self.class_loss in ADVGAN_CLASS_LOSSES,
                     f"--class_loss must be one of {ADVGAN_CLASS_LOSSES}, got {self.class_loss!r}",

@@ -494,7 +494,7 @@ def load_model(path: str, training: bool = False) -> LoadedModel:
 
     if metadata.get("kind") == "generator":
         raise ValueError(
-            f"--model={path} is a generator export (--mode=gan), not a classifier; measure its images "
+            f"--model={path} is a generator export (--mode=gan or advgan), not a classifier; measure its images "
             "with python -m jarn_tf.evaluate_gan"
         )
     if training and fmt != "keras":

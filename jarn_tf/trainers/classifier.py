@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from jarn_tf import attacks, data, export, losses, models
+from jarn_tf import attacks, data, export, gan_losses, losses, models
 from jarn_tf.config import ClassifierConfig, ExperimentConfig
 from jarn_tf.data import DatasetInfo
 from jarn_tf.trainers.base import Trainer, learning_rate_schedule
@@ -25,6 +25,8 @@ from jarn_tf.trainers.base import Trainer, learning_rate_schedule
 _NOISE_SEED = 1
 _ATTACK_SEED = 2
 _EVAL_SEED = 3
+_DISC_NOISE_SEED = 4
+_PENALTY_SEED = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +52,7 @@ class ClassifierTrainer(Trainer):
         "train/adaptor_loss",
         "train/adapted_cosine",
         "train/saliency_cosine",
+        "train/disc_regularizer",
     )
 
     progress_metrics = ("train/xent", "train/accuracy", "train/adv_loss", "train/disc_accuracy")
@@ -72,6 +75,11 @@ class ClassifierTrainer(Trainer):
             else:
                 self.optimizers["discriminator"] = self._make_sgd(self.schedule, "discriminator")
         self._build_optimizers()
+        if t.jarn and t.disc_reg == "rfm":
+            # Penultimate features (the Flatten output) beside the logits: same layers and variables.
+            d = self.networks["discriminator"]
+            self._disc_features = keras.Model(d.inputs, [d.output, d.get_layer("flatten").output])
+            self._disc_w = d.get_layer("logits").kernel
         # --jarn_variant=release trains the layers after the standardisation
         # on raw pixels (see ``_classifier_logits``): the same layers and
         # variables, called from the standardised tensor on.
@@ -303,10 +311,57 @@ class ClassifierTrainer(Trainer):
         adapted = self.networks["adaptor"](losses.standardize_per_example(jacobian), training=True)
         adapted = tf.cast(adapted, tf.float32)  # compute dtype under mixed precision
         real = losses.standardize_per_example(images)
+        if self.params.disc_reg == "instance_noise" and self.params.noise_sigma > 0:
+            adapted = gan_losses.instance_noise(
+                adapted, self.params.noise_sigma, self._seed(_DISC_NOISE_SEED)
+            )
+            real = gan_losses.instance_noise(
+                real, self.params.noise_sigma, self._seed(_DISC_NOISE_SEED + 100)
+            )
         # One batch of fakes then reals, as the reference: batch norm sees both.
         logits = self.networks["discriminator"](tf.concat([adapted, real], axis=0), training=True)
         fake_logits, real_logits = tf.split(logits, 2, axis=0)
         return adapted, fake_logits, real_logits
+
+    def _disc_score(self, x: tf.Tensor) -> tf.Tensor:
+        """JARN's discriminator score in the gan mode's convention (high = generated):
+        logit_fake - logit_real."""
+        logits = tf.cast(self.networks["discriminator"](x, training=True), tf.float32)
+        return logits[:, 0] - logits[:, 1]
+
+    def _disc_phi(self, x: tf.Tensor) -> tf.Tensor:
+        _, features = self._disc_features(x, training=True)
+        return tf.cast(features, tf.float32)
+
+    def _disc_regularizer(self, adapted: tf.Tensor, images: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+        """--disc_reg on JARN's discriminator: (per-example value, weighted term of the discriminator's loss).
+
+        Generated = the adapted Jacobians J' (held constant), real = the
+        discriminator's real inputs (standardised x).
+        """
+        t = self.params
+        fake = tf.stop_gradient(adapted)
+        real = tf.stop_gradient(losses.standardize_per_example(images))
+        reg_i = gan_losses.regularizer_value(
+            t.disc_reg,
+            self._disc_score,
+            self._disc_phi if t.disc_reg == "rfm" else None,
+            real,
+            fake,
+            self._seed(_PENALTY_SEED),
+            loss="gan",
+            target=t.reg_target,
+            attack_kind=t.reg_attack,
+            delta=t.reg_delta,
+            steps=t.reg_attack_steps,
+            alpha=t.rfm_alpha,
+            w=getattr(self, "_disc_w", None),
+            gp_target=t.gp_target,
+        )
+        weight = {"gradient_penalty": t.gp_weight, "ar": t.reg_weight, "rfm": t.reg_weight}.get(
+            t.disc_reg, 0.0
+        )
+        return reg_i, weight * losses.scale_loss(reg_i, self.global_batch_size)
 
     # -- the step -------------------------------------------------------------
     def replica_step(
@@ -358,6 +413,10 @@ class ClassifierTrainer(Trainer):
             if variant.jarn:
                 objectives["adaptor"] = self._scaled("adaptor", adaptor_loss)
                 if variant.update_discriminator and not second_pass:
+                    if t.disc_reg != "none":
+                        reg_i, reg_term = self._disc_regularizer(adapted, x)
+                        disc_loss += reg_term
+                        values["train/disc_regularizer"] = reg_i
                     objectives["discriminator"] = self._scaled("discriminator", disc_loss)
 
         # All gradients come from the same forward pass; then all updates.
@@ -369,7 +428,9 @@ class ClassifierTrainer(Trainer):
         for name, g in grads.items():
             self.optimizers[name].apply_gradients(zip(g, self.networks[name].trainable_variables))
         if second_pass:
-            disc_loss = self._discriminator_pass(x, labels, kind)
+            disc_loss, reg_i = self._discriminator_pass(x, labels, kind)
+            if reg_i is not None:
+                values["train/disc_regularizer"] = reg_i
 
         correct = tf.cast(
             tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int64), tf.cast(labels, tf.int64)), tf.float32
@@ -398,19 +459,24 @@ class ClassifierTrainer(Trainer):
         classifier and adaptor just updated), then one discriminator step.
 
         Returns:
-          The discriminator's loss in that pass (this replica's share).
+          The discriminator's loss in that pass (this replica's share) and the
+          per-example --disc_reg value (None without one).
         """
         with tf.GradientTape() as tape:
             _, jacobian = self.input_jacobian(x, labels, kind, training=True)
-            _, fake_logits, real_logits = self._discriminate(tf.stop_gradient(jacobian), x)
+            adapted, fake_logits, real_logits = self._discriminate(tf.stop_gradient(jacobian), x)
             adv_loss = losses.scale_loss(
                 losses.jarn_adversarial_loss(fake_logits, real_logits), self.global_batch_size
             )
             disc_loss = -adv_loss + self._weight_decay(self.networks["discriminator"])
+            reg_i = None
+            if self.params.disc_reg != "none":
+                reg_i, reg_term = self._disc_regularizer(adapted, x)
+                disc_loss += reg_term
             scaled = self._scaled("discriminator", disc_loss)
         variables = self.networks["discriminator"].trainable_variables
         self.optimizers["discriminator"].apply_gradients(zip(tape.gradient(scaled, variables), variables))
-        return disc_loss
+        return disc_loss, reg_i
 
     def summary_images(self, images: tf.Tensor, labels: tf.Tensor) -> Dict[str, tf.Tensor]:
         """x, its Jacobian J and (with JARN) the adapted Jacobian J'."""
