@@ -631,7 +631,7 @@ def test_classifier_loaders_refuse_the_generator_export(real_run):
         os.path.join(export_dir, "saved_model"),
         os.path.join(export_dir, "generator.keras"),
     ):
-        with pytest.raises(ValueError, match=r"is a generator export \(--mode=gan\).*jarn_tf\.evaluate_gan"):
+        with pytest.raises(ValueError, match=r"is a generator export \(--mode=gan.*jarn_tf\.evaluate_gan"):
             export.load_model(path)
     proc = subprocess.run(
         [sys.executable, "-m", "jarn_tf.evaluate", f"--model={model_dir}"],
