@@ -333,6 +333,28 @@ DISC_REG_FIELDS: Dict[str, Tuple[str, ...]] = {
 }
 
 
+def _gan_fields() -> Dict[str, Any]:
+    """Field definitions shared by the GAN sections (``gan``, ``advgan``): one flag each."""
+    return dict(
+        latent_dim=flag_field(128, "Dimension of the latent z ~ N(0, I) (paper: 128).", lower=1),
+        gan_channels=flag_field(
+            128, "Channels of every layer of the generator and discriminator (paper: 128).", lower=1
+        ),
+        adam_beta1=flag_field(0.0, "Adam beta1 of both networks (paper: 0).", lower=0.0, upper=1.0),
+        adam_beta2=flag_field(0.9, "Adam beta2 of both networks (paper: 0.9).", lower=0.0, upper=1.0),
+        fcd_network=flag_field(
+            None,
+            "A classifier export of this project trained on the same dataset: the evaluations log its "
+            "Frechet distance (eval/fcd) and classifier score. Not FID: see jarn_tf.evaluate_gan.",
+        ),
+        fcd_samples=flag_field(
+            5000,
+            "Samples (and first test images) of the evaluations' FCD; more than the feature dimension.",
+            lower=2,
+        ),
+    )
+
+
 def _disc_reg_fields() -> Dict[str, Any]:
     """Field definitions of the discriminator regularisers (GAN, classifier/JARN, AdvGAN sections)."""
     return dict(
@@ -674,22 +696,12 @@ class GANConfig:
     disc_steps: int = flag_field(
         1, "Discriminator steps per generator step (each on its own batch; the paper gives none).", lower=1
     )
-    latent_dim: int = flag_field(128, "Dimension of the latent z ~ N(0, I) (paper: 128).", lower=1)
-    gan_channels: int = flag_field(
-        128, "Channels of every layer of the generator and discriminator (paper: 128).", lower=1
-    )
-    adam_beta1: float = flag_field(0.0, "Adam beta1 of both networks (paper: 0).", lower=0.0, upper=1.0)
-    adam_beta2: float = flag_field(0.9, "Adam beta2 of both networks (paper: 0.9).", lower=0.0, upper=1.0)
-    fcd_network: Optional[str] = flag_field(
-        None,
-        "A classifier export of this project trained on the same dataset: the evaluations log its "
-        "Frechet distance (eval/fcd) and classifier score. Not FID: see jarn_tf.evaluate_gan.",
-    )
-    fcd_samples: int = flag_field(
-        5000,
-        "Samples (and first test images) of the evaluations' FCD; more than the feature dimension.",
-        lower=2,
-    )
+    latent_dim: int = _gan_fields()["latent_dim"]
+    gan_channels: int = _gan_fields()["gan_channels"]
+    adam_beta1: float = _gan_fields()["adam_beta1"]
+    adam_beta2: float = _gan_fields()["adam_beta2"]
+    fcd_network: Optional[str] = _gan_fields()["fcd_network"]
+    fcd_samples: int = _gan_fields()["fcd_samples"]
 
     # Fields whose flag may only be given with these regularisers.
     REG_FIELDS: ClassVar[Dict[str, Tuple[str, ...]]] = DISC_REG_FIELDS
@@ -1033,22 +1045,12 @@ class AdvGANConfig:
         "Discriminator steps per generator step (SN-GAN's 5, which the paper keeps; each on its own batch).",
         lower=1,
     )
-    latent_dim: int = flag_field(128, "Dimension of the latent z ~ N(0, I) (paper: 128).", lower=1)
-    gan_channels: int = flag_field(
-        128, "Channels of every layer of the generator and discriminator (paper: 128).", lower=1
-    )
-    adam_beta1: float = flag_field(0.0, "Adam beta1 of both networks (paper: 0).", lower=0.0, upper=1.0)
-    adam_beta2: float = flag_field(0.9, "Adam beta2 of both networks (paper: 0.9).", lower=0.0, upper=1.0)
-    fcd_network: Optional[str] = flag_field(
-        None,
-        "A classifier export of this project trained on the same dataset: the evaluations log its "
-        "Frechet distance (eval/fcd) and classifier score. Not FID: see jarn_tf.evaluate_gan.",
-    )
-    fcd_samples: int = flag_field(
-        5000,
-        "Samples (and first test images) of the evaluations' FCD; more than the feature dimension.",
-        lower=2,
-    )
+    latent_dim: int = _gan_fields()["latent_dim"]
+    gan_channels: int = _gan_fields()["gan_channels"]
+    adam_beta1: float = _gan_fields()["adam_beta1"]
+    adam_beta2: float = _gan_fields()["adam_beta2"]
+    fcd_network: Optional[str] = _gan_fields()["fcd_network"]
+    fcd_samples: int = _gan_fields()["fcd_samples"]
 
     @staticmethod
     def derive(values: Dict[str, Any]) -> Dict[str, Any]:

@@ -165,16 +165,34 @@ def attack(
     return v
 
 
-def adversarial_regularizer(score_fn: ScoreFn, x: tf.Tensor, v: tf.Tensor) -> tf.Tensor:
-    """AR (eq. 4) per example: (s(x) - s(x + v))^2, v held constant."""
-    return tf.square(score_fn(x) - score_fn(x + tf.stop_gradient(v)))
+def adversarial_regularizer(
+    score_fn: ScoreFn, x: tf.Tensor, v: tf.Tensor, score_x: Optional[tf.Tensor] = None
+) -> tf.Tensor:
+    """AR (eq. 4) per example: (s(x) - s(x + v))^2, v held constant.
+
+    ``score_x``: s(x) when the caller has it already (computed under the
+    same tape), saving a forward pass.
+    """
+    if score_x is None:
+        score_x = score_fn(x)
+    return tf.square(score_x - score_fn(x + tf.stop_gradient(v)))
 
 
 def robust_feature_matching(
-    features_fn: ScoreFn, x: tf.Tensor, v: tf.Tensor, w: tf.Tensor, alpha: float
+    features_fn: ScoreFn,
+    x: tf.Tensor,
+    v: tf.Tensor,
+    w: tf.Tensor,
+    alpha: float,
+    features_x: Optional[tf.Tensor] = None,
 ) -> tf.Tensor:
-    """RFM (eq. 5) per example: ||phi(x) - phi(x + v)||^2 + alpha ||w||^2, v held constant."""
-    diff = features_fn(x) - features_fn(x + tf.stop_gradient(v))
+    """RFM (eq. 5) per example: ||phi(x) - phi(x + v)||^2 + alpha ||w||^2, v held constant.
+
+    ``features_x``: phi(x) when the caller has it already (same tape).
+    """
+    if features_x is None:
+        features_x = features_fn(x)
+    diff = features_x - features_fn(x + tf.stop_gradient(v))
     return tf.reduce_sum(tf.square(diff), axis=-1) + alpha * tf.reduce_sum(tf.square(w))
 
 
@@ -199,6 +217,8 @@ def regularizer_value(
     alpha: float = 1e-4,
     w: Optional[tf.Tensor] = None,
     gp_target: float = 1.0,
+    fake_score: Optional[tf.Tensor] = None,
+    fake_features: Optional[tf.Tensor] = None,
 ) -> tf.Tensor:
     """The per-example regulariser ``reg`` of D (0 for none and instance noise).
 
@@ -214,6 +234,9 @@ def regularizer_value(
       attack_kind, delta, steps: the attack of ar / rfm.
       alpha, w: RFM's weight and the last linear kernel.
       gp_target: the gradient penalty's target norm.
+      fake_score, fake_features: D's score and penultimate features of
+        ``fake`` (unperturbed) when the caller computed them already under
+        the same tape; ar and rfm then skip those forward passes.
     """
     if reg in ("none", "instance_noise"):
         return tf.zeros([tf.shape(fake)[0]], fake.dtype)
@@ -221,15 +244,18 @@ def regularizer_value(
     if reg == "gradient_penalty":
         return gradient_penalty(s, real, fake, seed, gp_target)
     if reg == "ar":
-        base = tf.stop_gradient(s(fake))
+        score = None
+        if fake_score is not None:
+            score = fake_score if target == "discriminator" else f(loss, fake_score)
+        base = tf.stop_gradient(score if score is not None else s(fake))
         v = attack(s, lambda v: tf.square(base - s(fake + v)), fake, attack_kind, delta, steps)
-        return adversarial_regularizer(s, fake, v)
+        return adversarial_regularizer(s, fake, v, score)
     if reg == "rfm":
         if features_fn is None or w is None:
             raise ValueError(
                 "--disc_reg=rfm needs the discriminator's penultimate features and last linear layer"
             )
-        phi = tf.stop_gradient(features_fn(fake))
+        phi = tf.stop_gradient(fake_features if fake_features is not None else features_fn(fake))
         v = attack(
             score_fn,
             lambda v: tf.reduce_sum(tf.square(phi - features_fn(fake + v)), axis=-1),
@@ -238,5 +264,5 @@ def regularizer_value(
             delta,
             steps,
         )
-        return robust_feature_matching(features_fn, fake, v, w, alpha)
+        return robust_feature_matching(features_fn, fake, v, w, alpha, fake_features)
     raise ValueError(f"unknown discriminator regulariser {reg!r}")

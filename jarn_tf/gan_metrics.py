@@ -1051,3 +1051,40 @@ def load_generator(path: str) -> LoadedGenerator:
         sha256=sha256_of_file(digest_file),
         fallback_reason=fallback_reason,
     )
+
+
+class TrainingFCD:
+    """FCD and classifier score of a generator during training (``--fcd_network``).
+
+    The feature network and the reference statistics of the first
+    ``num_samples`` real images are computed once, at the first call; every
+    call then measures ``num_samples`` generated images. The numbers are FCD
+    (a classifier of this project), not FID.
+    """
+
+    def __init__(self, network_path: str, num_samples: int, batch_size: int = 500):
+        self.network_path = network_path
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self._network: Optional[FeatureNetwork] = None
+        self._reference: Optional[Tuple[np.ndarray, np.ndarray]] = None
+
+    def measure(self, real_uint8: np.ndarray, generate: Any) -> Dict[str, float]:
+        """``eval/fcd`` and ``eval/classifier_score`` of ``generate(n)`` ([0, 1] images).
+
+        Args:
+          real_uint8: the reference split's images (uint8 [N, H, W, C]); its
+            first ``num_samples`` are the reference.
+          generate: n -> n generated images, float [n, H, W, C] in [0, 1].
+        """
+        if self._network is None:
+            self._network = load_feature_network(self.network_path)
+            real = real_uint8[: self.num_samples].astype(np.float32) / 255.0
+            feats, _ = self._network.features_and_probabilities(real, self.batch_size)
+            self._reference = feature_statistics(feats)
+        feats, probs = self._network.features_and_probabilities(generate(self.num_samples), self.batch_size)
+        mu, sigma = feature_statistics(feats)
+        return {
+            "eval/fcd": frechet_distance(mu, sigma, *self._reference),
+            "eval/classifier_score": float(classifier_score(probs)),
+        }

@@ -33,7 +33,7 @@ import tensorflow as tf
 from jarn_tf import advgan_export, advgan_losses, advgan_models, attacks, data, export
 from jarn_tf.config import AdvGANConfig, AdvGANFinetuneConfig, ExperimentConfig
 from jarn_tf.data import DatasetInfo
-from jarn_tf.trainers.base import Trainer, learning_rate_schedule
+from jarn_tf.trainers.base import Trainer, classifier_export_metadata, learning_rate_schedule
 from jarn_tf.trainers.gan import GANVariant, image_grid, png_bytes
 
 _LATENT_SEED = 21
@@ -115,8 +115,7 @@ class AdvGANTrainer(_ConditionalSampling, Trainer):
             )
         self._build_optimizers()
         self._init_sampling(p.latent_dim, config.seed)
-        self._features = None
-        self._reference: Optional[Tuple[np.ndarray, np.ndarray]] = None
+        self._fcd = None  # gan_metrics.TrainingFCD, built at the first evaluation
         self._marginal_fn = None
         self._eval_fn = None
 
@@ -296,20 +295,11 @@ class AdvGANTrainer(_ConditionalSampling, Trainer):
             p_fake = [tf.sigmoid(self.heads(b)[0]).numpy() for b in np.array_split(fake, -(-n // 256))]
             out["eval/p_real_generated"] = float(np.mean(np.concatenate(p_fake)))
         if p.fcd_network:
-            from jarn_tf import gan_metrics
+            if self._fcd is None:
+                from jarn_tf import gan_metrics
 
-            if self._features is None:
-                self._features = gan_metrics.load_feature_network(p.fcd_network)
-                m = min(p.fcd_samples, len(images))
-                feats, _ = self._features.features_and_probabilities(
-                    images[:m].astype(np.float32) / 255.0, 500
-                )
-                self._reference = gan_metrics.feature_statistics(feats)
-            fake = self._generate_marginal(p.fcd_samples, self.config.seed + 1)
-            feats, probs = self._features.features_and_probabilities(fake, 500)
-            mu, sigma = gan_metrics.feature_statistics(feats)
-            out["eval/fcd"] = gan_metrics.frechet_distance(mu, sigma, *self._reference)
-            out["eval/classifier_score"] = float(gan_metrics.classifier_score(probs))
+                self._fcd = gan_metrics.TrainingFCD(p.fcd_network, p.fcd_samples)
+            out.update(self._fcd.measure(images, lambda k: self._generate_marginal(k, self.config.seed + 1)))
         return {k: float(v) for k, v in out.items()}
 
     def export(
@@ -543,18 +533,7 @@ class AdvGANFinetuneTrainer(_ConditionalSampling, Trainer):
         """Exports the class head as a classifier (SavedModel, classifier.keras, metadata.json)."""
         metadata = dict(metadata)
         metadata["init_from"] = {"model_dir": self.params.init_from, "checkpoint": self.init_checkpoint}
-        if "eval/clean_accuracy" in evaluation:
-            metadata["clean_accuracy"] = {
-                "value": evaluation["eval/clean_accuracy"],
-                "num_test_examples": num_examples,
-            }
-        pgd = [k for k in evaluation if k.startswith("eval/pgd")]
-        if pgd:
-            metadata["pgd_accuracy"] = {
-                "value": evaluation[pgd[0]],
-                "num_test_examples": min(num_examples, self.config.runtime.eval_pgd_examples),
-                "eps": self.params.eps,
-                "steps": self.config.runtime.eval_pgd_steps,
-                "step_size": self.params.eps / 4,
-            }
+        metadata = classifier_export_metadata(
+            metadata, evaluation, num_examples, self.params.eps, self.config.runtime
+        )
         export.export_classifier(self.classifier, export_dir, self.info.image_shape, metadata)

@@ -55,6 +55,40 @@ def learning_rate_schedule(
     return keras.optimizers.schedules.PiecewiseConstantDecay(steps, values)
 
 
+def classifier_export_metadata(
+    metadata: Mapping[str, Any],
+    evaluation: Mapping[str, float],
+    num_examples: int,
+    eps: float,
+    runtime: Any,
+) -> Dict[str, Any]:
+    """A classifier export's metadata: ``metadata`` plus the evaluation's clean and PGD accuracy.
+
+    Args:
+      metadata: the loop's facts of the run.
+      evaluation: ``evaluate``'s result (``eval/clean_accuracy``, ``eval/pgd<k>_accuracy``).
+      num_examples: the test images ``evaluation`` was measured on.
+      eps: the PGD radius of the evaluation (the mode's training eps).
+      runtime: the run's ``RuntimeConfig`` (PGD steps and attacked examples).
+    """
+    out = dict(metadata)
+    if "eval/clean_accuracy" in evaluation:
+        out["clean_accuracy"] = {
+            "value": evaluation["eval/clean_accuracy"],
+            "num_test_examples": num_examples,
+        }
+    pgd = [k for k in evaluation if k.startswith("eval/pgd")]
+    if pgd:
+        out["pgd_accuracy"] = {
+            "value": evaluation[pgd[0]],
+            "num_test_examples": min(num_examples, runtime.eval_pgd_examples),
+            "eps": eps,
+            "steps": runtime.eval_pgd_steps,
+            "step_size": eps / 4,
+        }
+    return out
+
+
 class Trainer:
     """Networks, optimizers, metrics and replica step of one training mode.
 

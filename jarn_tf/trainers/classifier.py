@@ -18,7 +18,7 @@ import tensorflow as tf
 from jarn_tf import attacks, data, export, gan_losses, losses, models
 from jarn_tf.config import ClassifierConfig, ExperimentConfig
 from jarn_tf.data import DatasetInfo
-from jarn_tf.trainers.base import Trainer, learning_rate_schedule
+from jarn_tf.trainers.base import Trainer, classifier_export_metadata, learning_rate_schedule
 
 # Purposes folded into the per-step random seed, so that noise and attack
 # starts are independent streams.
@@ -188,21 +188,9 @@ class ClassifierTrainer(Trainer):
         self, export_dir: str, metadata: Mapping[str, Any], evaluation: Mapping[str, float], num_examples: int
     ) -> None:
         """Exports the classifier (SavedModel, .keras, metadata.json)."""
-        metadata = dict(metadata)
-        if "eval/clean_accuracy" in evaluation:
-            metadata["clean_accuracy"] = {
-                "value": evaluation["eval/clean_accuracy"],
-                "num_test_examples": num_examples,
-            }
-        pgd = [k for k in evaluation if k.startswith("eval/pgd")]
-        if pgd:
-            metadata["pgd_accuracy"] = {
-                "value": evaluation[pgd[0]],
-                "num_test_examples": min(num_examples, self.config.runtime.eval_pgd_examples),
-                "eps": self.params.eps,
-                "steps": self.config.runtime.eval_pgd_steps,
-                "step_size": self.params.eps / 4,
-            }
+        metadata = classifier_export_metadata(
+            metadata, evaluation, num_examples, self.params.eps, self.config.runtime
+        )
         export.export_classifier(self.classifier, export_dir, self.info.image_shape, metadata)
 
     # -- pieces of the step ---------------------------------------------------

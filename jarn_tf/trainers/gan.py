@@ -82,8 +82,8 @@ class GANTrainer(Trainer):
             p.latent_dim, info.image_shape, p.gan_channels
         )
         self.networks["discriminator"] = gan_models.build_gan_discriminator(info.image_shape, p.gan_channels)
-        if p.disc_reg == "rfm":
-            self._w = gan_models.last_linear_kernel(self.discriminator)
+        # w of RFM's alpha ||w||^2 (eq. 5).
+        self._w = gan_models.last_linear_kernel(self.discriminator) if p.disc_reg == "rfm" else None
         self.schedule = learning_rate_schedule(o.learning_rate, o.lr_boundaries, o.lr_decay, o.train_steps)
         for name in ("generator", "discriminator"):
             self.optimizers[name] = keras.optimizers.Adam(
@@ -96,8 +96,7 @@ class GANTrainer(Trainer):
         self._fixed_latent = tf.random.stateless_normal(
             [NUM_GRID, p.latent_dim], tf.constant([config.seed, _FIXED_LATENT_SEED], tf.int64)
         )
-        self._features = None  # the FCD network, loaded at the first evaluation
-        self._reference: Optional[Tuple[np.ndarray, np.ndarray]] = None
+        self._fcd = None  # gan_metrics.TrainingFCD, built at the first evaluation
         self._sample_fn = None
 
     @property
@@ -143,7 +142,11 @@ class GANTrainer(Trainer):
         d_vars = self.discriminator.trainable_variables
         with tf.GradientTape() as tape:
             d_real = self._score(self._noisy(real, _NOISE_SEED))
-            d_fake = self._score(self._noisy(fake, _NOISE_SEED + 100))
+            fake_in = self._noisy(fake, _NOISE_SEED + 100)
+            d_fake, phi_fake = self.discriminator(fake_in, training=True)
+            d_fake = tf.cast(tf.reshape(d_fake, [-1]), tf.float32)
+            phi_fake = tf.cast(phi_fake, tf.float32)
+            # ar and rfm reuse this pass (their inputs are noise-free: instance noise is another --disc_reg).
             d_loss_i = gan_losses.discriminator_loss(p.gan_loss, d_real, d_fake)
             reg_i = gan_losses.regularizer_value(
                 p.disc_reg,
@@ -158,8 +161,10 @@ class GANTrainer(Trainer):
                 delta=p.reg_delta,
                 steps=p.reg_attack_steps,
                 alpha=p.rfm_alpha,
-                w=getattr(self, "_w", None),
+                w=self._w,
                 gp_target=p.gp_target,
+                fake_score=d_fake,
+                fake_features=phi_fake,
             )
             weight = {"gradient_penalty": p.gp_weight, "ar": p.reg_weight, "rfm": p.reg_weight}.get(
                 p.disc_reg, 0.0
@@ -244,20 +249,11 @@ class GANTrainer(Trainer):
                 np.mean(np.concatenate([score(b) for b in np.array_split(fake, -(-n // 256))]))
             )
         if p.fcd_network:
-            from jarn_tf import gan_metrics
+            if self._fcd is None:
+                from jarn_tf import gan_metrics
 
-            if self._features is None:
-                self._features = gan_metrics.load_feature_network(p.fcd_network)
-                m = min(p.fcd_samples, len(images))
-                feats, _ = self._features.features_and_probabilities(
-                    images[:m].astype(np.float32) / 255.0, 500
-                )
-                self._reference = gan_metrics.feature_statistics(feats)
-            fake = self._generate(p.fcd_samples, self.config.seed + 1)
-            feats, probs = self._features.features_and_probabilities(fake, 500)
-            mu, sigma = gan_metrics.feature_statistics(feats)
-            out["eval/fcd"] = gan_metrics.frechet_distance(mu, sigma, *self._reference)
-            out["eval/classifier_score"] = float(gan_metrics.classifier_score(probs))
+                self._fcd = gan_metrics.TrainingFCD(p.fcd_network, p.fcd_samples)
+            out.update(self._fcd.measure(images, lambda k: self._generate(k, self.config.seed + 1)))
         return out
 
     def export(
