@@ -1028,8 +1028,9 @@ class AdvGANConfig:
     attack_steps: int = _advgan_attack_fields()["attack_steps"]
     attack_step_size: float = _advgan_attack_fields()["attack_step_size"]
     attack_random_start: bool = _advgan_attack_fields()["attack_random_start"]
-    # The gan mode's robust-discriminator regularisers on the source head:
-    # score s = -source logit (high = generated), generated = G(z, y).
+    # The gan mode's robust-discriminator regularisers on the real/fake (source) head
+    # (trainers/advgan.py): score D = -source logit (high = generated), generated = G(z, y),
+    # real = the attacked real images; rfm on the trunk's pooled features and the source kernel.
     disc_reg: str = _disc_reg_fields()["disc_reg"]
     reg_weight: float = _disc_reg_fields()["reg_weight"]
     reg_delta: float = _disc_reg_fields()["reg_delta"]
@@ -1067,11 +1068,6 @@ class AdvGANConfig:
             _advgan_attack_checks(self)
             + _disc_reg_checks(self)
             + [
-                # TODO(issue 12): wire --disc_reg into trainers/advgan.py (source head); refused until then.
-                (
-                    self.disc_reg == "none",
-                    f"--disc_reg={self.disc_reg} is not implemented for --mode={config.mode} yet",
-                ),
                 (
                     self.class_loss in ADVGAN_CLASS_LOSSES,
                     f"--class_loss must be one of {ADVGAN_CLASS_LOSSES}, got {self.class_loss!r}",
@@ -1243,3 +1239,11 @@ _ADVGAN_UNUSED = (
 MODE_UNUSED_FLAGS.update(
     {"advgan": _ADVGAN_UNUSED, "robgan": _ADVGAN_UNUSED, "advgan_finetune": _ADVGAN_UNUSED}
 )
+# Why a mode refuses another mode's flags, where the flag's name does not say it.
+MODE_FOREIGN_FLAG_REASONS: Dict[str, Dict[str, str]] = {
+    "advgan_finetune": {
+        name: "Fine-tuning (eq. 10) trains the class head only: it has no real/fake loss for --disc_reg to "
+        "regularise; give --disc_reg to the --mode=advgan run"
+        for name in _disc_reg_fields()
+    }
+}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import fractions
 import sys
-from typing import Any, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from absl import flags
 
@@ -253,18 +253,21 @@ def check_mode_flags(fv: flags.FlagValues) -> None:
     own = {f.name for f in flag_fields(config_lib.mode_section_class(mode))}
     for section in config_lib.COMMON_SECTIONS.values():
         own |= {f.name for f in flag_fields(section)}
-    foreign = []
+    others: Dict[str, List[str]] = {}  # flag -> the other modes that use it
     for other, section in config_lib.MODE_SECTIONS.items():
         if other == mode:
             continue
-        foreign += [
-            f"--{f.name} (--mode={other})"
-            for f in flag_fields(section)
-            if f.name not in own and fv[f.name].present
-        ]
+        for f in flag_fields(section):
+            if f.name not in own and fv[f.name].present:
+                others.setdefault(f.name, []).append(other)
+    foreign = [f"--{name} (--mode={'|'.join(modes)})" for name, modes in others.items()]
     foreign += [f"--{name}" for name in config_lib.MODE_UNUSED_FLAGS.get(mode, ()) if fv[name].present]
     if foreign:
-        raise ValueError(f"--mode={mode} does not use {', '.join(foreign)}; drop them")
+        reasons = config_lib.MODE_FOREIGN_FLAG_REASONS.get(mode, {})
+        why = list(dict.fromkeys(reasons[name] for name in others if name in reasons))
+        raise ValueError(
+            f"--mode={mode} does not use {', '.join(foreign)}; drop them" + "".join(f". {r}" for r in why)
+        )
 
 
 def config_from_flags(fv: flags.FlagValues = flags.FLAGS):

@@ -400,3 +400,169 @@ def test_flagfiles_resolve_to_the_documented_settings(name, expected):
         assert values[key] == pytest.approx(value), (name, key)
     if "finetune" not in name:
         config.validate()
+
+
+# -- --disc_reg on the source head ---------------------------------------------------
+DISC_REGS = ["ar", "rfm", "gradient_penalty", "instance_noise"]
+
+
+def _cotrainer(data_dir, **fields):
+    """An AdvGANTrainer on the tiny data (weights from the config's seed) and one batch of 8 real images."""
+    from jarn_tf import data, trainers
+
+    config = _config("advgan", data_dir, **fields)
+    tf.keras.utils.set_random_seed(config.seed)
+    trainer = trainers.build_trainer(
+        config, data.dataset_info(config.data.dataset), tf.distribute.get_strategy()
+    )
+    images, labels = next(iter(data.make_eval_dataset(config.data, batch_size=8)))
+    return trainer, (tf.constant(images), tf.constant(labels))
+
+
+def _step_inputs(trainer, batch):
+    """The step's attacked real and generated images (the seeds of ``replica_step`` at this step)."""
+    real, labels = tf.cast(batch[0], tf.float32), tf.cast(batch[1], tf.int32)
+    n = tf.shape(real)[0]
+    real_adv = trainer.attack(real, labels, trainer._seed(advgan_trainers._ATTACK_SEED))
+    fake_labels = trainer._labels(n, advgan_trainers._LABEL_SEED)
+    fake = trainer.generator([trainer._latent(n, advgan_trainers._LATENT_SEED), fake_labels], training=True)
+    return real_adv, fake
+
+
+def _disc_gradients(trainer, batch, like=None):
+    """The gradients one discriminator update applies (weights copied from ``like`` first)."""
+    from jarn_tf.trainers.gan import GANVariant
+
+    if like is not None:
+        for name in ("generator", "discriminator"):
+            trainer.networks[name].set_weights(like.networks[name].get_weights())
+    captured = []
+    optimizer = trainer.optimizers["discriminator"]
+    optimizer.apply_gradients = lambda pairs: captured.extend(g.numpy() for g, _ in pairs)
+    out = trainer.replica_step(batch, GANVariant(update_generator=False))
+    return captured, out
+
+
+@pytest.mark.parametrize("reg", DISC_REGS)
+def test_each_disc_reg_trains_a_few_steps_with_finite_losses(reg, tiny_data_dir):
+    from jarn_tf.trainers.gan import GANVariant
+
+    trainer, batch = _cotrainer(tiny_data_dir, disc_reg=reg)
+    before = [w.numpy().copy() for w in trainer.discriminator.trainable_weights]
+    for _ in range(2):  # eagerly: the compiled loop is the run below's
+        out = trainer.replica_step(batch, GANVariant(update_generator=True))
+        trainer.step.assign_add(1)
+        assert {"d_loss", "g_loss", "regularizer"} <= set(out)
+        assert all(np.isfinite(float(v)) for v in out.values()), out
+    metrics = trainer.metrics.result()
+    assert "train/regularizer" in metrics and "train/regularizer" in trainer.progress_metrics
+    assert (metrics["train/regularizer"] == 0) == (reg == "instance_noise"), metrics  # IN: noise, no term
+    assert all(np.isfinite(v) for v in metrics.values())
+    assert any(
+        not np.array_equal(a, w.numpy()) for a, w in zip(before, trainer.discriminator.trainable_weights)
+    )
+
+
+def test_disc_reg_run_checkpoints_resumes_and_logs_the_regularizer(tiny_data_dir, tmp_path, read_events):
+    # rfm: the regulariser with its own view of the discriminator (trunk features beside the heads).
+    model_dir = str(tmp_path / "rfm")
+    config = _config("advgan", tiny_data_dir, disc_reg="rfm")
+    first = train_lib.train(config, model_dir, eval_examples=0, stop_after=2, verbose=0)
+    second = train_lib.train(config, model_dir, eval_examples=0, verbose=0)
+    assert (first.step, second.start_step, second.step) == (2, 2, 4)
+    assert all(np.isfinite(v) for v in second.metrics.values()), second.metrics
+    logged = read_events(os.path.join(model_dir, "train"))["train/regularizer"]
+    assert [step for step, _ in logged] == [2, 4] and all(float(v) > 0 for _, v in logged), logged
+    assert json.load(open(os.path.join(model_dir, "config.json")))["advgan"]["disc_reg"] == "rfm"
+
+
+@pytest.mark.parametrize("reg", DISC_REGS)
+def test_disc_reg_is_added_to_the_discriminator_gradient(reg, tiny_data_dir):
+    none, batch = _cotrainer(tiny_data_dir)
+    g_none, _ = _disc_gradients(none, batch)
+    weight = 1e4
+    fields = {"gradient_penalty": dict(gp_weight=weight), "instance_noise": {}}.get(
+        reg, dict(reg_weight=weight)
+    )
+    trainer, _ = _cotrainer(tiny_data_dir, disc_reg=reg, **fields)
+    g_reg, out = _disc_gradients(trainer, batch, like=none)
+    assert any(not np.allclose(a, b) for a, b in zip(g_none, g_reg))
+    if reg == "instance_noise":
+        return
+    # The difference is +weight * the gradient of the penalty (> 0 here): it is ADDED to the loss the
+    # discriminator minimises.
+    d_vars = trainer.discriminator.trainable_variables
+    real_adv, fake = _step_inputs(trainer, batch)
+    with tf.GradientTape() as tape:
+        reg_i, w = trainer.source_regularizer(real_adv, tf.stop_gradient(fake))
+        penalty = tf.reduce_sum(reg_i) / trainer.global_batch_size
+    assert w == weight and float(penalty) > 0
+    np.testing.assert_allclose(float(out["regularizer"]), float(penalty), rtol=1e-4)
+    grads = tape.gradient(penalty, d_vars)
+    diff = np.concatenate([(b - a).ravel() for a, b in zip(g_none, g_reg)])
+    expected = weight * np.concatenate(
+        [np.zeros(v.shape).ravel() if g is None else g.numpy().ravel() for g, v in zip(grads, d_vars)]
+    )
+    # float32 cancellation in AR's (s(G) - s(G + v)) gradient: agreement to 1%, not to rounding (a
+    # wrong sign would be 200% off).
+    assert np.linalg.norm(diff - expected) <= 0.01 * np.linalg.norm(expected)
+
+
+def test_zero_weight_disc_reg_is_the_none_step(tiny_data_dir):
+    none, batch = _cotrainer(tiny_data_dir)
+    g_none, _ = _disc_gradients(none, batch)
+    zero, _ = _cotrainer(tiny_data_dir, disc_reg="ar", reg_weight=0.0)
+    g_zero, _ = _disc_gradients(zero, batch, like=none)
+    for a, b in zip(g_none, g_zero):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_ar_and_rfm_are_zero_when_the_source_head_ignores_its_input(tiny_data_dir):
+    # Source kernel 0: s(x) = its bias, so the fgm attack is v = 0, AR = RFM = 0 (alpha ||w||^2 = 0
+    # too) and the gradient penalty is (0 / 1 - 1)^2 = 1; with the initial kernel all are > 0.
+    for reg, fields, expected in (
+        ("ar", {}, 0.0),
+        ("ar", dict(reg_target="loss"), 0.0),
+        ("rfm", {}, 0.0),
+        ("gradient_penalty", {}, (1 - 1e-6) ** 2),  # the norm is sqrt(sum g^2 + 1e-12)
+    ):
+        trainer, batch = _cotrainer(tiny_data_dir, disc_reg=reg, **fields)
+        real_adv, fake = _step_inputs(trainer, batch)
+        assert np.all(trainer.source_regularizer(real_adv, fake)[0].numpy() > 0), (reg, fields)
+        kernel = trainer.discriminator.get_layer("source").kernel
+        kernel.assign(tf.zeros_like(kernel))
+        np.testing.assert_allclose(trainer.source_regularizer(real_adv, fake)[0].numpy(), expected, rtol=1e-6)
+    # RFM's alpha ||w||^2 is on the source head's kernel.
+    trainer, batch = _cotrainer(tiny_data_dir, disc_reg="rfm", rfm_alpha=0.5)
+    kernel = trainer.discriminator.get_layer("source").kernel
+    kernel.assign(tf.ones_like(kernel))
+    trunk = trainer.discriminator.get_layer("conv_in")
+    trunk.kernel.assign(tf.zeros_like(trunk.kernel))  # the trunk ignores its input: phi(G) = phi(G + v)
+    real_adv, fake = _step_inputs(trainer, batch)
+    np.testing.assert_allclose(
+        trainer.source_regularizer(real_adv, fake)[0].numpy(), 0.5 * kernel.shape[0], rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("flag", ["--disc_reg=ar", "--reg_weight=3", "--disc_reg=none"])
+def test_finetune_refuses_disc_reg(run_main, tiny_data_dir, tmp_path, capsys, flag):
+    init = _write_run(tmp_path / "co", "advgan", "fashion_mnist")
+    args = [
+        "--mode=advgan_finetune",
+        "--dataset=fashion_mnist",
+        "--nodownload",
+        f"--data_dir={tiny_data_dir}",
+    ]
+    model_dir = tmp_path / "ft"
+    assert run_main(args + [f"--init_from={init}", flag, f"--model_dir={model_dir}"]) == 2
+    err = capsys.readouterr().err
+    assert f"does not use {flag.split('=')[0]} (--mode=" in err and "no real/fake loss" in err, err
+    assert not os.path.exists(model_dir)
+
+
+def test_disc_reg_flags_of_another_regulariser_are_refused_in_advgan(run_main, tmp_path, capsys):
+    assert run_main(["--mode=robgan", "--disc_reg=ar", "--gp_weight=5", f"--model_dir={tmp_path / 'x'}"]) == 2
+    assert (
+        "--gp_weight applies to --disc_reg=gradient_penalty only, not --disc_reg=ar"
+        in capsys.readouterr().err
+    )

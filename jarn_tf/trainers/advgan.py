@@ -11,6 +11,30 @@ x), ``--attack_steps`` sign steps of ``--attack_step_size`` within
 ``gan`` mode). Both networks use Adam with betas ``--adam_beta1/2``. The
 export is the conditional generator (``advgan_export``).
 
+``--disc_reg`` puts the ``gan`` mode's robust-discriminator regularisers
+(``gan_losses.regularizer_value``) on the real/fake (source) head, their
+weighted value ADDED to the discriminator's minimised loss only (logged as
+``train/regularizer``). The score they see is D = -s(x), minus the source
+logit: ``gan_losses``' convention (high = generated), in which its ``gan``
+loss, softplus(D(x_adv)) + softplus(-D(G)), is exactly eq. 9's source term
+-L_S. With G = G(z, y) the generated and x_adv the attacked real images:
+
+  ar                (D(G) - D(G + v))^2 = (s(G) - s(G + v))^2, v the attack
+                    of ``--reg_attack`` on G (held constant)
+  rfm               ||phi(G) - phi(G + v)||^2 + alpha ||w||^2, phi the pooled
+                    features of the shared trunk (layer ``features``), w the
+                    kernel of the source head (layer ``source``); the trunk
+                    also feeds the class head, so RFM regularises both
+  gradient_penalty  (||grad_x D(x_hat)|| / target - 1)^2 at interpolates
+                    x_hat = a x_adv + (1 - a) G
+  instance_noise    Gaussian noise on both of D's inputs (x_adv after the
+                    attack, which sees clean images, and G) in D's step, and
+                    on G in the generator's step; the training metrics of D
+                    (``p_real_*``, ``attack_gain``) then see noisy inputs
+
+``--reg_target=loss`` (ar, gradient_penalty) regularises f(D) = log P(S =
+fake | x) instead of D. The class head's losses are not regularised.
+
 ``AdvGANFinetuneTrainer`` (``--mode=advgan_finetune``) starts from the
 newest checkpoint of the ``--init_from`` co-training run and trains the
 discriminator's trunk and class head on eq. 10: xent on PGD-attacked real
@@ -30,7 +54,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from jarn_tf import advgan_export, advgan_losses, advgan_models, attacks, data, export
+from jarn_tf import advgan_export, advgan_losses, advgan_models, attacks, data, export, gan_losses
 from jarn_tf.config import AdvGANConfig, AdvGANFinetuneConfig, ExperimentConfig
 from jarn_tf.data import DatasetInfo
 from jarn_tf.trainers.base import Trainer, classifier_export_metadata, learning_rate_schedule
@@ -44,6 +68,8 @@ _ATTACK_SEED = 25
 _FAKE_ATTACK_SEED = 26
 _FIXED_LATENT_SEED = 27
 _EVAL_SEED = 28
+_NOISE_SEED = 29
+_PENALTY_SEED = 30
 GRID_COLUMNS = 8
 
 
@@ -90,6 +116,7 @@ class AdvGANTrainer(_ConditionalSampling, Trainer):
         "train/p_real_real",
         "train/p_real_fake",
         "train/attack_gain",
+        "train/regularizer",  # only with --disc_reg
     )
     progress_metrics = ("train/d_loss", "train/g_loss", "train/real_accuracy")
 
@@ -105,6 +132,15 @@ class AdvGANTrainer(_ConditionalSampling, Trainer):
         self.networks["discriminator"] = advgan_models.build_discriminator(
             info.image_shape, info.num_classes, p.gan_channels
         )
+        self._with_features, self._w = None, None
+        if p.disc_reg == "rfm":
+            # The trunk's pooled features beside both heads (same layers and variables), and w of RFM's
+            # alpha ||w||^2 (eq. 5): the source head's kernel.
+            d = self.discriminator
+            self._with_features = keras.Model(d.inputs, [*d.outputs, d.get_layer("features").output])
+            self._w = d.get_layer("source").kernel
+        if p.disc_reg != "none":
+            self.progress_metrics = (*type(self).progress_metrics, "train/regularizer")
         self.schedule = learning_rate_schedule(o.learning_rate, o.lr_boundaries, o.lr_decay, o.train_steps)
         for name in ("generator", "discriminator"):
             self.optimizers[name] = keras.optimizers.Adam(
@@ -152,6 +188,65 @@ class AdvGANTrainer(_ConditionalSampling, Trainer):
             seed=seed,
         )
 
+    def _score(self, x: tf.Tensor) -> tf.Tensor:
+        """D = -s(x), the source logit in ``gan_losses``' convention (high = generated), per example."""
+        return -self.heads(x, training=True)[0]
+
+    def _phi(self, x: tf.Tensor) -> tf.Tensor:
+        """The trunk's pooled features (the input of both heads), for --disc_reg=rfm."""
+        return tf.cast(self._with_features(x, training=True)[2], tf.float32)
+
+    def _noisy(self, x: tf.Tensor, purpose: int) -> tf.Tensor:
+        p = self.params
+        if p.disc_reg == "instance_noise" and p.noise_sigma > 0:
+            return gan_losses.instance_noise(x, p.noise_sigma, self._seed(purpose))
+        return x
+
+    def _fake_pass(self, fake: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor, Optional[tf.Tensor]]:
+        """(source logits, class logits, trunk features or None without rfm) of generated images."""
+        if self._with_features is None:
+            return (*self.heads(fake, training=True), None)
+        source, logits, features = self._with_features(fake, training=True)
+        source = tf.reshape(tf.cast(source, tf.float32), [-1])
+        return source, tf.cast(logits, tf.float32), tf.cast(features, tf.float32)
+
+    def source_regularizer(
+        self,
+        real_adv: tf.Tensor,
+        fake: tf.Tensor,
+        fake_source: Optional[tf.Tensor] = None,
+        fake_features: Optional[tf.Tensor] = None,
+    ) -> Tuple[tf.Tensor, float]:
+        """--disc_reg on the source head: (per-example value, its weight in the discriminator's loss).
+
+        Call it inside the discriminator's tape (the gradient penalty and AR
+        differentiate through D). ``fake_source`` / ``fake_features``: the
+        tape's pass on ``fake`` (unperturbed), which ar / rfm then reuse.
+        """
+        p = self.params
+        reg_i = gan_losses.regularizer_value(
+            p.disc_reg,
+            self._score,
+            self._phi if p.disc_reg == "rfm" else None,
+            real_adv,
+            fake,
+            self._seed(_PENALTY_SEED),
+            loss="gan",  # eq. 9's source term is the gan loss of D = -s
+            target=p.reg_target,
+            attack_kind=p.reg_attack,
+            delta=p.reg_delta,
+            steps=p.reg_attack_steps,
+            alpha=p.rfm_alpha,
+            w=self._w,
+            gp_target=p.gp_target,
+            fake_score=None if fake_source is None else -fake_source,
+            fake_features=fake_features,
+        )
+        weight = {"gradient_penalty": p.gp_weight, "ar": p.reg_weight, "rfm": p.reg_weight}.get(
+            p.disc_reg, 0.0
+        )
+        return reg_i, weight
+
     def _labels(self, n: tf.Tensor, purpose: int) -> tf.Tensor:
         return tf.random.stateless_uniform(
             tf.reshape(n, [1]), self._seed(purpose), minval=0, maxval=self.info.num_classes, dtype=tf.int32
@@ -172,13 +267,19 @@ class AdvGANTrainer(_ConditionalSampling, Trainer):
         fake = tf.stop_gradient(self.generator([self._latent(n, _LATENT_SEED), fake_labels], training=True))
         d_vars = self.discriminator.trainable_variables
         with tf.GradientTape() as tape:
-            real_source, real_logits = self.heads(real_adv, training=True)
-            fake_source, fake_logits = self.heads(fake, training=True)
+            real_source, real_logits = self.heads(self._noisy(real_adv, _NOISE_SEED), training=True)
+            fake_source, fake_logits, fake_features = self._fake_pass(self._noisy(fake, _NOISE_SEED + 100))
             parts = advgan_losses.discriminator_losses(
                 real_source, real_logits, labels, fake_source, fake_logits, fake_labels, p.class_loss
             )
             d_loss = tf.reduce_sum(parts["total"]) * scale
             d_total = d_loss + self._weight_decay(self.discriminator)
+            if p.disc_reg != "none":
+                # ar and rfm reuse the pass on generated images (noise-free: instance noise is another
+                # --disc_reg). The penalty is >= 0 and added to the loss D minimises.
+                reg_i, weight = self.source_regularizer(real_adv, fake, fake_source, fake_features)
+                reg = tf.reduce_sum(reg_i) * scale
+                d_total = d_total + weight * reg
         grads = tape.gradient(d_total, d_vars)
         self.optimizers["discriminator"].apply_gradients(zip(grads, d_vars))
         clean_source, clean_logits = self.heads(real, training=False)
@@ -196,12 +297,15 @@ class AdvGANTrainer(_ConditionalSampling, Trainer):
             "train/attack_gain": after - before,
         }
         out = {"d_loss": d_loss}
+        if p.disc_reg != "none":
+            values["train/regularizer"] = reg_i
+            out["regularizer"] = reg
         if variant.update_generator:
             g_vars = self.generator.trainable_variables
             gen_labels = self._labels(n, _GEN_LABEL_SEED)
             with tf.GradientTape() as tape:
                 generated = self.generator([self._latent(n, _GEN_LATENT_SEED), gen_labels], training=True)
-                gen_source, gen_logits = self.heads(generated, training=True)
+                gen_source, gen_logits = self.heads(self._noisy(generated, _NOISE_SEED + 200), training=True)
                 g_parts = advgan_losses.generator_losses(
                     gen_source, gen_logits, gen_labels, p.gan_generator_loss
                 )
