@@ -1,6 +1,8 @@
-r"""Benchmark: our PGD against CleverHans's PGD on the same model and batch.
+r"""Benchmarks: our PGD against CleverHans's, and our AutoAttack against the official one.
 
   python -m jarn_tf.bench_attacks --dataset=fashion_mnist --batch_size=256 --steps=20
+  python -m jarn_tf.bench_attacks --compare_official --model_path=runs/pgd_at7 \
+      --num_examples=500 --eps=0.1
 
 Prints images/second of ``jarn_tf.attacks.pgd`` (compiled with tf.function,
 as the evaluation runs it) and of CleverHans 4's
@@ -11,12 +13,27 @@ optionally AutoAttack's time per 1,000 examples.
 
 CleverHans is a benchmark-only dependency; its own requirements are stale, so
 install it without them: ``pip install --no-deps cleverhans==4.0.0``.
+
+``--compare_official`` instead runs standard AutoAttack twice on the same
+exported model, the first ``--num_examples`` test images and ``--eps``: the
+official implementation (``pyautoattack``, PyTorch, on the ``.keras`` export
+under Keras' torch backend, in its own process: ``jarn_tf.official_autoattack``)
+and ours (``jarn_tf.autoattack.run_autoattack``, in this process), one after
+the other. It prints each attack's time and the robust accuracy after it, the
+images/s of both and their ratio, and whether the two find the same robust
+examples; ``--output`` keeps the figures as JSON. The official side needs the
+optional benchmark dependencies ``pip install torch==2.13.0 pyautoattack==0.2.0``.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import numpy as np
 from absl import app, flags
@@ -40,7 +57,30 @@ def define_bench_flags() -> None:
     flags.DEFINE_integer("repeats", 5, "Timed calls per implementation (after one warm-up).")
     define_fraction("eps", 0.1, "L-inf radius.", 0.0, 1.0)
     flags.DEFINE_integer("autoattack_examples", 0, "Also time standard AutoAttack on this many examples.")
-    flags.DEFINE_integer("seed", 0, "Seed of the model and the inputs.")
+    flags.DEFINE_integer("seed", 0, "Seed of the model and the inputs (and of AutoAttack).")
+    flags.DEFINE_bool(
+        "compare_official",
+        False,
+        "Run standard AutoAttack, ours and the official (pyautoattack on PyTorch), on --model_path, the "
+        "first --num_examples test images and --eps, and compare time and results.",
+    )
+    flags.DEFINE_integer("num_examples", 500, "--compare_official: the first N test images.", lower_bound=1)
+    flags.DEFINE_string("data_dir", None, "--compare_official: TFDS data dir or a directory of IDX files.")
+    flags.DEFINE_integer(
+        "official_batch_size", 250, "--compare_official: the official run_standard_evaluation's batch size."
+    )
+    flags.DEFINE_integer(
+        "autoattack_batch_size",
+        None,
+        "--compare_official: our run_autoattack's batch size (default: all still-robust examples at once).",
+    )
+    flags.DEFINE_list(
+        "members",
+        None,
+        "--compare_official: AutoAttack members to run, in order (default: the standard four).",
+    )
+    flags.DEFINE_bool("skip_official", False, "--compare_official: time ours only (no PyTorch needed).")
+    flags.DEFINE_string("output", None, "--compare_official: also write the figures to this JSON file.")
 
 
 def _timed(fn: Callable[[], object], repeats: int) -> float:
@@ -55,8 +95,151 @@ def _timed(fn: Callable[[], object], repeats: int) -> float:
     return float(np.median(times))
 
 
+def _load_test_images(dataset: str, data_dir: Optional[str], num_examples: int):
+    """The first ``num_examples`` test images (float32 in [0, 1]) and labels, in evaluate's order."""
+    from jarn_tf import data
+
+    data_config = config.DataConfig(dataset=dataset, data_dir=data_dir, download=False)
+    order = data.resolve_example_order(data_config, "test", "auto")
+    images, labels = data.load_arrays(data_config, "test", order.name)
+    return (
+        np.asarray(images[:num_examples], np.float32) / 255.0,
+        np.asarray(labels[:num_examples], np.int64),
+        order.detail,
+    )
+
+
+def _run_official(keras_path: str, inputs: str, output: str) -> Dict[str, object]:
+    """Runs ``jarn_tf.official_autoattack`` in its own process (Keras' torch backend); its results."""
+    command = [
+        sys.executable,
+        "-m",
+        "jarn_tf.official_autoattack",
+        f"--model={keras_path}",
+        f"--inputs={inputs}",
+        f"--eps={FLAGS.eps!r}",
+        f"--output={output}",
+        f"--seed={FLAGS.seed}",
+        f"--batch_size={FLAGS.official_batch_size}",
+    ]
+    if FLAGS.members:
+        command.append(f"--attacks={','.join(FLAGS.members)}")
+    env = dict(os.environ, KERAS_BACKEND="torch")
+    subprocess.run(command, check=True, env=env)
+    with np.load(output) as f:
+        return {k: f[k] for k in f.files}
+
+
+def compare_official() -> int:
+    """``--compare_official``: standard AutoAttack, official and ours, on the same model and images."""
+    import tensorflow as tf
+
+    from jarn_tf import autoattack, export
+
+    if not FLAGS.model_path:
+        print("error: --compare_official needs --model_path (a training run's model_dir or its export).")
+        return 2
+    model = export.load_model(FLAGS.model_path)
+    if model.format != "keras":
+        print(f"error: the official AutoAttack runs the .keras export; {model.path} is a {model.format}.")
+        return 2
+    dataset = model.dataset or FLAGS.dataset
+    images, labels, order = _load_test_images(dataset, FLAGS.data_dir, FLAGS.num_examples)
+    n, eps = len(labels), float(FLAGS.eps)
+    members = tuple(FLAGS.members or autoattack.ATTACKS)
+    print(
+        f"Standard AutoAttack ({', '.join(members)}), eps {eps:g}, the first {n} {dataset} test images "
+        f"({order}), model {model.path}; {os.cpu_count()} CPUs, TensorFlow {tf.__version__} "
+        f"(TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')})"
+    )
+
+    rows: Dict[str, Dict[str, object]] = {}
+    if not FLAGS.skip_official:
+        with tempfile.TemporaryDirectory() as tmp:
+            inputs = os.path.join(tmp, "inputs.npz")
+            np.savez(inputs, x=images, y=labels)
+            print("-- official (pyautoattack, PyTorch, Keras torch backend), in its own process")
+            official = _run_official(model.path, inputs, os.path.join(tmp, "official.npz"))
+        names = [str(a) for a in official["attack_names"]]
+        rows["official"] = dict(
+            total=float(official["total_seconds"]),
+            seconds=dict(zip(names, map(float, official["attack_seconds"]))),
+            robust_after=dict(zip(names, map(float, official["robust_accuracy_after"]))),
+            robust=np.asarray(official["robust"], bool),
+            detail=f"pyautoattack, torch {official['torch_version']} ({int(official['torch_threads'])} threads)",
+        )
+
+    print("-- ours (jarn_tf.autoattack), in this process")
+    tic = time.perf_counter()
+    result = autoattack.run_autoattack(
+        model.model_fn,
+        images,
+        labels,
+        eps,
+        attacks=members,
+        seed=FLAGS.seed,
+        batch_size=FLAGS.autoattack_batch_size,
+        log=lambda line: print(f"[ours] {line}", flush=True),
+    )
+    rows["ours"] = dict(
+        total=time.perf_counter() - tic,
+        seconds={k: float(v) for k, v in result["seconds"].items()},
+        robust_after={k: float(np.mean(v)) for k, v in result["per_attack"].items()},
+        robust=np.asarray(result["robust"], bool),
+        detail=f"jarn_tf, TensorFlow {tf.__version__}",
+    )
+
+    print()
+    header = " | ".join(f"{m} s (robust %)" for m in members)
+    print(f"| implementation | {header} | total s | images / s |")
+    print("| --- | " + " | ".join("---" for _ in members) + " | --- | --- |")
+    for name, row in rows.items():
+        cells = " | ".join(
+            f"{row['seconds'].get(m, 0.0):.1f} ({100 * row['robust_after'].get(m, float('nan')):.1f})"
+            for m in members
+        )
+        print(f"| {name}: {row['detail']} | {cells} | {row['total']:.1f} | {n / row['total']:.2f} |")
+    summary: Dict[str, object] = {
+        "dataset": dataset,
+        "num_examples": n,
+        "eps": eps,
+        "model": model.path,
+        "members": list(members),
+        "seed": FLAGS.seed,
+        "cpus": os.cpu_count(),
+        "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+        **{
+            name: {k: v for k, v in row.items() if k != "robust"}
+            | {"robust_accuracy": float(row["robust"].mean())}
+            for name, row in rows.items()
+        },
+    }
+    if "official" in rows:
+        ours, theirs = rows["ours"]["robust"], rows["official"]["robust"]
+        ratio = rows["official"]["total"] / rows["ours"]["total"]
+        same = int(np.sum(ours == theirs))
+        print(
+            f"throughput ours / official: {ratio:.2f}x; robust accuracy ours {100 * ours.mean():.1f}% vs "
+            f"official {100 * theirs.mean():.1f}%; the same verdict on {same}/{n} examples (robust for ours "
+            f"only: {int(np.sum(ours & ~theirs))}, for the official only: {int(np.sum(theirs & ~ours))})"
+        )
+        summary.update(
+            speedup=ratio,
+            same_verdict=same,
+            robust_ours_only=int(np.sum(ours & ~theirs)),
+            robust_official_only=int(np.sum(theirs & ~ours)),
+        )
+    if FLAGS.output:
+        with open(FLAGS.output, "w") as f:
+            json.dump(summary, f, indent=2)
+        print(f"wrote {FLAGS.output}")
+    return 0
+
+
 def main(argv) -> int:
     del argv
+    if FLAGS.compare_official:
+        return compare_official()
     import keras
     import tensorflow as tf
 
@@ -151,6 +334,9 @@ def main(argv) -> int:
 
 def run() -> None:
     define_bench_flags()
+    from jarn_tf import startup
+
+    startup.prefer_onednn()  # before TensorFlow is imported: see its docstring
     app.run(main)
 
 

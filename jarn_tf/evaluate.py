@@ -485,6 +485,9 @@ def run() -> None:
     """Console-script entry point (proposed name ``jarn-evaluate``)."""
     define_evaluate_flags()
     flag_utils.help_for_console_script(__name__, __doc__)
+    from jarn_tf import startup
+
+    startup.prefer_onednn()  # before TensorFlow is imported: see its docstring
     app.run(main)
 
 

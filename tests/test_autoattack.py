@@ -320,3 +320,66 @@ def test_run_autoattack_logs_progress_like_the_reference(tiny):
     # APGD-CE attacks every clean-correct example, in chunks of 8, one line each.
     chunks = [line for line in lines if line.startswith("apgd-ce - ")]
     assert len(chunks) == -(-n_clean // 8) > 1 and chunks[0].startswith(f"apgd-ce - 1/{len(chunks)} - ")
+
+
+# ------------------------------------------------------------------------------------------------
+# Work stops on settled examples (official AutoAttack keeps computing on them).
+
+
+def _counting_linear_model(w):
+    """z = [0, w . x]: class 1 where w . x > 0. Counts the rows of every forward pass."""
+    seen = tf.Variable(0, dtype=tf.int64)
+
+    def model_fn(images):
+        seen.assign_add(tf.cast(tf.shape(images)[0], tf.int64))
+        score = tf.reshape(images, [tf.shape(images)[0], -1]) @ tf.constant(w[:, None])
+        return tf.concat([tf.zeros_like(score), score], axis=-1)
+
+    return model_fn, seen
+
+
+def _half_misclassified(w, n=16):
+    """n 4x4 images, the first half of class 1 (misclassified as labels are 0), margins >= 0.2."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.3, 0.7, (n, 16))
+    sign = np.where(np.arange(n) < n // 2, 1.0, -1.0)
+    x += ((0.2 * sign - x @ w) / (w @ w))[:, None] * w  # w . x = +-0.2
+    return x.reshape(n, 4, 4, 1).astype(np.float32), np.zeros(n, np.int32)
+
+
+def test_settled_rows_get_no_more_forward_passes():
+    w = np.random.default_rng(1).normal(size=16).astype(np.float32) * 0.1
+    x, y = _half_misclassified(w)
+    eps = 1e-4  # far too small to flip anything: the robust half stays robust
+    model_fn, seen = _counting_linear_model(w)
+    autoattack.apgd(model_fn, x, y, eps, num_steps=10)
+    assert int(seen.numpy()) == 16 + 8 * 10  # the start point, then only the 8 robust rows
+    model_fn, seen = _counting_linear_model(w)
+    autoattack.square(model_fn, x, y, eps, num_queries=10)
+    assert int(seen.numpy()) == 16 + 8 * 10
+    # FAB: every row within stop_below after its first step is retired, whatever num_steps is.
+    model_fn, seen = _counting_linear_model(w)
+    _, norms = autoattack.fab_minimal_perturbation(
+        model_fn, x[8:], y[8:], 1 - y[8:], num_steps=10, stop_below=1.0
+    )
+    assert np.all(np.asarray(norms) <= 1.0)
+    assert int(seen.numpy()) == 8 + 8  # one linearisation and one check of the 8 rows
+
+
+def test_apgd_t_rows_of_a_broken_example_stop_together(tiny):
+    """All targets of an example run in one batch; the verdicts equal running them one at a time."""
+    _, model_fn, x, y = tiny
+    x, y = x[:48], y[:48]
+    eps = 0.05
+    batched = autoattack.apgd_targeted(model_fn, x, y, eps, num_steps=20, num_target_classes=3)
+    one_by_one = autoattack.apgd_targeted(
+        model_fn, x, y, eps, num_steps=20, num_target_classes=3, targets_per_call=1
+    )
+    broken = lambda adv: np.argmax(np.asarray(model_fn(adv)), axis=-1) != y  # noqa: E731
+    assert 0 < broken(batched).mean() < 1
+    np.testing.assert_array_equal(broken(batched), broken(one_by_one))
+    fab_batched = autoattack.fab_targeted(model_fn, x, y, eps, num_steps=20, num_target_classes=3)
+    fab_one = autoattack.fab_targeted(
+        model_fn, x, y, eps, num_steps=20, num_target_classes=3, targets_per_call=1
+    )
+    np.testing.assert_array_equal(broken(fab_batched), broken(fab_one))

@@ -67,3 +67,30 @@ def test_commands_start_quietly_unless_asked_for_everything(tmp_path):
         pytest.skip("TensorFlow writes no start-up lines that the filter knows on this machine")
     assert not noise & _lines(stderr["2"]), stderr["2"]
     assert "absl::InitializeLog" not in stderr["2"] and "port.cc" not in stderr["2"]
+
+
+def test_prefer_onednn_defaults_on_and_respects_the_user():
+    env = {}
+    assert startup.prefer_onednn(env) and env == {"TF_ENABLE_ONEDNN_OPTS": "1"}
+    env = {"TF_ENABLE_ONEDNN_OPTS": "0"}
+    assert not startup.prefer_onednn(env) and env == {"TF_ENABLE_ONEDNN_OPTS": "0"}
+
+
+def test_attack_commands_run_with_onednn_unless_turned_off(tmp_path):
+    """TensorFlow says "oneDNN custom operations are on" at start-up when they are (any CPU)."""
+    cmd = [sys.executable, "-m", "jarn_tf.evaluate", f"--model={tmp_path / 'none'}", "--dataset=mnist"]
+    base = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    procs = {
+        setting: subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(base, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="0", **extra),
+            cwd=REPO,
+        )
+        for setting, extra in (("unset", {}), ("off", {"TF_ENABLE_ONEDNN_OPTS": "0"}))
+    }
+    stderr = {setting: proc.communicate(timeout=300)[1] for setting, proc in procs.items()}
+    assert "oneDNN custom operations are on" in stderr["unset"], stderr["unset"][-2000:]
+    assert "oneDNN custom operations are on" not in stderr["off"], stderr["off"][-2000:]
