@@ -36,7 +36,7 @@ gradient penalty to f(D) of generated images instead of D.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import tensorflow as tf
 
@@ -266,3 +266,50 @@ def regularizer_value(
         )
         return robust_feature_matching(features_fn, fake, v, w, alpha, fake_features)
     raise ValueError(f"unknown discriminator regulariser {reg!r}")
+
+
+def configured_regularizer(
+    params,
+    score_fn: ScoreFn,
+    features_fn: Optional[ScoreFn],
+    real: tf.Tensor,
+    fake: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    loss: str,
+    w: Optional[tf.Tensor] = None,
+    fake_score: Optional[tf.Tensor] = None,
+    fake_features: Optional[tf.Tensor] = None,
+) -> Tuple[tf.Tensor, float]:
+    """``regularizer_value`` with the ``--disc_reg`` settings of a config section, and its weight.
+
+    Args:
+      params: a config section with the ``--disc_reg`` fields (disc_reg, reg_weight, reg_delta,
+        rfm_alpha, reg_attack, reg_attack_steps, reg_target, gp_weight, gp_target).
+      score_fn, features_fn, real, fake, seed, loss, w, fake_score, fake_features: as in
+        ``regularizer_value`` (``features_fn`` is used with rfm only).
+
+    Returns:
+      (per-example value, its weight in the discriminator's loss: gp_weight for the gradient
+      penalty, reg_weight for ar and rfm, 0 otherwise).
+    """
+    reg_i = regularizer_value(
+        params.disc_reg,
+        score_fn,
+        features_fn if params.disc_reg == "rfm" else None,
+        real,
+        fake,
+        seed,
+        loss=loss,
+        target=params.reg_target,
+        attack_kind=params.reg_attack,
+        delta=params.reg_delta,
+        steps=params.reg_attack_steps,
+        alpha=params.rfm_alpha,
+        w=w,
+        gp_target=params.gp_target,
+        fake_score=fake_score,
+        fake_features=fake_features,
+    )
+    weights = {"gradient_penalty": params.gp_weight, "ar": params.reg_weight, "rfm": params.reg_weight}
+    return reg_i, weights.get(params.disc_reg, 0.0)

@@ -224,28 +224,18 @@ class AdvGANTrainer(_ConditionalSampling, Trainer):
         tape's pass on ``fake`` (unperturbed), which ar / rfm then reuse.
         """
         p = self.params
-        reg_i = gan_losses.regularizer_value(
-            p.disc_reg,
+        return gan_losses.configured_regularizer(
+            p,
             self._score,
-            self._phi if p.disc_reg == "rfm" else None,
+            self._phi,
             real_adv,
             fake,
             self._seed(_PENALTY_SEED),
             loss="gan",  # eq. 9's source term is the gan loss of D = -s
-            target=p.reg_target,
-            attack_kind=p.reg_attack,
-            delta=p.reg_delta,
-            steps=p.reg_attack_steps,
-            alpha=p.rfm_alpha,
             w=self._w,
-            gp_target=p.gp_target,
             fake_score=None if fake_source is None else -fake_source,
             fake_features=fake_features,
         )
-        weight = {"gradient_penalty": p.gp_weight, "ar": p.reg_weight, "rfm": p.reg_weight}.get(
-            p.disc_reg, 0.0
-        )
-        return reg_i, weight
 
     def _labels(self, n: tf.Tensor, purpose: int) -> tf.Tensor:
         return tf.random.stateless_uniform(

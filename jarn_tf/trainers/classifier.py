@@ -330,24 +330,15 @@ class ClassifierTrainer(Trainer):
         t = self.params
         fake = tf.stop_gradient(adapted)
         real = tf.stop_gradient(losses.standardize_per_example(images))
-        reg_i = gan_losses.regularizer_value(
-            t.disc_reg,
+        reg_i, weight = gan_losses.configured_regularizer(
+            t,
             self._disc_score,
-            self._disc_phi if t.disc_reg == "rfm" else None,
+            self._disc_phi,
             real,
             fake,
             self._seed(_PENALTY_SEED),
             loss="gan",
-            target=t.reg_target,
-            attack_kind=t.reg_attack,
-            delta=t.reg_delta,
-            steps=t.reg_attack_steps,
-            alpha=t.rfm_alpha,
             w=getattr(self, "_disc_w", None),
-            gp_target=t.gp_target,
-        )
-        weight = {"gradient_penalty": t.gp_weight, "ar": t.reg_weight, "rfm": t.reg_weight}.get(
-            t.disc_reg, 0.0
         )
         return reg_i, weight * losses.scale_loss(reg_i, self.global_batch_size)
 

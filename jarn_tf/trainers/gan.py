@@ -148,26 +148,17 @@ class GANTrainer(Trainer):
             phi_fake = tf.cast(phi_fake, tf.float32)
             # ar and rfm reuse this pass (their inputs are noise-free: instance noise is another --disc_reg).
             d_loss_i = gan_losses.discriminator_loss(p.gan_loss, d_real, d_fake)
-            reg_i = gan_losses.regularizer_value(
-                p.disc_reg,
+            reg_i, weight = gan_losses.configured_regularizer(
+                p,
                 self._score,
-                self._phi if p.disc_reg == "rfm" else None,
+                self._phi,
                 real,
                 fake,
                 self._seed(_PENALTY_SEED),
                 loss=p.gan_loss,
-                target=p.reg_target,
-                attack_kind=p.reg_attack,
-                delta=p.reg_delta,
-                steps=p.reg_attack_steps,
-                alpha=p.rfm_alpha,
                 w=self._w,
-                gp_target=p.gp_target,
                 fake_score=d_fake,
                 fake_features=phi_fake,
-            )
-            weight = {"gradient_penalty": p.gp_weight, "ar": p.reg_weight, "rfm": p.reg_weight}.get(
-                p.disc_reg, 0.0
             )
             d_loss = tf.reduce_sum(d_loss_i) * scale
             reg = tf.reduce_sum(reg_i) * scale
