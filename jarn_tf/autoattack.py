@@ -452,7 +452,7 @@ def apgd_targeted(
     adv = images.copy()
     robust = np.argmax(clean_logits, axis=-1) == labels
     targets = _ranked_targets(clean_logits, num_target_classes)
-    per_call = len(targets) if targets_per_call is None else max(int(targets_per_call), 1)
+    per_call = max(len(targets), 1) if targets_per_call is None else max(int(targets_per_call), 1)
     best_margin = np.full([len(images)], -np.inf, np.float32)
     for first_rank in range(0, len(targets), per_call):
         idx = np.nonzero(robust)[0]
@@ -793,7 +793,7 @@ def fab_targeted(
     adv = images.copy()
     robust = np.argmax(clean_logits, axis=-1) == labels
     targets = _ranked_targets(clean_logits, num_target_classes)
-    per_call = len(targets) if targets_per_call is None else max(int(targets_per_call), 1)
+    per_call = max(len(targets), 1) if targets_per_call is None else max(int(targets_per_call), 1)
     for first_rank in range(0, len(targets), per_call):
         idx = np.nonzero(robust)[0]
         if idx.size == 0:
