@@ -18,27 +18,34 @@ from keras import ops
 class PerImageStandardization(keras.layers.Layer):
     """Per example: subtract the mean, then divide by the L2 norm.
 
-    ``y = (x - mean(x)) / max(||x - mean(x)||_2, epsilon)`` with the mean and
-    norm taken over all non-batch axes (H, W, C). As in the JARN release
-    (``tf.math.l2_normalize`` of the zero-mean input), this divides by the L2
-    norm, not by the standard deviation, so every output has unit L2 norm and
-    the output does not depend on the scale or offset of the input. That is
-    what lets the same layer standardise both pixel images and Jacobians.
+    ``y = d / sqrt(max(sum(d^2), epsilon))`` with ``d = x - mean(x)``, the mean
+    and sum taken over all non-batch axes (H, W, C): the JARN release's
+    ``tf.math.l2_normalize`` of the zero-mean input, whose ``epsilon`` (1e-12 by
+    default) bounds the *squared* norm, so the norm divided by is at least
+    ``sqrt(epsilon)`` = 1e-6. This divides by the L2 norm, not by the standard
+    deviation, so every output above that floor has unit L2 norm and does not
+    depend on the scale or offset of the input. That is what lets the same
+    layer standardise both pixel images and Jacobians.
 
-    The floor is applied to the squared norm (``max(sum(d^2), epsilon^2)``):
-    for a constant input ``d = 0``, the ``max`` passes no gradient to the sum
-    of squares and the output is 0 with a finite gradient, where
-    ``sqrt(sum(d^2))`` alone would give 0 * inf = NaN.
+    The floor bounds the gradient as well: below it the layer is linear with
+    slope ``1/sqrt(epsilon)``. (An earlier version floored the norm itself at
+    ``epsilon``, a slope of 1e12: JARN's chain of three standardisations then
+    amplified the gradient of a vanishing Jacobian by up to 1e30, and a
+    saturated classifier's first JARN step overflowed.) For a constant input,
+    ``d = 0``, the ``max`` passes no gradient to the sum of squares and the
+    output is 0 with a finite gradient, where ``sqrt(sum(d^2))`` alone would
+    give 0 * inf = NaN.
 
     The statistics are computed in float32 whatever the layer's dtype policy,
-    since ``epsilon^2`` underflows in float16.
+    since ``epsilon`` underflows in float16.
     """
 
     def __init__(self, epsilon: float = 1e-12, **kwargs: Any) -> None:
         """Creates the layer.
 
         Args:
-          epsilon: lower bound of the L2 norm the input is divided by.
+          epsilon: lower bound of the squared L2 norm the input is divided by (as
+            ``tf.math.l2_normalize``'s).
           **kwargs: standard ``keras.layers.Layer`` arguments (name, dtype...).
 
         Raises:
@@ -58,8 +65,8 @@ class PerImageStandardization(keras.layers.Layer):
         x = x - x[(slice(None),) + (slice(0, 1),) * len(axes)]
         centered = x - ops.mean(x, axis=axes, keepdims=True)
         sum_sq = ops.sum(ops.square(centered), axis=axes, keepdims=True)
-        # 1/sqrt(max(s, eps^2)) == 1/max(||d||, eps), with a finite gradient at s = 0.
-        inv_norm = 1.0 / ops.sqrt(ops.maximum(sum_sq, self.epsilon**2))
+        # 1/max(||d||, sqrt(eps)), with a finite gradient at s = 0.
+        inv_norm = 1.0 / ops.sqrt(ops.maximum(sum_sq, self.epsilon))
         return ops.cast(centered * inv_norm, self.compute_dtype)
 
     def compute_output_shape(self, input_shape: Sequence[Optional[int]]) -> tuple:

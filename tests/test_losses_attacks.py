@@ -70,6 +70,55 @@ def test_prob_and_xent_jacobians_agree_after_standardisation():
     np.testing.assert_allclose(out["xent"], -out["prob"], atol=1e-5)
 
 
+def _objective_value_j_and_its_weight_gradient(objective, w0, x, y, v, dtype):
+    """objective(labels, logits) summed, J = d/dx, and d <J, v> / dW for logits = x W."""
+    w = tf.Variable(w0.astype(dtype))
+    x = tf.constant(x.astype(dtype))
+    with tf.GradientTape() as outer:
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            obj = objective(y, tf.matmul(x, w))
+            total = tf.reduce_sum(obj)
+        j = inner.gradient(total, x)
+        inner_product = tf.reduce_sum(j * v.astype(dtype))
+    return obj.numpy(), j.numpy(), outer.gradient(inner_product, w).numpy()
+
+
+def _naive(kind):
+    """The softmax forms: what the stable objective replaced."""
+    if kind == "xent":
+        return lambda y, z: tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=z)
+    return lambda y, z: tf.reduce_sum(tf.nn.softmax(z) * tf.one_hot(y, tf.shape(z)[-1], dtype=z.dtype), -1)
+
+
+@pytest.mark.parametrize("kind", losses.JACOBIAN_KINDS)
+def test_jacobian_objective_is_accurate_for_confident_examples(kind):
+    # Margins of 25-33 logits: 1 - p_y ~ 1e-11 to 1e-14, which float32 cannot hold next to p_y ~ 1.
+    # J and the gradient through J (what JARN and double backprop train on) against the softmax
+    # forms in float64 (accurate here: their rounding error, 1e-16, is far below 1 - p_y).
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 6))
+    y = np.array([0, 1, 2, 3])
+    logits = rng.normal(size=(4, 4)) + 30.0 * np.eye(4)[y]
+    w0 = np.linalg.pinv(x) @ logits  # x w0 = logits
+    margin = np.sort((x @ w0)[np.arange(4), y][:, None] - x @ w0, axis=1)[:, 1]
+    assert np.all((20 < margin) & (margin < 40)), margin
+    # The float32 inputs exactly, so that the two differ by the arithmetic only.
+    x, w0, v = (a.astype(np.float32).astype(np.float64) for a in (x, w0, rng.normal(size=x.shape)))
+    obj, j, g = _objective_value_j_and_its_weight_gradient(
+        lambda y_, z: losses.jacobian_objective(y_, z, kind), w0, x, y, v, np.float32
+    )
+    ref_obj, ref_j, ref_g = _objective_value_j_and_its_weight_gradient(_naive(kind), w0, x, y, v, np.float64)
+    # Left: float32 rounding of the logits themselves (about 1e-4 of a logit here).
+    np.testing.assert_allclose(obj, ref_obj, rtol=2e-3)
+    np.testing.assert_allclose(j, ref_j, rtol=2e-3, atol=2e-3 * np.abs(ref_j).max())
+    np.testing.assert_allclose(g, ref_g, rtol=2e-3, atol=2e-3 * np.abs(ref_g).max())
+    # The softmax forms in float32 are far off here: what this test guards against.
+    _, naive_j, naive_g = _objective_value_j_and_its_weight_gradient(_naive(kind), w0, x, y, v, np.float32)
+    assert np.abs(naive_j - ref_j).max() > 0.1 * np.abs(ref_j).max()
+    assert np.abs(naive_g - ref_g).max() > 0.1 * np.abs(ref_g).max()
+
+
 def _linear_model(seed=0, d=2 * 2 * 1, k=3):
     w = tf.constant(np.random.default_rng(seed).normal(size=(d, k)).astype(np.float32))
     return lambda x: tf.matmul(tf.reshape(x, [tf.shape(x)[0], -1]), w), w.numpy()

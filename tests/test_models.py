@@ -32,7 +32,7 @@ def _np_standardize(x: np.ndarray) -> np.ndarray:
     axes = tuple(range(1, x.ndim))
     d = x.astype(np.float64) - x.mean(axis=axes, keepdims=True, dtype=np.float64)
     norm = np.sqrt((d**2).sum(axis=axes, keepdims=True))
-    return d / np.maximum(norm, 1e-12)
+    return d / np.maximum(norm, 1e-6)  # tf.math.l2_normalize: max(sum d^2, 1e-12)
 
 
 # -- PerImageStandardization ---------------------------------------------------
@@ -72,6 +72,26 @@ def test_standardization_constant_image_gives_zero_output_and_finite_gradient(va
     np.testing.assert_array_equal(y.numpy()[0], 0.0)
     np.testing.assert_allclose(y.numpy()[1], _np_standardize(x.numpy())[1], atol=1e-6)
     assert np.abs(grad[1]).max() > 0  # the non-constant example still gets a gradient
+
+
+def test_standardization_floors_the_squared_norm_as_l2_normalize():
+    # The release's tf.math.l2_normalize(d, epsilon=1e-12) divides by max(||d||, 1e-6): an input
+    # whose centred norm is 1e-8 comes out with norm 1e-2 (not 1), and the slope there is 1e6.
+    x = _images((4, 4, 1), n=2)
+    x = x - x.mean(axis=(1, 2, 3), keepdims=True)
+    x = x / np.sqrt((x**2).sum(axis=(1, 2, 3), keepdims=True)) * np.array([1e-8, 1.0]).reshape(2, 1, 1, 1)
+    x = tf.constant(x.astype(np.float32))
+    layer = layers.PerImageStandardization()
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+    norms = np.sqrt((y.numpy().astype(np.float64) ** 2).sum(axis=(1, 2, 3)))
+    np.testing.assert_allclose(norms, [1e-2, 1.0], rtol=1e-4)
+    np.testing.assert_allclose(
+        y.numpy(), tf.math.l2_normalize(x, axis=[1, 2, 3]).numpy(), rtol=1e-4, atol=1e-7
+    )
+    jac = tape.batch_jacobian(y, x).numpy().reshape(2, 16, 16)
+    np.testing.assert_allclose(np.linalg.svd(jac[0], compute_uv=False).max(), 1e6, rtol=1e-3)
 
 
 def test_standardization_config_round_trip():
