@@ -165,7 +165,8 @@ class ClassifierTrainer(Trainer):
         clean = correct(images, labels)
         with tf.GradientTape() as tape:
             tape.watch(images)
-            xent = losses.cross_entropy(labels, self._inference(images))
+            # The training J's objective: accurate for confidently classified examples too.
+            xent = tf.reduce_sum(losses.jacobian_objective(labels, self._inference(images), "xent"))
         jacobian = tape.gradient(xent, images)
         alignment = tf.stack(
             [
