@@ -482,7 +482,7 @@ def apgd_targeted(
 # Square attack.
 
 
-def _build_square(num_queries: int, p_init: float, image_shape: tuple):
+def _build_square(num_queries: int, p_init: float, image_shape: tuple, skip_unchanged: bool = True):
     height, width, channels = image_shape
 
     def builder(get_model_fn):
@@ -542,7 +542,21 @@ def _build_square(num_queries: int, p_init: float, image_shape: tuple):
                     s["images"] + eps * random_signs([active, 1, 1, channels], seeds[2]), 0.0, 1.0
                 )
                 x_new = tf.where(window, vertex, s["x_best"])
-                margin_new = margin(x_new, s["labels"])
+                if skip_unchanged:
+                    # Where the window already sits at the drawn vertex, x_new is x_best and its
+                    # margin is known: only the rows whose proposal differs are queried.
+                    changed = tf.where(tf.reduce_any(tf.not_equal(x_new, s["x_best"]), axis=[1, 2, 3]))
+                    margin_new = tf.cond(
+                        tf.size(changed) > 0,
+                        lambda: tf.tensor_scatter_nd_update(
+                            s["margin"],
+                            changed,
+                            margin(tf.gather_nd(x_new, changed), tf.gather_nd(s["labels"], changed)),
+                        ),
+                        lambda: s["margin"],
+                    )
+                else:
+                    margin_new = margin(x_new, s["labels"])
                 accept = margin_new < s["margin"]
                 new = dict(
                     s,
@@ -570,6 +584,7 @@ def square(
     num_queries: int = 5000,
     p_init: float = 0.8,
     seed: int = 0,
+    skip_unchanged: bool = True,
 ) -> tf.Tensor:
     """Square attack (Andriushchenko et al., 2020), L-inf, margin loss, one restart.
 
@@ -582,14 +597,31 @@ def square(
     vector shared by the batch per iteration) each example draws its own, as in the original Square
     Attack, and the window's top-left corner ranges over all valid positions.
 
+    A proposal can leave the image unchanged: the window already sits at the drawn vertex (on
+    one-channel images about 28% of the 5000 proposals on a PGD-AT Fashion-MNIST CNN). The
+    reference queries the model on it anyway and rejects it; here (``skip_unchanged``) only the
+    rows whose proposal differs from their current point are queried, which changes no result.
+
+    Args:
+      model_fn: images -> logits.
+      images: float32 [B, H, W, C] in [0, 1].
+      labels: int [B] true classes.
+      eps: L-inf radius.
+      num_queries: iterations after the initial query.
+      p_init: initial fraction of changed pixels.
+      seed: seed of the windows and signs.
+      skip_unchanged: do not query the model on proposals equal to the current point (False: query
+        every row every iteration, as the reference; the same result, for comparisons).
+
     Returns:
       float32 [B, H, W, C], within eps and in [0, 1].
     """
     images, labels = _as_inputs(images, labels)
     if len(labels) == 0:
         return tf.convert_to_tensor(images)
-    key = ("square", int(num_queries), float(p_init), images.shape[1:])
-    run = _compiled(model_fn, key, _build_square(int(num_queries), float(p_init), images.shape[1:]))
+    key = ("square", int(num_queries), float(p_init), images.shape[1:], bool(skip_unchanged))
+    builder = _build_square(int(num_queries), float(p_init), images.shape[1:], bool(skip_unchanged))
+    run = _compiled(model_fn, key, builder)
     adv, _ = run(images, labels, tf.constant(eps, tf.float32), _seed(seed))
     return adv
 

@@ -355,7 +355,7 @@ def test_settled_rows_get_no_more_forward_passes():
     autoattack.apgd(model_fn, x, y, eps, num_steps=10)
     assert int(seen.numpy()) == 16 + 8 * 10  # the start point, then only the 8 robust rows
     model_fn, seen = _counting_linear_model(w)
-    autoattack.square(model_fn, x, y, eps, num_queries=10)
+    autoattack.square(model_fn, x, y, eps, num_queries=10, skip_unchanged=False)
     assert int(seen.numpy()) == 16 + 8 * 10
     # FAB: every row within stop_below after its first step is retired, whatever num_steps is.
     model_fn, seen = _counting_linear_model(w)
@@ -364,6 +364,28 @@ def test_settled_rows_get_no_more_forward_passes():
     )
     assert np.all(np.asarray(norms) <= 1.0)
     assert int(seen.numpy()) == 8 + 8  # one linearisation and one check of the 8 rows
+
+
+def test_square_does_not_query_unchanged_proposals(tiny):
+    """Proposals equal to the current point are not queried; the attack's result is the same."""
+    _, model_fn, x, y = tiny
+    x, y = x[:64], y[:64]
+    eps = 0.05  # some examples break early, the others run all queries
+    counted = {}
+    for skip in (False, True):
+        seen = tf.Variable(0, dtype=tf.int64)
+
+        def counting(images, seen=seen):
+            seen.assign_add(tf.cast(tf.shape(images)[0], tf.int64))
+            return model_fn(images)
+
+        counted[skip] = (autoattack.square(counting, x, y, eps, num_queries=300, skip_unchanged=skip), seen)
+    (reference, all_rows), (skipped, queried) = counted[False], counted[True]
+    np.testing.assert_array_equal(np.asarray(skipped), np.asarray(reference))
+    broken = np.argmax(np.asarray(model_fn(reference)), axis=-1) != y
+    assert 0 < broken.mean() < 1
+    # 8x8 one-channel images: 11% of the proposals (15125 of 16978 rows queried) leave the image as it is.
+    assert int(queried.numpy()) < 0.95 * int(all_rows.numpy()), (int(queried.numpy()), int(all_rows.numpy()))
 
 
 def test_apgd_t_rows_of_a_broken_example_stop_together(tiny):
