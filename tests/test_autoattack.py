@@ -355,7 +355,7 @@ def test_settled_rows_get_no_more_forward_passes():
     autoattack.apgd(model_fn, x, y, eps, num_steps=10)
     assert int(seen.numpy()) == 16 + 8 * 10  # the start point, then only the 8 robust rows
     model_fn, seen = _counting_linear_model(w)
-    autoattack.square(model_fn, x, y, eps, num_queries=10, skip_unchanged=False)
+    autoattack.square(model_fn, x, y, eps, num_queries=10, skip_known=False)
     assert int(seen.numpy()) == 16 + 8 * 10
     # FAB: every row within stop_below after its first step is retired, whatever num_steps is.
     model_fn, seen = _counting_linear_model(w)
@@ -366,26 +366,56 @@ def test_settled_rows_get_no_more_forward_passes():
     assert int(seen.numpy()) == 8 + 8  # one linearisation and one check of the 8 rows
 
 
-def test_square_does_not_query_unchanged_proposals(tiny):
-    """Proposals equal to the current point are not queried; the attack's result is the same."""
+def _counting(model_fn):
+    """model_fn that also counts the rows (images) it is called on."""
+    seen = tf.Variable(0, dtype=tf.int64)
+
+    def counting(images):
+        seen.assign_add(tf.cast(tf.shape(images)[0], tf.int64))
+        return model_fn(images)
+
+    return counting, seen
+
+
+def test_square_does_not_query_proposals_of_known_margin(tiny):
+    """Unchanged and already rejected proposals are not queried; the attack's result is the same."""
     _, model_fn, x, y = tiny
     x, y = x[:64], y[:64]
     eps = 0.05  # some examples break early, the others run all queries
-    counted = {}
+    adv, rows = {}, {}
     for skip in (False, True):
-        seen = tf.Variable(0, dtype=tf.int64)
-
-        def counting(images, seen=seen):
-            seen.assign_add(tf.cast(tf.shape(images)[0], tf.int64))
-            return model_fn(images)
-
-        counted[skip] = (autoattack.square(counting, x, y, eps, num_queries=300, skip_unchanged=skip), seen)
-    (reference, all_rows), (skipped, queried) = counted[False], counted[True]
-    np.testing.assert_array_equal(np.asarray(skipped), np.asarray(reference))
-    broken = np.argmax(np.asarray(model_fn(reference)), axis=-1) != y
+        counting, seen = _counting(model_fn)
+        # 1,200 queries reach the 2-pixel (iteration 500) and 1-pixel windows (1,000) of 8x8 images.
+        adv[skip] = np.asarray(autoattack.square(counting, x, y, eps, num_queries=1200, skip_known=skip))
+        rows[skip] = int(seen.numpy())
+    np.testing.assert_array_equal(adv[True], adv[False])
+    broken = np.argmax(np.asarray(model_fn(adv[True])), axis=-1) != y
     assert 0 < broken.mean() < 1
-    # 8x8 one-channel images: 11% of the proposals (15125 of 16978 rows queried) leave the image as it is.
-    assert int(queried.numpy()) < 0.95 * int(all_rows.numpy()), (int(queried.numpy()), int(all_rows.numpy()))
+    # Queried: 28,499 of 60,183 rows (without skipping the rejected ones: 48,375).
+    assert rows[True] < 0.6 * rows[False], (rows[True], rows[False])
+
+
+def test_square_skipping_keeps_the_result_on_three_channels():
+    """The proposal key holds one sign per channel: on RGB images the result is the same too."""
+    import keras
+
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 3)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(32, "relu"),
+            keras.layers.Dense(4),
+        ]
+    )
+    x = np.random.default_rng(0).uniform(0, 1, (16, 6, 6, 3)).astype(np.float32)
+    y = np.argmax(np.asarray(model(x)), axis=-1).astype(np.int32)  # all correctly classified
+    model_fn = lambda images: model(images, training=False)  # noqa: E731
+    adv = {}
+    for skip in (False, True):
+        adv[skip] = np.asarray(autoattack.square(model_fn, x, y, 0.01, num_queries=600, skip_known=skip))
+    np.testing.assert_array_equal(adv[True], adv[False])
+    assert np.abs(adv[True] - x).max() > 0
 
 
 def test_apgd_t_rows_of_a_broken_example_stop_together(tiny):
