@@ -17,9 +17,10 @@ official code's recorded outputs); the work is less. The attacks run on "rows" (
 APGD-T and FAB-T, one target class; all targets of an example in one batch) and retire a row from
 the loop as soon as its example is settled, so no forward or backward pass is spent on it again,
 without retracing (the loops' per-row state shrinks, ``_retire``), and Square does not query proposals
-that leave the image unchanged. On CPUs, run with oneDNN
-(``TF_ENABLE_ONEDNN_OPTS=1``, which the commands set; ``jarn_tf.startup.prefer_onednn``): the input
-gradient of strided convolutions is about 3x faster with it.
+whose margin is known (the image unchanged, or the same proposal rejected at the same point before).
+On CPUs, run with oneDNN (``TF_ENABLE_ONEDNN_OPTS=1``, which the commands set;
+``jarn_tf.startup.prefer_onednn``): the input gradient of strided convolutions is about 3x faster
+with it.
 """
 
 from __future__ import annotations
