@@ -80,6 +80,13 @@ def define_bench_flags() -> None:
         "--compare_official: AutoAttack members to run, in order (default: the standard four).",
     )
     flags.DEFINE_bool("skip_official", False, "--compare_official: time ours only (no PyTorch needed).")
+    flags.DEFINE_integer(
+        "pass_batch_size",
+        250,
+        "--compare_official: images per call when timing one forward pass and one forward pass with the "
+        "input gradient of the model in each framework (0: do not time them).",
+        lower_bound=0,
+    )
     flags.DEFINE_string("output", None, "--compare_official: also write the figures to this JSON file.")
 
 
@@ -93,6 +100,37 @@ def _timed(fn: Callable[[], object], repeats: int) -> float:
         np.asarray(out)  # wait for the result
         times.append(time.perf_counter() - tic)
     return float(np.median(times))
+
+
+def _batch_of(images: np.ndarray, labels: np.ndarray, batch_size: int) -> tuple:
+    """``batch_size`` images and labels, the given ones repeated as often as needed."""
+    reps = -(-batch_size // len(labels))
+    return np.concatenate([images] * reps)[:batch_size], np.concatenate([labels] * reps)[:batch_size]
+
+
+def tf_pass_ms(model_fn: Callable, images: np.ndarray, labels: np.ndarray, batch_size: int, repeats: int = 5) -> dict:
+    """Milliseconds per image of one forward pass and of one forward pass with the input gradient
+    of the summed cross-entropy (what each step of APGD and FAB computes), compiled with tf.function,
+    at ``batch_size`` images per call; median of ``repeats`` calls after a warm-up call."""
+    import tensorflow as tf
+
+    x, y = _batch_of(images, labels, batch_size)
+    x, y = tf.constant(x), tf.constant(y.astype(np.int32))
+    forward = tf.function(model_fn)
+
+    @tf.function
+    def forward_grad(x, y):
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=tf.cast(model_fn(x), tf.float32))
+            )
+        return tape.gradient(loss, x)
+
+    return {
+        "forward": 1000 * _timed(lambda: forward(x), repeats) / batch_size,
+        "forward_grad": 1000 * _timed(lambda: forward_grad(x, y), repeats) / batch_size,
+    }
 
 
 def _load_test_images(dataset: str, data_dir: Optional[str], num_examples: int):
@@ -121,6 +159,7 @@ def _run_official(keras_path: str, inputs: str, output: str) -> Dict[str, object
         f"--output={output}",
         f"--seed={FLAGS.seed}",
         f"--batch_size={FLAGS.official_batch_size}",
+        f"--pass_batch_size={FLAGS.pass_batch_size}",
     ]
     if FLAGS.members:
         command.append(f"--attacks={','.join(FLAGS.members)}")
@@ -168,8 +207,11 @@ def compare_official() -> int:
             robust=np.asarray(official["robust"], bool),
             detail=f"pyautoattack, torch {official['torch_version']} ({int(official['torch_threads'])} threads)",
         )
+        if "pass_ms" in official:
+            rows["official"]["pass_ms"] = dict(zip(("forward", "forward_grad"), map(float, official["pass_ms"])))
 
     print("-- ours (jarn_tf.autoattack), in this process")
+    pass_ms = tf_pass_ms(model.model_fn, images, labels, FLAGS.pass_batch_size) if FLAGS.pass_batch_size else None
     tic = time.perf_counter()
     result = autoattack.run_autoattack(
         model.model_fn,
@@ -188,6 +230,8 @@ def compare_official() -> int:
         robust=np.asarray(result["robust"], bool),
         detail=f"jarn_tf, TensorFlow {tf.__version__}",
     )
+    if pass_ms:
+        rows["ours"]["pass_ms"] = pass_ms
 
     print()
     header = " | ".join(f"{m} s (robust %)" for m in members)
@@ -199,6 +243,23 @@ def compare_official() -> int:
             for m in members
         )
         print(f"| {name}: {row['detail']} | {cells} | {row['total']:.1f} | {n / row['total']:.2f} |")
+    timed = [(name, row["pass_ms"]) for name, row in rows.items() if "pass_ms" in row]
+    if timed:
+        # What bounds the ratio: the gradient attacks (APGD, FAB) run one forward pass with the input
+        # gradient per step (FAB one more forward pass), Square one forward pass per query.
+        print()
+        print(f"Per pass, {FLAGS.pass_batch_size} images per call (ms per image):")
+        print("| implementation | forward | forward + input gradient |")
+        print("| --- | --- | --- |")
+        for name, ms in timed:
+            print(f"| {name} | {ms['forward']:.3f} | {ms['forward_grad']:.3f} |")
+        if len(timed) == 2:
+            (_, ours_ms), (_, theirs_ms) = sorted(timed, key=lambda t: t[0] != "ours")
+            print(
+                f"| official / ours | {theirs_ms['forward'] / ours_ms['forward']:.2f}x | "
+                f"{theirs_ms['forward_grad'] / ours_ms['forward_grad']:.2f}x |"
+            )
+        print()
     summary: Dict[str, object] = {
         "dataset": dataset,
         "num_examples": n,

@@ -130,6 +130,10 @@ def test_compare_official_times_ours(tmp_path, tiny_keras_file, tiny_data_dir):
     assert summary["num_examples"] == 16 and summary["members"] == ["apgd-ce"]
     assert summary["ours"]["total"] > 0 and set(summary["ours"]["seconds"]) == {"apgd-ce"}
     assert summary["tf_enable_onednn_opts"] == "1"  # the command turns oneDNN on
+    # Per-pass figures (their order is not asserted: on a tiny model both are timing noise).
+    assert "| ours | " in stdout and "forward + input gradient" in stdout
+    ms = summary["ours"]["pass_ms"]
+    assert ms["forward"] > 0 and ms["forward_grad"] > 0
 
 
 def test_compare_official_runs_both(tmp_path, tiny_keras_file, tiny_data_dir):
@@ -139,3 +143,6 @@ def test_compare_official_runs_both(tmp_path, tiny_keras_file, tiny_data_dir):
     stdout, summary = _bench(tmp_path, tiny_keras_file, tiny_data_dir, "--members=apgd-ce")
     assert "| official: pyautoattack" in stdout and "throughput ours / official" in stdout
     assert summary["official"]["total"] > 0 and summary["same_verdict"] >= 15
+    ms = summary["official"]["pass_ms"]
+    assert ms["forward"] > 0 and ms["forward_grad"] > 0
+    assert "| official / ours |" in stdout
