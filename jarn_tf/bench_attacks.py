@@ -81,6 +81,13 @@ def define_bench_flags() -> None:
     )
     flags.DEFINE_bool("skip_official", False, "--compare_official: time ours only (no PyTorch needed).")
     flags.DEFINE_integer(
+        "rounds",
+        1,
+        "--compare_official: run both this many times, alternating which goes first (official first in "
+        "odd rounds), and report the ratio of each round and their median.",
+        lower_bound=1,
+    )
+    flags.DEFINE_integer(
         "pass_batch_size",
         250,
         "--compare_official: images per call when timing one forward pass and one forward pass with the "
@@ -192,15 +199,14 @@ def compare_official() -> int:
         f"(TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')})"
     )
 
-    rows: Dict[str, Dict[str, object]] = {}
-    if not FLAGS.skip_official:
+    def run_official() -> Dict[str, object]:
         with tempfile.TemporaryDirectory() as tmp:
             inputs = os.path.join(tmp, "inputs.npz")
             np.savez(inputs, x=images, y=labels)
             print("-- official (pyautoattack, PyTorch, Keras torch backend), in its own process")
             official = _run_official(model.path, inputs, os.path.join(tmp, "official.npz"))
         names = [str(a) for a in official["attack_names"]]
-        rows["official"] = dict(
+        row = dict(
             total=float(official["total_seconds"]),
             seconds=dict(zip(names, map(float, official["attack_seconds"]))),
             robust_after=dict(zip(names, map(float, official["robust_accuracy_after"]))),
@@ -208,41 +214,67 @@ def compare_official() -> int:
             detail=f"pyautoattack, torch {official['torch_version']} ({int(official['torch_threads'])} threads)",
         )
         if "pass_ms" in official:
-            rows["official"]["pass_ms"] = dict(zip(("forward", "forward_grad"), map(float, official["pass_ms"])))
+            row["pass_ms"] = dict(zip(("forward", "forward_grad"), map(float, official["pass_ms"])))
+        return row
 
-    print("-- ours (jarn_tf.autoattack), in this process")
-    pass_ms = tf_pass_ms(model.model_fn, images, labels, FLAGS.pass_batch_size) if FLAGS.pass_batch_size else None
-    tic = time.perf_counter()
-    result = autoattack.run_autoattack(
-        model.model_fn,
-        images,
-        labels,
-        eps,
-        attacks=members,
-        seed=FLAGS.seed,
-        batch_size=FLAGS.autoattack_batch_size,
-        log=lambda line: print(f"[ours] {line}", flush=True),
-    )
-    rows["ours"] = dict(
-        total=time.perf_counter() - tic,
-        seconds={k: float(v) for k, v in result["seconds"].items()},
-        robust_after={k: float(np.mean(v)) for k, v in result["per_attack"].items()},
-        robust=np.asarray(result["robust"], bool),
-        detail=f"jarn_tf, TensorFlow {tf.__version__}",
-    )
-    if pass_ms:
-        rows["ours"]["pass_ms"] = pass_ms
+    def run_ours(time_passes: bool) -> Dict[str, object]:
+        print("-- ours (jarn_tf.autoattack), in this process")
+        pass_ms = None
+        if time_passes and FLAGS.pass_batch_size:
+            pass_ms = tf_pass_ms(model.model_fn, images, labels, FLAGS.pass_batch_size)
+        tic = time.perf_counter()
+        result = autoattack.run_autoattack(
+            model.model_fn,
+            images,
+            labels,
+            eps,
+            attacks=members,
+            seed=FLAGS.seed,
+            batch_size=FLAGS.autoattack_batch_size,
+            log=lambda line: print(f"[ours] {line}", flush=True),
+        )
+        row = dict(
+            total=time.perf_counter() - tic,
+            seconds={k: float(v) for k, v in result["seconds"].items()},
+            robust_after={k: float(np.mean(v)) for k, v in result["per_attack"].items()},
+            robust=np.asarray(result["robust"], bool),
+            detail=f"jarn_tf, TensorFlow {tf.__version__}",
+        )
+        if pass_ms:
+            row["pass_ms"] = pass_ms
+        return row
+
+    # Each round runs both sides one after the other; the order alternates between rounds, so that
+    # a drift of the machine's speed during a run does not favour one side.
+    rounds = []
+    for r in range(FLAGS.rounds):
+        if FLAGS.rounds > 1:
+            print(f"== round {r + 1} of {FLAGS.rounds}")
+        order = ("official", "ours") if r % 2 == 0 else ("ours", "official")
+        rows_r: Dict[str, Dict[str, object]] = {}
+        for side in order:
+            if side == "official" and not FLAGS.skip_official:
+                rows_r["official"] = run_official()
+            elif side == "ours":
+                rows_r["ours"] = run_ours(time_passes=(r == 0))
+        rounds.append(rows_r)
+    rows = {name: rounds[0][name] for name in ("official", "ours") if name in rounds[0]}
 
     print()
     header = " | ".join(f"{m} s (robust %)" for m in members)
     print(f"| implementation | {header} | total s | images / s |")
     print("| --- | " + " | ".join("---" for _ in members) + " | --- | --- |")
-    for name, row in rows.items():
-        cells = " | ".join(
-            f"{row['seconds'].get(m, 0.0):.1f} ({100 * row['robust_after'].get(m, float('nan')):.1f})"
-            for m in members
-        )
-        print(f"| {name}: {row['detail']} | {cells} | {row['total']:.1f} | {n / row['total']:.2f} |")
+    for r, rows_r in enumerate(rounds):
+        for name in ("official", "ours"):
+            if name not in rows_r:
+                continue
+            row = rows_r[name]
+            cells = " | ".join(
+                f"{row['seconds'].get(m, 0.0):.1f} ({100 * row['robust_after'].get(m, float('nan')):.1f})"
+                for m in members
+            )
+            label = f"{name}: {row['detail']}" + (f", round {r + 1}" if len(rounds) > 1 else "")
+            print(f"| {label} | {cells} | {row['total']:.1f} | {n / row['total']:.2f} |")
     timed = [(name, row["pass_ms"]) for name, row in rows.items() if "pass_ms" in row]
     if timed:
         # What bounds the ratio: the gradient attacks (APGD, FAB) run one forward pass with the input
@@ -290,6 +322,38 @@ def compare_official() -> int:
             robust_ours_only=int(np.sum(ours & ~theirs)),
             robust_official_only=int(np.sum(theirs & ~ours)),
         )
+    if len(rounds) > 1:
+        per_round = [
+            dict(
+                first="official" if r % 2 == 0 and not FLAGS.skip_official else "ours",
+                **{f"{name}_total": rows_r[name]["total"] for name in rows_r},
+                **(
+                    dict(
+                        speedup=rows_r["official"]["total"] / rows_r["ours"]["total"],
+                        same_verdict=int(np.sum(rows_r["ours"]["robust"] == rows_r["official"]["robust"])),
+                    )
+                    if "official" in rows_r
+                    else {}
+                ),
+            )
+            for r, rows_r in enumerate(rounds)
+        ]
+        summary["rounds"] = per_round
+        for r, entry in enumerate(per_round):
+            line = f"round {r + 1} ({entry['first']} first): ours {entry['ours_total']:.1f} s"
+            if "speedup" in entry:
+                line += (
+                    f", official {entry['official_total']:.1f} s, ratio {entry['speedup']:.2f}x, the same "
+                    f"verdict on {entry['same_verdict']}/{n}"
+                )
+            print(line)
+        if "official" in rows:
+            ratios = [entry["speedup"] for entry in per_round]
+            summary.update(speedup_median=float(np.median(ratios)), speedup_min=min(ratios), speedup_max=max(ratios))
+            print(
+                f"throughput ours / official over {len(rounds)} rounds: median {np.median(ratios):.2f}x "
+                f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x)"
+            )
     if FLAGS.output:
         with open(FLAGS.output, "w") as f:
             json.dump(summary, f, indent=2)

@@ -125,8 +125,12 @@ def _bench(tmp_path, tiny_keras_file, tiny_data_dir, *extra):
 
 
 def test_compare_official_times_ours(tmp_path, tiny_keras_file, tiny_data_dir):
-    stdout, summary = _bench(tmp_path, tiny_keras_file, tiny_data_dir, "--skip_official", "--members=apgd-ce")
-    assert "| ours: jarn_tf" in stdout and "images / s" in stdout
+    stdout, summary = _bench(
+        tmp_path, tiny_keras_file, tiny_data_dir, "--skip_official", "--members=apgd-ce", "--rounds=2"
+    )
+    assert "| ours: jarn_tf, TensorFlow" in stdout and "round 2 |" in stdout and "images / s" in stdout
+    assert [set(r) for r in summary["rounds"]] == [{"first", "ours_total"}] * 2
+    assert all(r["ours_total"] > 0 for r in summary["rounds"]) and "speedup_median" not in summary
     assert summary["num_examples"] == 16 and summary["members"] == ["apgd-ce"]
     assert summary["ours"]["total"] > 0 and set(summary["ours"]["seconds"]) == {"apgd-ce"}
     assert summary["tf_enable_onednn_opts"] == "1"  # the command turns oneDNN on
@@ -140,8 +144,13 @@ def test_compare_official_runs_both(tmp_path, tiny_keras_file, tiny_data_dir):
     """Needs the optional benchmark dependencies (torch, pyautoattack): skipped without them."""
     pytest.importorskip("torch")
     pytest.importorskip("pyautoattack")
-    stdout, summary = _bench(tmp_path, tiny_keras_file, tiny_data_dir, "--members=apgd-ce")
+    stdout, summary = _bench(tmp_path, tiny_keras_file, tiny_data_dir, "--members=apgd-ce", "--rounds=2")
     assert "| official: pyautoattack" in stdout and "throughput ours / official" in stdout
+    # Two rounds, the order alternating; the median of their ratios.
+    assert [r["first"] for r in summary["rounds"]] == ["official", "ours"]
+    ratios = [r["official_total"] / r["ours_total"] for r in summary["rounds"]]
+    assert summary["speedup_median"] == pytest.approx(np.median(ratios))
+    assert all(r["same_verdict"] >= 15 for r in summary["rounds"])
     assert summary["official"]["total"] > 0 and summary["same_verdict"] >= 15
     ms = summary["official"]["pass_ms"]
     assert ms["forward"] > 0 and ms["forward_grad"] > 0
