@@ -246,11 +246,11 @@ def compare_official() -> int:
 
     # Each round runs both sides one after the other; the order alternates between rounds, so that
     # a drift of the machine's speed during a run does not favour one side.
-    rounds = []
+    rounds, firsts = [], []
     for r in range(FLAGS.rounds):
         if FLAGS.rounds > 1:
             print(f"== round {r + 1} of {FLAGS.rounds}")
-        order = ("official", "ours") if r % 2 == 0 else ("ours", "official")
+        order = ("official", "ours") if r % 2 == 0 and not FLAGS.skip_official else ("ours", "official")
         rows_r: Dict[str, Dict[str, object]] = {}
         for side in order:
             if side == "official" and not FLAGS.skip_official:
@@ -258,6 +258,7 @@ def compare_official() -> int:
             elif side == "ours":
                 rows_r["ours"] = run_ours(time_passes=(r == 0))
         rounds.append(rows_r)
+        firsts.append(order[0])
     rows = {name: rounds[0][name] for name in ("official", "ours") if name in rounds[0]}
 
     print()
@@ -325,7 +326,7 @@ def compare_official() -> int:
     if len(rounds) > 1:
         per_round = [
             dict(
-                first="official" if r % 2 == 0 and not FLAGS.skip_official else "ours",
+                first=firsts[r],
                 **{f"{name}_total": rows_r[name]["total"] for name in rows_r},
                 **(
                     dict(
