@@ -23,6 +23,13 @@ the other. It prints each attack's time and the robust accuracy after it, the
 images/s of both and their ratio, and whether the two find the same robust
 examples; ``--output`` keeps the figures as JSON. The official side needs the
 optional benchmark dependencies ``pip install torch==2.13.0 pyautoattack==0.2.0``.
+
+``--profile_passes`` shows where one pass of the model goes and how close it runs to the
+hardware: for each 2-D convolution of the Keras model (``--model_path`` or a random-init
+model), the forward convolution and its input gradient (``Conv2DBackpropInput``, what every
+attack step computes), in float32 and bfloat16, in ms per call and GFLOP/s; then the whole
+model's forward pass and forward pass with the input gradient, compiled with tf.function and
+with XLA. ``--pass_batch_size`` images per call.
 """
 
 from __future__ import annotations
@@ -94,7 +101,15 @@ def define_bench_flags() -> None:
         "input gradient of the model in each framework (0: do not time them).",
         lower_bound=0,
     )
-    flags.DEFINE_string("output", None, "--compare_official: also write the figures to this JSON file.")
+    flags.DEFINE_string(
+        "output", None, "--compare_official, --profile_passes: also write the figures to this JSON file."
+    )
+    flags.DEFINE_bool(
+        "profile_passes",
+        False,
+        "Time each 2-D convolution of the model (forward and input gradient, float32 and bfloat16, ms and "
+        "GFLOP/s) and the whole model's passes with and without XLA, at --pass_batch_size images per call.",
+    )
 
 
 def _timed(fn: Callable[[], object], repeats: int) -> float:
@@ -115,7 +130,9 @@ def _batch_of(images: np.ndarray, labels: np.ndarray, batch_size: int) -> tuple:
     return np.concatenate([images] * reps)[:batch_size], np.concatenate([labels] * reps)[:batch_size]
 
 
-def tf_pass_ms(model_fn: Callable, images: np.ndarray, labels: np.ndarray, batch_size: int, repeats: int = 5) -> dict:
+def tf_pass_ms(
+    model_fn: Callable, images: np.ndarray, labels: np.ndarray, batch_size: int, repeats: int = 5
+) -> dict:
     """Milliseconds per image of one forward pass and of one forward pass with the input gradient
     of the summed cross-entropy (what each step of APGD and FAB computes), compiled with tf.function,
     at ``batch_size`` images per call; median of ``repeats`` calls after a warm-up call."""
@@ -130,7 +147,9 @@ def tf_pass_ms(model_fn: Callable, images: np.ndarray, labels: np.ndarray, batch
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(x)
             loss = tf.reduce_sum(
-                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=tf.cast(model_fn(x), tf.float32))
+                tf.nn.sparse_softmax_cross_entropy_with_logits(
+                    labels=y, logits=tf.cast(model_fn(x), tf.float32)
+                )
             )
         return tape.gradient(loss, x)
 
@@ -174,6 +193,148 @@ def _run_official(keras_path: str, inputs: str, output: str) -> Dict[str, object
     subprocess.run(command, check=True, env=env)
     with np.load(output) as f:
         return {k: f[k] for k in f.files}
+
+
+def conv_flops(batch: int, out_hw: tuple, kernel_shape: tuple) -> int:
+    """Floating-point operations of a 2-D convolution (or of its input gradient, the same count):
+    2 per multiply-add, every kernel tap counted, padding included."""
+    kh, kw, cin, cout = kernel_shape
+    return 2 * batch * out_hw[0] * out_hw[1] * cout * kh * kw * cin
+
+
+def _conv_layers(model) -> list:
+    """The Conv2D layers of a Keras model, nested models included, in order."""
+    import keras
+
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found.extend(_conv_layers(layer))
+        elif type(layer) is keras.layers.Conv2D:
+            found.append(layer)
+    return found
+
+
+def profile_passes(
+    keras_model, model_fn: Callable, image_shape: tuple, batch_size: int, repeats: int
+) -> dict:
+    """``--profile_passes``: per convolution and for the whole model, time and GFLOP/s (see the
+    module docstring). Returns {"layers": [...], "model": {...}} and prints both as tables."""
+    import tensorflow as tf
+
+    def timed_ms(fn, *args) -> float:
+        return 1000 * _timed(lambda: fn(*args), repeats)
+
+    rng = np.random.default_rng(0)
+    layers = []
+    print(f"Per convolution, {batch_size} images per call (GFLOP/s: 2 per multiply-add, all kernel taps):")
+    print(
+        "| layer | input -> output | float32 forward ms (GFLOP/s) | float32 input gradient ms (GFLOP/s) "
+        "| bfloat16 forward ms (GFLOP/s) | bfloat16 input gradient ms (GFLOP/s) |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
+    for layer in _conv_layers(keras_model):
+        if layer.data_format != "channels_last" or tuple(layer.dilation_rate) != (1, 1) or layer.groups != 1:
+            print(f"| {layer.name} | (skipped: not a plain channels-last convolution) | | | | |")
+            continue
+        in_shape = (batch_size, *[int(d) for d in layer.input.shape[1:]])
+        kernel = layer.kernel.numpy()
+        strides, padding = [1, *layer.strides, 1], layer.padding.upper()
+        x = rng.uniform(-1, 1, in_shape).astype(np.float32)
+        y = tf.nn.conv2d(x, kernel, strides, padding)
+        dy = rng.uniform(-1, 1, y.shape).astype(np.float32)
+        flops = conv_flops(batch_size, tuple(y.shape[1:3]), kernel.shape)
+        row = dict(
+            name=layer.name, input=list(in_shape[1:]), output=[int(d) for d in y.shape[1:]], gflop=flops / 1e9
+        )
+        for dtype in (tf.float32, tf.bfloat16):
+            k, xd, dyd = (tf.cast(v, dtype) for v in (kernel, x, dy))
+            forward = tf.function(lambda x, k: tf.nn.conv2d(x, k, strides, padding))
+            input_grad = tf.function(
+                lambda dy, k: tf.raw_ops.Conv2DBackpropInput(
+                    input_sizes=list(in_shape), filter=k, out_backprop=dy, strides=strides, padding=padding
+                )
+            )
+            row[dtype.name] = dict(
+                forward_ms=timed_ms(forward, xd, k), input_grad_ms=timed_ms(input_grad, dyd, k)
+            )
+        layers.append(row)
+        cells = " | ".join(
+            f"{row[d][key]:.2f} ({flops / 1e6 / row[d][key]:.0f})"
+            for d in ("float32", "bfloat16")
+            for key in ("forward_ms", "input_grad_ms")
+        )
+        print(
+            f"| {layer.name} | {'x'.join(map(str, row['input']))} -> {'x'.join(map(str, row['output']))} | {cells} |"
+        )
+
+    x = tf.constant(rng.uniform(0, 1, (batch_size, *image_shape)).astype(np.float32))
+    y = tf.constant(rng.integers(0, 2, batch_size).astype(np.int32))
+
+    def forward_grad(x, y):
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(
+                    labels=y, logits=tf.cast(model_fn(x), tf.float32)
+                )
+            )
+        return tape.gradient(loss, x)
+
+    whole = {}
+    print()
+    print(f"The whole model, {batch_size} images per call (ms per call):")
+    print("| compiled with | forward | forward + input gradient |")
+    print("| --- | --- | --- |")
+    for name, jit in (("tf.function", False), ("XLA (jit_compile)", True)):
+        try:
+            whole[name] = dict(
+                forward_ms=timed_ms(tf.function(model_fn, jit_compile=jit), x),
+                forward_grad_ms=timed_ms(tf.function(forward_grad, jit_compile=jit), x, y),
+            )
+            print(f"| {name} | {whole[name]['forward_ms']:.2f} | {whole[name]['forward_grad_ms']:.2f} |")
+        except Exception as e:  # noqa: BLE001 - XLA refuses some models; report and go on
+            print(f"| {name} | failed: {type(e).__name__} | |")
+    return dict(batch_size=batch_size, layers=layers, model=whole)
+
+
+def _profile_main() -> int:
+    import tensorflow as tf
+
+    from jarn_tf import data, export, models
+
+    if FLAGS.pass_batch_size < 1:
+        print("error: --profile_passes needs --pass_batch_size >= 1.")
+        return 2
+    if FLAGS.model_path:
+        loaded = export.load_model(FLAGS.model_path)
+        keras_model = getattr(loaded.model_fn, "keras_model", None)
+        if keras_model is None:
+            print(f"error: --profile_passes needs a Keras model; {loaded.path} is a {loaded.format}.")
+            return 2
+        model_fn, image_shape = loaded.model_fn, tuple(loaded.image_shape or keras_model.input_shape[1:])
+    else:
+        info = data.dataset_info(FLAGS.dataset)
+        arch = FLAGS.model or ("mnist_cnn" if info.image_shape[0] == 28 else "wrn")
+        cfg = config.ModelConfig(
+            model=arch,
+            cnn_channels=tuple(int(c) for c in FLAGS.cnn_channels),
+            wrn_depth=FLAGS.wrn_depth,
+            wrn_width=FLAGS.wrn_width,
+        )
+        keras_model = models.build_classifier(cfg, info.image_shape, info.num_classes)
+        model_fn = lambda x: keras_model(x, training=False)  # noqa: E731
+        image_shape = tuple(info.image_shape)
+    print(
+        f"{FLAGS.model_path or 'random-init model'}; {os.cpu_count()} CPUs, TensorFlow {tf.__version__} "
+        f"(TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')})"
+    )
+    summary = profile_passes(keras_model, model_fn, image_shape, FLAGS.pass_batch_size, FLAGS.repeats)
+    if FLAGS.output:
+        with open(FLAGS.output, "w") as f:
+            json.dump(summary, f, indent=2)
+        print(f"wrote {FLAGS.output}")
+    return 0
 
 
 def compare_official() -> int:
@@ -350,7 +511,9 @@ def compare_official() -> int:
             print(line)
         if "official" in rows:
             ratios = [entry["speedup"] for entry in per_round]
-            summary.update(speedup_median=float(np.median(ratios)), speedup_min=min(ratios), speedup_max=max(ratios))
+            summary.update(
+                speedup_median=float(np.median(ratios)), speedup_min=min(ratios), speedup_max=max(ratios)
+            )
             print(
                 f"throughput ours / official over {len(rounds)} rounds: median {np.median(ratios):.2f}x "
                 f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x)"
@@ -364,8 +527,13 @@ def compare_official() -> int:
 
 def main(argv) -> int:
     del argv
+    if FLAGS.compare_official and FLAGS.profile_passes:
+        print("error: --compare_official and --profile_passes are separate modes; give one.")
+        return 2
     if FLAGS.compare_official:
         return compare_official()
+    if FLAGS.profile_passes:
+        return _profile_main()
     import keras
     import tensorflow as tf
 

@@ -63,3 +63,57 @@ def test_benchmark_command_prints_figures():
     assert "jarn_tf pgd (tf.function)" in proc.stdout and "cleverhans pgd (eager)" in proc.stdout
     assert "jarn_tf pgd (XLA, --jit_compile)" in proc.stdout
     assert "images / s" in proc.stdout and "pixels differing" in proc.stdout
+
+
+def test_conv_flops_counts_every_tap():
+    from jarn_tf.bench_attacks import conv_flops
+
+    # The Fashion-MNIST CNN's first convolution: 250 images, 14x14 outputs, 5x5x1 -> 64.
+    assert conv_flops(250, (14, 14), (5, 5, 1, 64)) == 2 * 250 * 14 * 14 * 64 * 25
+
+
+def test_profile_passes_prints_every_convolution(tmp_path):
+    import json
+
+    output = tmp_path / "profile.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jarn_tf.bench_attacks",
+            "--profile_passes",
+            "--pass_batch_size=4",
+            "--repeats=1",
+            "--cnn_channels=4,8,8",
+            f"--output={output}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=REPO),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(output.read_text())
+    # The three convolutions of the MNIST CNN, with their shapes (5x5, stride 2, same padding).
+    assert [(r["name"], r["input"], r["output"]) for r in summary["layers"]] == [
+        ("conv0", [28, 28, 1], [14, 14, 4]),
+        ("conv1", [14, 14, 4], [7, 7, 8]),
+        ("conv2", [7, 7, 8], [4, 4, 8]),
+    ]
+    assert summary["layers"][1]["gflop"] == pytest.approx(2 * 4 * 49 * 8 * 25 * 4 / 1e9)
+    for row in summary["layers"]:
+        for dtype in ("float32", "bfloat16"):
+            assert row[dtype]["forward_ms"] > 0 and row[dtype]["input_grad_ms"] > 0
+    assert set(summary["model"]) == {"tf.function", "XLA (jit_compile)"}
+    assert "| conv2 | 7x7x8 -> 4x4x8 |" in proc.stdout and "forward + input gradient" in proc.stdout
+
+
+def test_profile_passes_and_compare_official_are_refused_together():
+    proc = subprocess.run(
+        [sys.executable, "-m", "jarn_tf.bench_attacks", "--profile_passes", "--compare_official"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=REPO),
+    )
+    assert proc.returncode == 2 and "separate modes" in proc.stdout
