@@ -130,6 +130,24 @@ def _batch_of(images: np.ndarray, labels: np.ndarray, batch_size: int) -> tuple:
     return np.concatenate([images] * reps)[:batch_size], np.concatenate([labels] * reps)[:batch_size]
 
 
+def _input_gradient_fn(model_fn: Callable) -> Callable:
+    """(images, labels) -> the input gradient of the summed cross-entropy: what each step of APGD
+    and FAB computes (one forward pass and one backward pass to the input)."""
+    import tensorflow as tf
+
+    def forward_grad(x, y):
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(
+                    labels=y, logits=tf.cast(model_fn(x), tf.float32)
+                )
+            )
+        return tape.gradient(loss, x)
+
+    return forward_grad
+
+
 def tf_pass_ms(
     model_fn: Callable, images: np.ndarray, labels: np.ndarray, batch_size: int, repeats: int = 5
 ) -> dict:
@@ -141,18 +159,7 @@ def tf_pass_ms(
     x, y = _batch_of(images, labels, batch_size)
     x, y = tf.constant(x), tf.constant(y.astype(np.int32))
     forward = tf.function(model_fn)
-
-    @tf.function
-    def forward_grad(x, y):
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(x)
-            loss = tf.reduce_sum(
-                tf.nn.sparse_softmax_cross_entropy_with_logits(
-                    labels=y, logits=tf.cast(model_fn(x), tf.float32)
-                )
-            )
-        return tape.gradient(loss, x)
-
+    forward_grad = tf.function(_input_gradient_fn(model_fn))
     return {
         "forward": 1000 * _timed(lambda: forward(x), repeats) / batch_size,
         "forward_grad": 1000 * _timed(lambda: forward_grad(x, y), repeats) / batch_size,
@@ -270,16 +277,7 @@ def profile_passes(
 
     x = tf.constant(rng.uniform(0, 1, (batch_size, *image_shape)).astype(np.float32))
     y = tf.constant(rng.integers(0, 2, batch_size).astype(np.int32))
-
-    def forward_grad(x, y):
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(x)
-            loss = tf.reduce_sum(
-                tf.nn.sparse_softmax_cross_entropy_with_logits(
-                    labels=y, logits=tf.cast(model_fn(x), tf.float32)
-                )
-            )
-        return tape.gradient(loss, x)
+    forward_grad = _input_gradient_fn(model_fn)
 
     whole = {}
     print()
@@ -298,10 +296,26 @@ def profile_passes(
     return dict(batch_size=batch_size, layers=layers, model=whole)
 
 
+def _random_init_classifier(info) -> tuple:
+    """The flags' architecture (--model, --cnn_channels, --wrn_*), randomly initialised, for the
+    dataset ``info``; (Keras model, description)."""
+    from jarn_tf import models
+
+    arch = FLAGS.model or ("mnist_cnn" if info.image_shape[0] == 28 else "wrn")
+    cfg = config.ModelConfig(
+        model=arch,
+        cnn_channels=tuple(int(c) for c in FLAGS.cnn_channels),
+        wrn_depth=FLAGS.wrn_depth,
+        wrn_width=FLAGS.wrn_width,
+    )
+    classifier = models.build_classifier(cfg, info.image_shape, info.num_classes)
+    return classifier, f"{arch} (random init) {cfg.cnn_channels if arch == 'mnist_cnn' else ''}"
+
+
 def _profile_main() -> int:
     import tensorflow as tf
 
-    from jarn_tf import data, export, models
+    from jarn_tf import data, export
 
     if FLAGS.pass_batch_size < 1:
         print("error: --profile_passes needs --pass_batch_size >= 1.")
@@ -315,14 +329,7 @@ def _profile_main() -> int:
         model_fn, image_shape = loaded.model_fn, tuple(loaded.image_shape or keras_model.input_shape[1:])
     else:
         info = data.dataset_info(FLAGS.dataset)
-        arch = FLAGS.model or ("mnist_cnn" if info.image_shape[0] == 28 else "wrn")
-        cfg = config.ModelConfig(
-            model=arch,
-            cnn_channels=tuple(int(c) for c in FLAGS.cnn_channels),
-            wrn_depth=FLAGS.wrn_depth,
-            wrn_width=FLAGS.wrn_width,
-        )
-        keras_model = models.build_classifier(cfg, info.image_shape, info.num_classes)
+        keras_model, _ = _random_init_classifier(info)
         model_fn = lambda x: keras_model(x, training=False)  # noqa: E731
         image_shape = tuple(info.image_shape)
     print(
@@ -537,7 +544,7 @@ def main(argv) -> int:
     import keras
     import tensorflow as tf
 
-    from jarn_tf import attacks, autoattack, data, export, models
+    from jarn_tf import attacks, autoattack, data, export
 
     try:
         from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
@@ -551,16 +558,8 @@ def main(argv) -> int:
         model_fn = export.load_model(FLAGS.model_path).model_fn
         description = FLAGS.model_path
     else:
-        arch = FLAGS.model or ("mnist_cnn" if info.image_shape[0] == 28 else "wrn")
-        cfg = config.ModelConfig(
-            model=arch,
-            cnn_channels=tuple(int(c) for c in FLAGS.cnn_channels),
-            wrn_depth=FLAGS.wrn_depth,
-            wrn_width=FLAGS.wrn_width,
-        )
-        classifier = models.build_classifier(cfg, info.image_shape, info.num_classes)
+        classifier, description = _random_init_classifier(info)
         model_fn = lambda x: classifier(x, training=False)  # noqa: E731
-        description = f"{arch} (random init) {cfg.cnn_channels if arch == 'mnist_cnn' else ''}"
 
     rng = np.random.default_rng(FLAGS.seed)
     images = tf.constant(rng.uniform(0, 1, (FLAGS.batch_size, *info.image_shape)).astype(np.float32))

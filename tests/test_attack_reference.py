@@ -43,22 +43,19 @@ def test_pgd_matches_cleverhans_without_random_start(tiny_data_dir, tmp_path, ep
     assert np.abs(ours - images.numpy()).max() > eps / 2
 
 
-def test_benchmark_command_prints_figures():
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jarn_tf.bench_attacks",
-            "--batch_size=8",
-            "--steps=2",
-            "--repeats=1",
-            "--cnn_channels=4,8,8",
-        ],
+def _bench_cli(*args) -> subprocess.CompletedProcess:
+    """``python -m jarn_tf.bench_attacks ARGS`` from the repository, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "jarn_tf.bench_attacks", *args],
         capture_output=True,
         text=True,
         cwd=REPO,
         env=dict(os.environ, PYTHONPATH=REPO),
     )
+
+
+def test_benchmark_command_prints_figures():
+    proc = _bench_cli("--batch_size=8", "--steps=2", "--repeats=1", "--cnn_channels=4,8,8")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "jarn_tf pgd (tf.function)" in proc.stdout and "cleverhans pgd (eager)" in proc.stdout
     assert "jarn_tf pgd (XLA, --jit_compile)" in proc.stdout
@@ -76,21 +73,8 @@ def test_profile_passes_prints_every_convolution(tmp_path):
     import json
 
     output = tmp_path / "profile.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jarn_tf.bench_attacks",
-            "--profile_passes",
-            "--pass_batch_size=4",
-            "--repeats=1",
-            "--cnn_channels=4,8,8",
-            f"--output={output}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=dict(os.environ, PYTHONPATH=REPO),
+    proc = _bench_cli(
+        "--profile_passes", "--pass_batch_size=4", "--repeats=1", "--cnn_channels=4,8,8", f"--output={output}"
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(output.read_text())
@@ -109,11 +93,5 @@ def test_profile_passes_prints_every_convolution(tmp_path):
 
 
 def test_profile_passes_and_compare_official_are_refused_together():
-    proc = subprocess.run(
-        [sys.executable, "-m", "jarn_tf.bench_attacks", "--profile_passes", "--compare_official"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=dict(os.environ, PYTHONPATH=REPO),
-    )
+    proc = _bench_cli("--profile_passes", "--compare_official")
     assert proc.returncode == 2 and "separate modes" in proc.stdout
