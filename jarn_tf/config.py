@@ -58,7 +58,21 @@ GAN_LOSSES = ("gan", "lsgan", "wgan")
 GAN_GENERATOR_LOSSES = ("minimax", "non_saturating")
 DISC_REGULARIZERS = ("none", "instance_noise", "gradient_penalty", "ar", "rfm")
 REG_ATTACKS = ("fgm", "fgsm", "pgd", "cw")
+# Splits of the classifier score (and IS) wherever it is reported: the mean over 10 parts of the
+# samples, as the Inception Score is (jarn_tf.evaluate_gan and the training-time eval/classifier_score).
+CLASSIFIER_SCORE_SPLITS = 10
 REG_TARGETS = ("discriminator", "loss")
+# Architecture options of the gan mode's networks (``gan_models``), for the
+# random setups of the paper's Table 2 ("network blocks (vanilla convolution,
+# ResNet) ... nonlinearities (ReLU, Leaky ReLU, Tanh) and normalizations
+# (BatchNorm, InstanceNorm, none)"). Here, not in ``gan_models``, so that this
+# module needs no Keras; ``gan_models`` imports them. ``paper`` (flags only):
+# Appendix C's choice, which differs between the generator and the
+# discriminator.
+GAN_BLOCKS = ("resnet", "vanilla")
+GAN_ACTIVATIONS = ("relu", "leaky_relu", "tanh")
+GAN_NORMS = ("batch", "instance", "none")
+GAN_PAPER_OPTION = "paper"
 
 # Values a mode gives the common sections' flags that were not given on the
 # command line (or in a flagfile): the GAN papers train with Adam 2e-4 at a
@@ -399,8 +413,9 @@ def _disc_reg_fields() -> Dict[str, Any]:
         ),
         reg_target=flag_field(
             "discriminator",
-            "What ar / gradient_penalty make robust: the discriminator's output D (section 4) or the loss "
-            "f(D) of generated images (Appendix D, the robust loss).",
+            "What ar / gradient_penalty / rfm make robust: the discriminator's output D (section 4) or the "
+            "loss f(D) of generated images (Appendix D, the robust loss; for rfm the attack follows the "
+            "gradient of f(D), the features penalised are the same).",
             choices=REG_TARGETS,
         ),
         gp_weight=flag_field(
@@ -454,9 +469,9 @@ def _disc_reg_checks(section: Any) -> List[Tuple[bool, str]]:
         (section.reg_attack in REG_ATTACKS, f"--reg_attack must be one of {REG_ATTACKS}"),
         (section.reg_target in REG_TARGETS, f"--reg_target must be one of {REG_TARGETS}"),
         (
-            section.reg_target == "discriminator" or section.disc_reg in ("ar", "gradient_penalty"),
-            "--reg_target=loss (Appendix D's robust loss) applies to --disc_reg=ar or "
-            f"gradient_penalty, not --disc_reg={section.disc_reg}",
+            section.reg_target == "discriminator" or section.disc_reg in ("ar", "gradient_penalty", "rfm"),
+            "--reg_target=loss (Appendix D's robust loss) applies to --disc_reg=ar, gradient_penalty or "
+            f"rfm, not --disc_reg={section.disc_reg}",
         ),
         (section.reg_delta > 0, f"--reg_delta must be positive, got {section.reg_delta}"),
         (section.reg_weight >= 0, f"--reg_weight must be >= 0, got {section.reg_weight}"),
@@ -677,11 +692,15 @@ class GANConfig:
 
     gan_loss: str = flag_field("gan", "The loss f of the GAN objective (eq. 1).", choices=GAN_LOSSES)
     gan_generator_loss: str = flag_field(
-        "minimax",
-        "What the generator minimises. minimax: E f(D(G(z))), eq. 1 as written; non_saturating: "
-        "-E f(-D(G(z))), the generator asks to be taken for real (what most GANs run; the same as "
-        "minimax for wgan).",
+        "non_saturating",
+        "What the generator minimises. non_saturating (default; the authors' code): -E f(-D(G(z))), the "
+        "generator asks to be taken for real: -log(1 - sigmoid(D)) for gan, (1 - D)^2 / 2 for lsgan (Mao "
+        "et al.), D for wgan. minimax: E f(D(G(z))), eq. 1's term as written; for gan it saturates where D "
+        "rejects the samples, for lsgan it pushes samples scored below -1 further toward the generated "
+        "side (not Mao et al.'s LSGAN); for wgan the two are the same. Default: non_saturating for "
+        "--mode=gan (the authors' code), minimax for --mode=advgan (the Rob-GAN paper's eq. 9 as written).",
         choices=GAN_GENERATOR_LOSSES,
+        flag_default=None,
     )
     disc_reg: str = _disc_reg_fields()["disc_reg"]
     reg_weight: float = _disc_reg_fields()["reg_weight"]
@@ -702,6 +721,28 @@ class GANConfig:
     adam_beta2: float = _gan_fields()["adam_beta2"]
     fcd_network: Optional[str] = _gan_fields()["fcd_network"]
     fcd_samples: int = _gan_fields()["fcd_samples"]
+    gan_block: str = flag_field(
+        "resnet",
+        "Blocks of both networks. resnet: Appendix C's pre-activation residual block, (norm, "
+        "nonlinearity, conv3x3) x 2 plus the identity; vanilla: the same two layers without the identity "
+        "(ours: Table 2's 'vanilla convolution' blocks are not defined in the paper). For the Table 2 "
+        "study of architectures.",
+        choices=GAN_BLOCKS,
+    )
+    gan_activation: str = flag_field(
+        GAN_PAPER_OPTION,
+        "Nonlinearity of every block and of the last layers of both networks. paper: Appendix C's ReLU "
+        "in the generator, leaky ReLU (slope 0.2) in the discriminator; relu, leaky_relu (slope 0.2) or "
+        "tanh: that one in both. For the Table 2 study of architectures.",
+        choices=(GAN_PAPER_OPTION,) + GAN_ACTIVATIONS,
+    )
+    gan_norm: str = flag_field(
+        GAN_PAPER_OPTION,
+        "Normalisation of every block and of the last layers of both networks. paper: Appendix C's batch "
+        "norm in the generator, instance norm in the discriminator; batch, instance or none: that one in "
+        "both. For the Table 2 study of architectures.",
+        choices=(GAN_PAPER_OPTION,) + GAN_NORMS,
+    )
 
     # Fields whose flag may only be given with these regularisers.
     REG_FIELDS: ClassVar[Dict[str, Tuple[str, ...]]] = DISC_REG_FIELDS
@@ -713,7 +754,10 @@ class GANConfig:
         Raises:
           ValueError: naming the flag and the --disc_reg it needs.
         """
-        return _derive_disc_reg(dict(values))
+        out = _derive_disc_reg(dict(values))
+        if out.get("gan_generator_loss") is None:
+            out["gan_generator_loss"] = GANConfig.gan_generator_loss
+        return out
 
     def validate(self, config: "ExperimentConfig") -> None:
         _check(
@@ -732,6 +776,19 @@ class GANConfig:
                 (self.gan_channels >= 1, f"--gan_channels must be >= 1, got {self.gan_channels}"),
                 (0 <= self.adam_beta1 < 1, f"--adam_beta1 must be in [0, 1), got {self.adam_beta1}"),
                 (0 <= self.adam_beta2 < 1, f"--adam_beta2 must be in [0, 1), got {self.adam_beta2}"),
+                (
+                    self.gan_block in GAN_BLOCKS,
+                    f"--gan_block must be one of {GAN_BLOCKS}, got {self.gan_block!r}",
+                ),
+                (
+                    self.gan_activation in (GAN_PAPER_OPTION,) + GAN_ACTIVATIONS,
+                    f"--gan_activation must be one of {(GAN_PAPER_OPTION,) + GAN_ACTIVATIONS}, "
+                    f"got {self.gan_activation!r}",
+                ),
+                (
+                    self.gan_norm in (GAN_PAPER_OPTION,) + GAN_NORMS,
+                    f"--gan_norm must be one of {(GAN_PAPER_OPTION,) + GAN_NORMS}, got {self.gan_norm!r}",
+                ),
                 (
                     config.model.mixed_precision == "none",
                     "--mixed_precision is not supported by --mode=gan yet",
@@ -1061,6 +1118,8 @@ class AdvGANConfig:
             out["attack_step_size"] = out["eps"] / 8
         if out.get("attack_random_start") is None:
             out["attack_random_start"] = False
+        if out.get("gan_generator_loss") is None:
+            out["gan_generator_loss"] = AdvGANConfig.gan_generator_loss
         return out
 
     def validate(self, config: "ExperimentConfig") -> None:

@@ -38,6 +38,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
+import numpy as np
 from absl import app, flags
 
 from jarn_tf import config, flag_utils
@@ -106,8 +107,9 @@ def define_evaluate_gan_flags() -> None:
     flags.DEFINE_integer("batch_size", 100, "Images per forward pass.", lower_bound=1)
     flags.DEFINE_integer(
         "score_splits",
-        10,
-        "Splits of the samples for the classifier score / IS (mean and std).",
+        config.CLASSIFIER_SCORE_SPLITS,
+        "Splits of the samples for the classifier score / IS (mean and std); the training-time "
+        "eval/classifier_score uses the same default.",
         lower_bound=1,
     )
     flags.DEFINE_bool(
@@ -117,7 +119,29 @@ def define_evaluate_gan_flags() -> None:
         "the reference: the distance of a perfect generator at this sample count.",
     )
     flags.DEFINE_bool("samples_png", True, f"Write a grid of {_GRID * _GRID} samples to {SAMPLES_PNG}.")
-    flags.DEFINE_string("output_dir", None, "Where results go. Default: <model_dir>/eval_gan.")
+    flags.DEFINE_string(
+        "output_dir",
+        None,
+        "Where results go. Default: <model_dir>/eval_gan (<model_dir>/disc_robustness with "
+        "--discriminator_robustness).",
+    )
+    flags.DEFINE_bool(
+        "discriminator_robustness",
+        False,
+        "Instead of image quality, measure the exported discriminator's robustness (Definition 3.2 of Zhou & "
+        "Kraehenbuehl): the largest |D(x) - D(x + u)|, ||u||_2 <= delta, that --attacks find on --num_samples "
+        "generated and as many real --reference_split images (jarn_tf.disc_robustness).",
+    )
+    flags.DEFINE_list(
+        "attacks", ["fgm", "pgd"], "With --discriminator_robustness: fgm (the paper's fast normalised gradient, "
+        "both signs) and/or pgd (L2 PGD of --attack_steps steps)."
+    )
+    flags.DEFINE_list(
+        "deltas",
+        ["0.05"],
+        "With --discriminator_robustness: L2 radii in [0, 1] image units (the paper trains AR/RFM at 0.05).",
+    )
+    flags.DEFINE_integer("attack_steps", 10, "PGD steps of --discriminator_robustness.", lower_bound=1)
     flags.DEFINE_integer("verbose", 1, "1: progress lines; 0: quiet.", lower_bound=0)
     flags.mark_flag_as_required("model")
 
@@ -247,6 +271,8 @@ def main(argv) -> Optional[int]:
     from jarn_tf import data
     from jarn_tf import gan_metrics as gm
 
+    if FLAGS.discriminator_robustness:
+        return discriminator_robustness_main()
     start = time.time()
     verbose = FLAGS.verbose
 
@@ -496,6 +522,155 @@ def main(argv) -> Optional[int]:
     with open(paths["md"], "w") as f:
         f.write(format_markdown(results))
     say(f"Results: {', '.join(paths.values())}")
+    return 0
+
+
+def _discriminator_file(generator) -> str:
+    from jarn_tf import export
+
+    directory = generator.path
+    if directory.endswith(".keras") or os.path.isfile(os.path.join(directory, "saved_model.pb")):
+        directory = os.path.dirname(directory)
+    path = os.path.join(directory, export.DISCRIMINATOR_KERAS_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"{directory} holds no {export.DISCRIMINATOR_KERAS_FILE}: the export predates discriminator "
+            "exports, or was not made by --mode=gan. Export it again (python -m jarn_tf.train with the run's "
+            "flags and --model_dir resumes from its last checkpoint and re-exports) or retrain."
+        )
+    return path
+
+
+def _parse_deltas(values: List[str]) -> List[float]:
+    out = []
+    for v in values:
+        try:
+            out.append(float(v))
+        except ValueError:
+            raise ValueError(f"--deltas: {v!r} is not a number") from None
+        if not out[-1] > 0:
+            raise ValueError(f"--deltas: every radius must be > 0, got {v}")
+    return out
+
+
+def format_robustness_markdown(results: Dict[str, Any]) -> str:
+    """One table row per (image set, attack, delta) of a --discriminator_robustness result."""
+    d = results["discriminator"]
+    lines = [
+        f"Discriminator robustness of {d['path']} (step {d.get('step')}, loss {d.get('gan_loss')}, "
+        f"regulariser {d.get('disc_reg')}); seed {results['seed']}, {results['num_samples']} generated and "
+        f"{results['num_real']} real {results['real_split']} images. Separation |E D(gen) - E D(real)| = "
+        f"{results['separation']:.4g}.",
+        "",
+        "| images | attack | delta | mean abs change | median | max | mean / separation | mean abs change of "
+        "the loss term | mean grad norm |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in ("generated", "real"):
+        m = results[name]
+        for key, a in m["attacks"].items():
+            lines.append(
+                f"| {name} | {a['attack']}{'-' + str(a['steps']) if a['attack'] == 'pgd' else ''} | {a['delta']:g} "
+                f"| {a['mean_abs_change']:.4g} | {a['median_abs_change']:.4g} | {a['max_abs_change']:.4g} | "
+                f"{a['relative_to_separation']:.4g} | {a['mean_abs_loss_change']:.4g} | {m['grad_norm_mean']:.4g} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def discriminator_robustness_main() -> int:
+    """``--discriminator_robustness``: attacks the exported discriminator, writes results.json / .md."""
+    from jarn_tf import data, disc_robustness
+    from jarn_tf import gan_metrics as gm
+    from jarn_tf import results as results_lib
+
+    start = time.time()
+    try:
+        attacks = [a.strip() for a in FLAGS.attacks]
+        unknown = [a for a in attacks if a not in disc_robustness.ATTACKS]
+        if unknown or not attacks:
+            raise ValueError(f"--attacks: {unknown or attacks} not among {list(disc_robustness.ATTACKS)}")
+        deltas = _parse_deltas(FLAGS.deltas)
+        if not os.path.exists(FLAGS.model):
+            raise ValueError(f"--model={FLAGS.model}: no such file or directory.")
+        generator = gm.load_generator(FLAGS.model)
+        disc_path = _discriminator_file(generator)
+        dataset = generator.dataset or FLAGS.dataset
+        if dataset is None:
+            raise ValueError(f"{generator.path} has no metadata.json naming its dataset; pass --dataset.")
+        run_config = generator.metadata.get("config") or {}
+        data_dir = FLAGS.data_dir or (run_config.get("data") or {}).get("data_dir")
+        if data_dir and not os.path.isdir(data_dir):
+            data_dir = None
+        real, real_info = gm.load_real_images(dataset, FLAGS.reference_split, data_dir, FLAGS.num_samples)
+        output_dir = os.path.abspath(
+            FLAGS.output_dir or os.path.join(generator.model_dir or os.path.dirname(disc_path), "disc_robustness")
+        )
+    except (ValueError, data.DatasetNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import keras
+    import tensorflow as tf
+
+    discriminator = keras.saving.load_model(disc_path, compile=False)
+    section = run_config.get("gan") or {}
+    loss = section.get("gan_loss", "gan")
+
+    @tf.function(reduce_retracing=True)
+    def score_fn(x):
+        return tf.cast(tf.reshape(discriminator(x, training=False)[0], [-1]), tf.float32)
+
+    generated = np.clip(generator.generate(FLAGS.num_samples, FLAGS.seed, FLAGS.batch_size), 0.0, 1.0)
+    if FLAGS.verbose:
+        print(
+            f"Attacking {disc_path} ({', '.join(attacks)} at L2 radii {deltas}) on {len(generated)} generated and "
+            f"{len(real)} real images.",
+            flush=True,
+        )
+    measured = {
+        name: disc_robustness.measure(
+            score_fn, images, attacks, deltas, FLAGS.attack_steps, 250, loss, real=(name == "real")
+        )
+        for name, images in (("generated", generated), ("real", real))
+    }
+    separation = abs(measured["generated"]["score_mean"] - measured["real"]["score_mean"])
+    for m in measured.values():
+        for a in m["attacks"].values():
+            a["relative_to_separation"] = a["mean_abs_change"] / separation if separation > 0 else float("inf")
+    results = {
+        "kind": "discriminator_robustness",
+        "definition": "E |D(x) - D(x + u)| over images x, ||u||_2 <= delta (Zhou & Kraehenbuehl, Definition 3.2); "
+        "u not clipped to [0, 1]",
+        "discriminator": {
+            "path": disc_path,
+            "sha256": gm.sha256_of_file(disc_path),
+            "step": generator.step,
+            "gan_loss": loss,
+            "disc_reg": section.get("disc_reg"),
+            "reg_target": section.get("reg_target"),
+        },
+        "generator": {"path": generator.path, "model_dir": generator.model_dir},
+        "dataset": dataset,
+        "real_split": FLAGS.reference_split,
+        "real_selection": real_info.get("selection"),
+        "num_samples": len(generated),
+        "num_real": len(real),
+        "seed": FLAGS.seed,
+        "separation": separation,
+        "generated": measured["generated"],
+        "real": measured["real"],
+        "command": list(sys.argv),
+        "wall_seconds": time.time() - start,
+        "library_versions": results_lib.library_versions(),
+    }
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, RESULTS_JSON), "w") as f:
+        json.dump(results, f, indent=2, default=str)
+        f.write("\n")
+    markdown = format_robustness_markdown(results)
+    with open(os.path.join(output_dir, RESULTS_MD), "w") as f:
+        f.write(markdown)
+    if FLAGS.verbose:
+        print(markdown + f"Results: {output_dir}", flush=True)
     return 0
 
 

@@ -217,6 +217,7 @@ def _write_export(final: str, write: Callable[[str], None], payload: Mapping[str
 
 
 GENERATOR_KERAS_FILE = "generator.keras"
+DISCRIMINATOR_KERAS_FILE = "discriminator.keras"
 SAMPLES_FILE = "samples.png"
 
 
@@ -241,6 +242,7 @@ def export_generator(
     image_shape: Sequence[int],
     metadata: Optional[Mapping[str, Any]] = None,
     samples_png: Optional[bytes] = None,
+    discriminator: Optional[keras.Model] = None,
 ) -> str:
     """Writes a generator export: SavedModel, ``generator.keras``, metadata.json (and samples.png).
 
@@ -249,6 +251,11 @@ def export_generator(
     in [0, 1]; it loads with plain ``tf.saved_model.load``. The .keras model
     uses stock Keras layers only. The directory is swapped in whole, as a
     classifier export is.
+
+    ``discriminator`` (optional) is saved beside it as ``discriminator.keras``
+    (images in [0, 1] -> its outputs, for ``jarn_tf.evaluate_gan
+    --discriminator_robustness``); metadata.json then lists it under
+    ``discriminator``.
 
     Returns:
       The export directory.
@@ -264,6 +271,13 @@ def export_generator(
         "outputs": ["images"],
         **(dict(metadata) if metadata else {}),
     }
+    if discriminator is not None:
+        payload["discriminator"] = {
+            "file": DISCRIMINATOR_KERAS_FILE,
+            "input_range": [0.0, 1.0],
+            # gan_models.build_gan_discriminator's outputs, in order.
+            "outputs": ["score", "features"],
+        }
 
     def write(tmp: str) -> None:
         module = GeneratorServingModule(generator, latent_dim)
@@ -271,6 +285,8 @@ def export_generator(
             module, os.path.join(tmp, SAVED_MODEL_DIR), signatures={"serving_default": module.serve}
         )
         generator.save(os.path.join(tmp, GENERATOR_KERAS_FILE))
+        if discriminator is not None:
+            discriminator.save(os.path.join(tmp, DISCRIMINATOR_KERAS_FILE))
         if samples_png is not None:
             with open(os.path.join(tmp, SAMPLES_FILE), "wb") as f:
                 f.write(samples_png)

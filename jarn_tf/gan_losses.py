@@ -31,7 +31,9 @@ v is an attack on the generated image, held constant (no gradient flows
 through it): by default the fast normalised gradient v = delta g / ||g||_2
 with g = grad_x D(G(z)) (section 4.1), else FGSM, L2 PGD or a CW-style
 ascent (Appendix F). The robust-loss variant (Appendix D) applies AR and the
-gradient penalty to f(D) of generated images instead of D.
+gradient penalty to f(D) of generated images instead of D; for RFM, whose
+penalty is on the features phi before the last layer and f, it attacks along
+the gradient of f(D) instead of D (Appendix G's "robust loss using GAN+RFM").
 """
 
 from __future__ import annotations
@@ -256,8 +258,11 @@ def regularizer_value(
                 "--disc_reg=rfm needs the discriminator's penultimate features and last linear layer"
             )
         phi = tf.stop_gradient(fake_features if fake_features is not None else features_fn(fake))
+        # The robust-loss target attacks along grad f(D) = f'(D) grad D: for gan and wgan (f' > 0)
+        # the same direction as the discriminator target's wherever f'(D) grad D does not vanish;
+        # for lsgan the direction flips where D(G(z)) > -1 (docs/GAN.md, Appendix G).
         v = attack(
-            score_fn,
+            s,
             lambda v: tf.reduce_sum(tf.square(phi - features_fn(fake + v)), axis=-1),
             fake,
             attack_kind,

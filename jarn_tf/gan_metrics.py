@@ -1059,13 +1059,25 @@ class TrainingFCD:
     The feature network and the reference statistics of the first
     ``num_samples`` real images are computed once, at the first call; every
     call then measures ``num_samples`` generated images. The numbers are FCD
-    (a classifier of this project), not FID.
+    (a classifier of this project), not FID. The classifier score is the mean
+    over ``score_splits`` parts (``jarn_tf.evaluate_gan``'s default, so the
+    two report the same quantity).
     """
 
-    def __init__(self, network_path: str, num_samples: int, batch_size: int = 500):
+    def __init__(
+        self,
+        network_path: str,
+        num_samples: int,
+        batch_size: int = 500,
+        score_splits: Optional[int] = None,
+    ):
+        from jarn_tf import config as config_lib
+
         self.network_path = network_path
         self.num_samples = num_samples
         self.batch_size = batch_size
+        splits = config_lib.CLASSIFIER_SCORE_SPLITS if score_splits is None else score_splits
+        self.score_splits = max(1, min(int(splits), int(num_samples)))
         self._network: Optional[FeatureNetwork] = None
         self._reference: Optional[Tuple[np.ndarray, np.ndarray]] = None
 
@@ -1086,5 +1098,5 @@ class TrainingFCD:
         mu, sigma = feature_statistics(feats)
         return {
             "eval/fcd": frechet_distance(mu, sigma, *self._reference),
-            "eval/classifier_score": float(classifier_score(probs)),
+            "eval/classifier_score": float(classifier_score(probs, self.score_splits)),
         }

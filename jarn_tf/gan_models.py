@@ -20,6 +20,25 @@ instance norm + leaky ReLU before the pooling, are not rows of Table 3; a
 pre-activation residual stack needs them (the sum leaves each block
 un-normalised), as in the WGAN-GP networks the paper builds on.
 
+Options for the random setups of the paper's Table 2 ("network blocks
+(vanilla convolution, ResNet) ... nonlinearities (ReLU, Leaky ReLU, Tanh)
+and normalizations (BatchNorm, InstanceNorm, none)"), the keyword arguments
+of both builders (flags ``--gan_block``, ``--gan_activation``, ``--gan_norm``):
+  block       ``resnet`` (default): the pre-activation residual block above;
+              ``vanilla``: the same two (norm, nonlinearity, conv3x3) layers
+              without the identity shortcut. [ours] The paper names
+              "vanilla convolution" blocks without defining them.
+  activation  None (default): the paper's, ReLU in G and leaky ReLU 0.2 in D;
+              or ``relu``, ``leaky_relu`` (slope 0.2) or ``tanh`` in every
+              block and in the last nonlinearity of that network.
+  norm        None (default): the paper's, batch norm in G and instance norm
+              in D; or ``batch``, ``instance`` or ``none`` (no normalisation
+              layer) in every block and in the last normalisation.
+The defaults build exactly the networks above (same layers, names and
+initial weights for a seed). The names of the options are in
+``jarn_tf.config`` (which must not import Keras) and re-exported here:
+``GAN_BLOCKS``, ``GAN_ACTIVATIONS``, ``GAN_NORMS``.
+
 Every layer is a stock Keras layer (instance norm is
 ``GroupNormalization(groups=-1)``), so an exported generator loads without
 this package under any Keras backend.
@@ -27,11 +46,20 @@ this package under any Keras backend.
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import keras
 
+from jarn_tf.config import GAN_ACTIVATIONS, GAN_BLOCKS, GAN_NORMS, GAN_PAPER_OPTION
+
 LEAKY_SLOPE = 0.2
+# The paper's choices (Appendix C): (activation, norm) of each network.
+GENERATOR_DEFAULTS = ("relu", "batch")
+DISCRIMINATOR_DEFAULTS = ("leaky_relu", "instance")
+# Layer-name suffix of each normalisation and nonlinearity (the paper's
+# networks' names: ``block0_bn1``, ``block0_relu1``, ``block0_in1``, ...).
+_NORM_TAGS = {"batch": "bn", "instance": "in"}
+_ACTIVATION_TAGS = {"relu": "relu", "leaky_relu": "lrelu", "tanh": "tanh"}
 
 
 def gan_stages(image_shape: Sequence[int]) -> Tuple[int, int]:
@@ -58,22 +86,81 @@ def _conv(channels: int, kernel: int, name: str) -> keras.layers.Conv2D:
     return keras.layers.Conv2D(channels, kernel, padding="same", kernel_initializer="he_uniform", name=name)
 
 
-def _residual_block(x, channels: int, norm: str, name: str):
-    """Pre-activation residual block: (norm, act, conv3x3) x 2 plus the identity."""
+def _check_option(option: str, value: Optional[str], allowed: Sequence[str]) -> None:
+    if value is not None and value not in allowed:
+        raise ValueError(f"Unknown GAN network option {option}={value!r}; choose one of {tuple(allowed)}")
+
+
+def _options(
+    block: str, activation: Optional[str], norm: Optional[str], defaults: Tuple[str, str]
+) -> Tuple[str, str, str]:
+    """Checks the options and resolves None to the network's paper choice: (block, activation, norm)."""
+    _check_option("block", block, GAN_BLOCKS)
+    _check_option("activation", activation, GAN_ACTIVATIONS)
+    _check_option("norm", norm, GAN_NORMS)
+    return block, activation or defaults[0], norm or defaults[1]
+
+
+def network_options(
+    block: str = "resnet", activation: str = GAN_PAPER_OPTION, norm: str = GAN_PAPER_OPTION
+) -> Dict[str, str]:
+    """Keyword arguments of both builders for the flags ``--gan_block/activation/norm``.
+
+    ``paper`` maps to None (each network's own paper choice). Options at
+    their default are left out, so the paper's networks are built by a call
+    without options (which drop-in builders of the same positional interface,
+    such as the tests' small networks, also accept).
+    """
+    out: Dict[str, str] = {}
+    if block != "resnet":
+        out["block"] = block
+    if activation != GAN_PAPER_OPTION:
+        out["activation"] = activation
+    if norm != GAN_PAPER_OPTION:
+        out["norm"] = norm
+    return out
+
+
+def _norm_act(x, norm: str, activation: str, name: str, suffix: str = ""):
+    """Normalisation (``none``: no layer) then nonlinearity, named ``{name}_{tag}{suffix}``."""
+    if norm != "none":
+        norm_name = f"{name}_{_NORM_TAGS[norm]}{suffix}"
+        if norm == "batch":
+            x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=norm_name)(x)
+        else:
+            x = keras.layers.GroupNormalization(groups=-1, epsilon=1e-5, name=norm_name)(x)
+    act_name = f"{name}_{_ACTIVATION_TAGS[activation]}{suffix}"
+    if activation == "relu":
+        return keras.layers.ReLU(name=act_name)(x)
+    if activation == "leaky_relu":
+        return keras.layers.LeakyReLU(LEAKY_SLOPE, name=act_name)(x)
+    return keras.layers.Activation("tanh", name=act_name)(x)
+
+
+def _residual_block(x, channels: int, norm: str, activation: str, name: str, block: str = "resnet"):
+    """Pre-activation residual block: (norm, act, conv3x3) x 2 plus the identity.
+
+    ``block="vanilla"``: the same layers without the identity ([ours]);
+    ``norm="none"``: no normalisation layers.
+    """
     h = x
     for i in (1, 2):
-        if norm == "batch":
-            h = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn{i}")(h)
-            h = keras.layers.ReLU(name=f"{name}_relu{i}")(h)
-        else:
-            h = keras.layers.GroupNormalization(groups=-1, epsilon=1e-5, name=f"{name}_in{i}")(h)
-            h = keras.layers.LeakyReLU(LEAKY_SLOPE, name=f"{name}_lrelu{i}")(h)
+        h = _norm_act(h, norm, activation, name, str(i))
         h = _conv(channels, 3, f"{name}_conv{i}")(h)
+    if block == "vanilla":
+        return h
     return keras.layers.Add(name=f"{name}_add")([x, h])
 
 
 def build_generator(
-    latent_dim: int, image_shape: Sequence[int], channels: int = 128, name: str = "generator"
+    latent_dim: int,
+    image_shape: Sequence[int],
+    channels: int = 128,
+    name: str = "generator",
+    *,
+    block: str = "resnet",
+    activation: Optional[str] = None,
+    norm: Optional[str] = None,
 ) -> keras.Model:
     """The residual generator: ``latent`` [N, latent_dim] -> images [N, H, W, C] in [0, 1].
 
@@ -82,43 +169,72 @@ def build_generator(
       image_shape: (H, W, C) of the images, square.
       channels: channels of every layer (paper: 128).
       name: model name.
+      block: ``resnet`` (the paper's) or ``vanilla`` (no identity shortcut; [ours]:
+        the paper's Table 2 names "vanilla convolution" blocks without defining them).
+      activation: None (the paper's ReLU) or one of ``GAN_ACTIVATIONS``, in every
+        block and before the 1x1 conv.
+      norm: None (the paper's batch norm) or one of ``GAN_NORMS``, in every block
+        and before the 1x1 conv.
+
+    Raises:
+      ValueError: for an unknown option, naming it and the allowed values.
     """
+    block, activation, norm = _options(block, activation, norm, GENERATOR_DEFAULTS)
     base, stages = gan_stages(image_shape)
     z = keras.Input(shape=(latent_dim,), dtype="float32", name="latent")
     x = keras.layers.Dense(base * base * channels, kernel_initializer="he_uniform", name="linear")(z)
     x = keras.layers.Reshape((base, base, channels), name="reshape")(x)
-    x = _residual_block(x, channels, "batch", "block0")
-    x = _residual_block(x, channels, "batch", "block1")
+    x = _residual_block(x, channels, norm, activation, "block0", block)
+    x = _residual_block(x, channels, norm, activation, "block1", block)
     for s in range(stages):
         x = keras.layers.UpSampling2D(2, interpolation="nearest", name=f"up{s}")(x)
-        x = _residual_block(x, channels, "batch", f"up{s}_block")
-    x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="final_bn")(x)
-    x = keras.layers.ReLU(name="final_relu")(x)
+        x = _residual_block(x, channels, norm, activation, f"up{s}_block", block)
+    x = _norm_act(x, norm, activation, "final")
     x = keras.layers.Conv2D(image_shape[-1], 1, kernel_initializer="glorot_uniform", name="to_image")(x)
     images = keras.layers.Activation("sigmoid", dtype="float32", name="images")(x)
     return keras.Model(z, images, name=name)
 
 
 def build_gan_discriminator(
-    image_shape: Sequence[int], channels: int = 128, name: str = "gan_discriminator"
+    image_shape: Sequence[int],
+    channels: int = 128,
+    name: str = "gan_discriminator",
+    *,
+    block: str = "resnet",
+    activation: Optional[str] = None,
+    norm: Optional[str] = None,
 ) -> keras.Model:
     """The residual discriminator: images -> (score [N, 1], features phi [N, channels]).
 
     ``score = w . phi + b`` (the layer named ``score``); ``phi`` is the
     global average pooling of the last block (the penultimate features of
     robust feature matching).
+
+    Args:
+      image_shape: (H, W, C) of the images, square.
+      channels: channels of every layer (paper: 128).
+      name: model name.
+      block: ``resnet`` (the paper's) or ``vanilla`` (no identity shortcut; [ours]:
+        the paper's Table 2 names "vanilla convolution" blocks without defining them).
+      activation: None (the paper's leaky ReLU 0.2) or one of ``GAN_ACTIVATIONS``,
+        in every block and before the pooling.
+      norm: None (the paper's instance norm) or one of ``GAN_NORMS``, in every
+        block and before the pooling.
+
+    Raises:
+      ValueError: for an unknown option, naming it and the allowed values.
     """
+    block, activation, norm = _options(block, activation, norm, DISCRIMINATOR_DEFAULTS)
     _, stages = gan_stages(image_shape)
     images = keras.Input(shape=tuple(image_shape), dtype="float32", name="images")
     x = _conv(channels, 3, "conv_in")(images)
-    x = _residual_block(x, channels, "instance", "block0")
+    x = _residual_block(x, channels, norm, activation, "block0", block)
     for s in range(stages):
         x = keras.layers.AveragePooling2D(2, name=f"down{s}")(x)
-        x = _residual_block(x, channels, "instance", f"down{s}_block")
+        x = _residual_block(x, channels, norm, activation, f"down{s}_block", block)
     for i in range(3):
-        x = _residual_block(x, channels, "instance", f"extra{i}")
-    x = keras.layers.GroupNormalization(groups=-1, epsilon=1e-5, name="final_in")(x)
-    x = keras.layers.LeakyReLU(LEAKY_SLOPE, name="final_lrelu")(x)
+        x = _residual_block(x, channels, norm, activation, f"extra{i}", block)
+    x = _norm_act(x, norm, activation, "final")
     features = keras.layers.GlobalAveragePooling2D(name="features")(x)
     score = keras.layers.Dense(1, kernel_initializer="glorot_uniform", dtype="float32", name="score")(
         features

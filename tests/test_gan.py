@@ -216,6 +216,41 @@ def _nonlinear_score(seed=0):
     return lambda x: tf.linalg.matvec(tf.tanh(tf.reshape(x, [tf.shape(x)[0], -1]) @ a), b)
 
 
+def test_rfm_of_the_robust_loss_attacks_along_the_loss_gradient():
+    # Appendix G's "robust loss using GAN+RFM": the features penalised are phi, as for the robust
+    # discriminator, but the attack follows grad f(D) = f'(D) grad D. For gan and wgan f' > 0, so the
+    # FGM direction, and the value, are the discriminator target's; for lsgan f'(t) = -(1 + t) flips
+    # it where D > -1, and a non-linear phi then gives another value.
+    rng = np.random.default_rng(1)
+    a = tf.constant(rng.normal(size=(9, 6)).astype(np.float32))
+    w = tf.constant(rng.normal(size=(6, 1)).astype(np.float32))
+    features = lambda x: tf.tanh(tf.reshape(x, [tf.shape(x)[0], -1]) @ a)  # noqa: E731
+    score = lambda x: tf.reshape(features(x) @ w, [-1])  # noqa: E731
+    x = _images(6, seed=5)
+    seed = tf.constant([1, 2], tf.int64)
+    kw = dict(delta=0.3, alpha=0.0, w=w)
+    value = lambda loss, target: gan_losses.regularizer_value(  # noqa: E731
+        "rfm", score, features, x, x, seed, loss=loss, target=target, **kw
+    ).numpy()
+    for loss in ("gan", "wgan"):
+        np.testing.assert_allclose(value(loss, "loss"), value(loss, "discriminator"), rtol=1e-5)
+    d = score(x).numpy()
+    flipped = d > -1.0  # lsgan's f' < 0 there
+    assert flipped.any()
+    lsgan_loss, lsgan_disc = value("lsgan", "loss"), value("lsgan", "discriminator")
+    np.testing.assert_allclose(lsgan_loss[~flipped], lsgan_disc[~flipped], rtol=1e-5)
+    # By hand: v = -delta g / ||g|| where f' < 0.
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        total = tf.reduce_sum(score(x))
+    g = tape.gradient(total, x).numpy().reshape(6, -1)
+    v = 0.3 * g / np.linalg.norm(g, axis=1, keepdims=True) * np.where(flipped, -1.0, 1.0)[:, None]
+    phi = features(x).numpy()
+    moved = features(x + tf.constant(v.reshape(x.shape), tf.float32)).numpy()
+    np.testing.assert_allclose(lsgan_loss, np.sum((phi - moved) ** 2, axis=1), rtol=1e-4)
+    assert not np.allclose(lsgan_loss[flipped], lsgan_disc[flipped], rtol=1e-3)
+
+
 def test_attack_radii_and_pgd_beats_fgm():
     x = _images(16, seed=3)
     score = _nonlinear_score()
@@ -261,6 +296,7 @@ def test_every_regularizer_runs_on_the_real_networks_with_finite_gradients():
         ("ar", "discriminator"),
         ("ar", "loss"),
         ("rfm", "discriminator"),
+        ("rfm", "loss"),
     ):
         with tf.GradientTape() as tape:
             value = gan_losses.regularizer_value(
@@ -555,6 +591,7 @@ LOAD_SAVED_MODEL = textwrap.dedent("""
 def test_export_loads_without_this_package_and_gives_the_trainers_images(real_run, tmp_path):
     export_dir = real_run["result"].export_dir
     assert sorted(os.listdir(export_dir)) == [
+        "discriminator.keras",
         "generator.keras",
         "metadata.json",
         "samples.png",
@@ -562,6 +599,7 @@ def test_export_loads_without_this_package_and_gives_the_trainers_images(real_ru
     ]
     meta = json.load(open(os.path.join(export_dir, "metadata.json")))
     assert meta["kind"] == "generator" and meta["mode"] == "gan" and meta["step"] == 2
+    assert meta["discriminator"]["file"] == "discriminator.keras"
     assert meta["latent_dim"] == LATENT_DIM and meta["image_shape"] == [28, 28, 1]
     samples = tf.io.decode_png(open(os.path.join(export_dir, "samples.png"), "rb").read()).numpy()
     assert samples.shape == (8 * 29 - 1, 8 * 29 - 1, 1)
@@ -620,6 +658,64 @@ def test_export_loads_without_this_package_and_gives_the_trainers_images(real_ru
         np.testing.assert_allclose(
             np.load(tmp_path / f"{name}.npy"), real_run["images"], atol=2e-5, err_msg=name
         )
+
+
+def test_discriminator_export_and_its_robustness_command(real_run, tiny_data_dir, tmp_path):
+    # The exported discriminator gives the trainer's scores; the command attacks it on generated and
+    # real images and writes what it measured, with the attack, radius, counts and seed.
+    export_dir = real_run["result"].export_dir
+    loaded = keras.saving.load_model(os.path.join(export_dir, "discriminator.keras"), compile=False)
+    images = real_run["images"]
+    np.testing.assert_allclose(
+        loaded(images, training=False)[0].numpy(),
+        real_run["result"].trainer.discriminator(images, training=False)[0].numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    out = tmp_path / "robust"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jarn_tf.evaluate_gan",
+            f"--model={real_run['model_dir']}",
+            "--discriminator_robustness",
+            "--num_samples=12",
+            "--deltas=0.05,0.5",
+            "--attack_steps=3",
+            "--seed=3",
+            f"--data_dir={tiny_data_dir}",
+            f"--output_dir={out}",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2"),
+        cwd=REPO,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.load(open(out / "results.json"))
+    assert results["kind"] == "discriminator_robustness" and results["seed"] == 3
+    assert (results["num_samples"], results["num_real"], results["real_split"]) == (12, 12, "test")
+    assert results["discriminator"]["gan_loss"] == "wgan" and results["discriminator"]["disc_reg"] == "rfm"
+    for name in ("generated", "real"):
+        attacks = results[name]["attacks"]
+        assert set(attacks) == {"fgm@0.05", "fgm@0.5", "pgd@0.05", "pgd@0.5"}
+        assert attacks["pgd@0.5"]["steps"] == 3 and attacks["fgm@0.05"]["delta"] == 0.05
+        for entry in attacks.values():
+            assert 0 < entry["mean_abs_change"] <= entry["max_abs_change"], entry
+        # A larger ball finds at least as large a change; PGD at least FGM's (it starts there).
+        assert attacks["fgm@0.5"]["mean_abs_change"] > attacks["fgm@0.05"]["mean_abs_change"]
+        assert attacks["pgd@0.5"]["mean_abs_change"] >= attacks["fgm@0.5"]["mean_abs_change"] * (1 - 1e-5)
+    assert "| generated | pgd-3 | 0.5 |" in open(out / "results.md").read()
+    # An unknown attack is refused before anything is loaded.
+    bad = subprocess.run(
+        [sys.executable, "-m", "jarn_tf.evaluate_gan", f"--model={real_run['model_dir']}",
+         "--discriminator_robustness", "--attacks=cw"],
+        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2"),
+        cwd=REPO, timeout=300,
+    )
+    assert bad.returncode == 2 and "error: --attacks: ['cw']" in bad.stderr, bad.stderr[-2000:]
 
 
 def test_classifier_loaders_refuse_the_generator_export(real_run):
@@ -685,10 +781,10 @@ def _resolve(args: list) -> config_lib.ExperimentConfig:
             "--gp_weight applies to --disc_reg=gradient_penalty only, not --disc_reg=none",
         ),
         (
+            ["--reg_target=loss", "--disc_reg=instance_noise"],
             ["--reg_target=loss", "--disc_reg=rfm"],
-            ["--reg_target=loss", "--disc_reg=ar"],
-            "--reg_target=loss (Appendix D's robust loss) applies to --disc_reg=ar or gradient_penalty, "
-            "not --disc_reg=rfm",
+            "--reg_target=loss (Appendix D's robust loss) applies to --disc_reg=ar, gradient_penalty or rfm, "
+            "not --disc_reg=instance_noise",
         ),
         (["--jarn"], [], "--mode=gan does not use --jarn (--mode=classifier)"),
         (["--momentum=0.5"], [], "--mode=gan does not use --momentum"),

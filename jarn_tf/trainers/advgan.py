@@ -410,6 +410,7 @@ class AdvGANTrainer(_ConditionalSampling, Trainer):
             metadata["fcd"] = {
                 "value": evaluation["eval/fcd"],
                 "classifier_score": evaluation.get("eval/classifier_score"),
+                "classifier_score_splits": self._fcd.score_splits if self._fcd is not None else None,
                 "feature_network": self.params.fcd_network,
                 "num_samples": self.params.fcd_samples,
                 "reference": f"first {self.params.fcd_samples} test images",

@@ -79,9 +79,16 @@ class GANTrainer(Trainer):
         self.params: GANConfig = config.mode_config
         p, o = self.params, config.optimizer
         self.networks["generator"] = gan_models.build_generator(
-            p.latent_dim, info.image_shape, p.gan_channels
+            p.latent_dim,
+            info.image_shape,
+            p.gan_channels,
+            **gan_models.network_options(p.gan_block, p.gan_activation, p.gan_norm),
         )
-        self.networks["discriminator"] = gan_models.build_gan_discriminator(info.image_shape, p.gan_channels)
+        self.networks["discriminator"] = gan_models.build_gan_discriminator(
+            info.image_shape,
+            p.gan_channels,
+            **gan_models.network_options(p.gan_block, p.gan_activation, p.gan_norm),
+        )
         # w of RFM's alpha ||w||^2 (eq. 5).
         self._w = gan_models.last_linear_kernel(self.discriminator) if p.disc_reg == "rfm" else None
         self.schedule = learning_rate_schedule(o.learning_rate, o.lr_boundaries, o.lr_decay, o.train_steps)
@@ -256,6 +263,7 @@ class GANTrainer(Trainer):
             metadata["fcd"] = {
                 "value": evaluation["eval/fcd"],
                 "classifier_score": evaluation.get("eval/classifier_score"),
+                "classifier_score_splits": self._fcd.score_splits if self._fcd is not None else None,
                 "feature_network": self.params.fcd_network,
                 "num_samples": self.params.fcd_samples,
                 "reference": f"first {self.params.fcd_samples} test images",
@@ -267,4 +275,5 @@ class GANTrainer(Trainer):
             self.info.image_shape,
             metadata,
             samples_png=self.samples_png(),
+            discriminator=self.discriminator,
         )
