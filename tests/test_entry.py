@@ -98,8 +98,18 @@ def test_every_flagfile_resolves_to_a_valid_config(path, monkeypatch, tmp_path):
         # <prefix>_<loss>_<reg>.cfg, or the shared <prefix>_gan_base.cfg (the paper's settings).
         assert (config.optimizer.learning_rate, config.optimizer.batch_size) == (2e-4, 64)
         assert (t.adam_beta1, t.adam_beta2, config.optimizer.weight_decay) == (0.0, 0.9, 1e-4)
+        # The generator is trained as the authors' code does (issue 25): non-saturating for gan and
+        # lsgan (minimax saturates gan and is not Mao et al.'s LSGAN), the same for wgan.
+        assert t.gan_generator_loss == "non_saturating"
         if not name.endswith("_base.cfg"):
-            loss, reg = name[: -len(".cfg")].split("_")[1:]
+            # <prefix>_<loss>_<reg>[_<variant>].cfg: Appendix D's robust loss or Appendix F's attack.
+            loss, reg, *variant = name[: -len(".cfg")].split("_")[1:]
+            if variant == ["loss"]:
+                assert t.reg_target == "loss"
+            elif variant:
+                assert variant[0] in ("fgsm", "pgd", "cw") and t.reg_attack == variant[0], name
+            else:
+                assert t.reg_target == "discriminator" and t.reg_attack == "fgm"
             regs = {
                 "none": "none",
                 "in": "instance_noise",
