@@ -9,7 +9,9 @@ paper's Table 1a (FID on CIFAR-10, 2015 Inception graph) beside it. The
 metric is named from the results (FCD with a classifier of this project; FID
 only from the Inception graph), with the network's file hash, sample count,
 reference split, training wall time and step. Missing cells are shown as
-"not run".
+"not run". With the runs' ``disc_robustness/results.json`` (``evaluate_gan
+--discriminator_robustness``) it adds the discriminator-robustness table, and
+``--curves=PATH.png`` plots each run's training-time FCD (``eval/fcd``).
 """
 
 from __future__ import annotations
@@ -131,10 +133,110 @@ def format_table(cells: Dict[str, Dict[str, Any]], seed: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def collect_robustness(runs: str, seed: int) -> Dict[str, Dict[str, Any]]:
+    """Cell name -> the ``evaluate_gan --discriminator_robustness`` results of its run, for those found."""
+    out = {}
+    for loss, _ in LOSSES:
+        for reg, _ in REGS:
+            results = _read(os.path.join(runs, f"{loss}_{reg}_seed{seed}", "disc_robustness", "results.json"))
+            if results is not None:
+                out[f"{loss}_{reg}"] = results
+    return out
+
+
+def format_robustness(robust: Dict[str, Dict[str, Any]], seed: int) -> str:
+    """One row per cell: D's worst change on generated and real images, and its scale."""
+    if not robust:
+        return ""
+    keys = sorted({k for r in robust.values() for k in r["generated"]["attacks"]})
+    lines = [
+        f"**Discriminator robustness** (Definition 3.2), seed {seed}: mean |D(x) - D(x + u)| over the images, "
+        "||u||_2 <= delta, generated / real; in brackets the same divided by D's separation |E D(gen) - E D(real)|.",
+        "",
+        "| cell | separation | " + " | ".join(f"{k} gen / real" for k in keys) + " | grad norm gen / real |",
+        "|---|---|" + "---|" * len(keys) + "---|",
+    ]
+    for loss, lname in LOSSES:
+        for reg, rname in REGS:
+            r = robust.get(f"{loss}_{reg}")
+            if r is None:
+                continue
+            cells = []
+            for k in keys:
+                g, t = r["generated"]["attacks"].get(k), r["real"]["attacks"].get(k)
+                if g is None or t is None:
+                    cells.append("n/a")
+                    continue
+                cells.append(
+                    f"{g['mean_abs_change']:.3g} / {t['mean_abs_change']:.3g} "
+                    f"({g['relative_to_separation']:.2g} / {t['relative_to_separation']:.2g})"
+                )
+            lines.append(
+                f"| {lname} {rname} | {r['separation']:.3g} | "
+                + " | ".join(cells)
+                + f" | {r['generated']['grad_norm_mean']:.3g} / {r['real']['grad_norm_mean']:.3g} |"
+            )
+    n = next(iter(robust.values()))
+    lines += [
+        "",
+        f"{n['num_samples']} generated and {n['num_real']} real {n['real_split']} images, attack seed {n['seed']}; "
+        "perturbations not clipped to [0, 1].",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def fcd_curves(runs: str, seeds: List[int], path: str) -> Optional[str]:
+    """Plots eval/fcd against the step for every cell and seed found (one panel per loss)."""
+    from jarn_tf.paper import read_scalars
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(LOSSES), figsize=(5 * len(LOSSES), 3.6), sharey=True)
+    drawn = False
+    for ax, (loss, lname) in zip(axes, LOSSES):
+        for i, (reg, rname) in enumerate(REGS):
+            for seed in seeds:
+                points = read_scalars(os.path.join(runs, f"{loss}_{reg}_seed{seed}", "eval")).get("eval/fcd", [])
+                if not points:
+                    continue
+                drawn = True
+                ax.plot(
+                    [p[0] for p in points],
+                    [p[2] for p in points],
+                    color=f"C{i}",
+                    linestyle="-" if seed == seeds[0] else "--",
+                    marker="o",
+                    markersize=3,
+                    label=f"{rname} (seed {seed})",
+                )
+        ax.set_title(lname)
+        ax.set_xlabel("discriminator step")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    axes[0].set_ylabel("FCD (lower is better)")
+    if not drawn:
+        plt.close(fig)
+        return None
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv) -> Optional[int]:
     del argv
-    cells = collect(FLAGS.runs, FLAGS.seed)
-    text = format_table(cells, FLAGS.seed)
+    seeds = [int(s) for s in FLAGS.seeds] if FLAGS.seeds else [FLAGS.seed]
+    parts = []
+    for seed in seeds:
+        parts.append(format_table(collect(FLAGS.runs, seed), seed))
+        parts.append(format_robustness(collect_robustness(FLAGS.runs, seed), seed))
+    text = "\n".join(p for p in parts if p)
+    if FLAGS.curves and fcd_curves(FLAGS.runs, seeds, FLAGS.curves):
+        text += f"\nFCD during training: {FLAGS.curves}\n"
     print(text)
     if FLAGS.output:
         with open(FLAGS.output, "w") as f:
@@ -146,6 +248,8 @@ def main(argv) -> Optional[int]:
 def run() -> None:
     flags.DEFINE_string("runs", "runs/gan_cpu", "Directory of the sweep's runs (<loss>_<reg>_seed<seed>).")
     flags.DEFINE_integer("seed", 0, "Seed of the runs to collect.")
+    flags.DEFINE_list("seeds", None, "Several seeds (overrides --seed): one table each.")
+    flags.DEFINE_string("curves", None, "Also plot every run's eval/fcd against the step into this PNG.")
     flags.DEFINE_string("output", None, "Also write the table to this file.")
     app.run(main)
 
