@@ -120,3 +120,23 @@ def test_targets_pass_and_fail():
     assert passed == [True, True, True]
     summary = bench.summarize({"standard": dict(ms_per_step=1.0)})
     assert [t["passed"] for t in summary["targets"]] == [None, None, None]
+
+
+def test_gan_step_benchmark_prints_and_saves_its_figures(tmp_path):
+    # python -m jarn_tf.bench_gan: one process per (regulariser, oneDNN setting), figures printed and saved.
+    from jarn_tf import bench_gan
+
+    lines = []
+    out_json = tmp_path / "gan.json"
+    code = bench_gan.main(
+        ["--gan_channels=2", "--batch_size=4", "--steps=1", "--regs=none,rfm", "--onednn=1",
+         f"--output_json={out_json}"],
+        out=lines.append,
+    )
+    assert code == 0
+    text = "\n".join(lines)
+    assert "| none | " in text and "| rfm | " in text and "width 2, batch 4" in text
+    saved = json.load(open(out_json))
+    assert set(saved["results"]["1"]) == {"none", "rfm"}
+    assert all(v["ms_per_step"] > 0 for v in saved["results"]["1"].values())
+    assert bench_gan.main(["--regs=dropout"]) == 2
