@@ -260,7 +260,7 @@ def regularizer_value(
         phi = tf.stop_gradient(fake_features if fake_features is not None else features_fn(fake))
         # The robust-loss target attacks along grad f(D) = f'(D) grad D: for gan and wgan (f' > 0)
         # the same direction as the discriminator target's wherever f'(D) grad D does not vanish;
-        # for lsgan the direction flips where D(G(z)) > -1 (docs/GAN.md, Appendix G).
+        # for lsgan the direction flips where D(G(z)) > -1 (Appendix G's "robust loss using GAN+RFM").
         v = attack(
             s,
             lambda v: tf.reduce_sum(tf.square(phi - features_fn(fake + v)), axis=-1),
