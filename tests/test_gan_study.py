@@ -110,3 +110,13 @@ def test_dry_run_resolves_every_command(tmp_path, capsys):
     assert f"--gan_channels={gan_study.CPU_FILTERS[first['filters']]}" in commands[0]
     assert all("--gan_generator_loss=non_saturating" in c for c in commands)
     assert not (tmp_path / "study.json").exists()
+
+
+def test_paper_scale_commands(tmp_path, capsys):
+    # --scale=paper: CIFAR-10, the pool's filters as they are, 50 epochs; resolvable without the data.
+    assert gan_study.main(["--scale=paper", "--setups=2", f"--output_dir={tmp_path}", "--dry_run"]) == 0
+    commands = [line for line in capsys.readouterr().out.splitlines() if "jarn_tf.train" in line]
+    first = gan_study.sample_setups(2, 0)[0]
+    assert all("--dataset=cifar10" in c and "--epochs=50" in c and "--train_steps" not in c for c in commands)
+    assert f"--gan_channels={first['filters']}" in commands[0]
+
