@@ -20,6 +20,9 @@ Robustness", section 5, that flag gradient masking (or a broken attack):
   comparison (AutoAttack's own Square check) runs for every model.
 - ``eps_checks`` re-runs the strongest PGD attack at eps / 2 and at a large
   eps (``LARGE_EPS``) and checks accuracy against eps.
+- ``attacks_not_above_clean`` (part of ``masking_checks``): no attack leaves
+  the model more accurate than the clean images, beyond sampling error (a
+  paired sign test).
 
 Each check is a ``Check``: its name, whether it passed (None when it could
 not run with the attacks given), the numbers behind the verdict and the
@@ -29,6 +32,7 @@ warning printed when it fails (or what it needs, when it did not run).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -46,6 +50,8 @@ RANDOMNESS_PASSES = 5
 # Fraction of examples Square may break beyond the white-box attacks. AutoAttack's own check allows
 # 0.2% after APGD-CE, APGD-T and FAB-T; after PGD alone Square breaks a few more on healthy models.
 SQUARE_TOLERANCE = 0.01
+# Level of the sign test of attacks_not_above_clean (attacks that raise accuracy above clean).
+ATTACK_ABOVE_CLEAN_ALPHA = 0.01
 # White-box members of AutoAttack; ``square`` is its gradient-free one.
 WHITEBOX_PARTS = ("apgd-ce", "apgd-t", "fab-t")
 
@@ -345,7 +351,63 @@ def masking_checks(
         checks.append(_not_run("whitebox_beats_transfer", "--source_model and a pgdK attack"))
 
     checks.append(_square_check(output, specs, tolerance, square_tolerance, square_check_correct, acc, n))
+    checks.append(attacks_not_above_clean(output))
     return checks
+
+
+def _sign_test_p(gained: int, lost: int) -> float:
+    """One-sided exact sign test: P(X >= gained) for X ~ Binomial(gained + lost, 1/2)."""
+    n = gained + lost
+    if n == 0:
+        return 1.0
+    return sum(math.comb(n, k) for k in range(gained, n + 1)) / 2.0**n
+
+
+def attacks_not_above_clean(output: EvalOutput, alpha: float = ATTACK_ABOVE_CLEAN_ALPHA) -> Check:
+    """``attacks_not_above_clean``: no attack leaves more examples correct than the clean images do.
+
+    An attack searches for a misclassified point near each image, so accuracy under it cannot be
+    above clean accuracy for a correct attack on a deterministic, gradient-honest model; a higher
+    one means a broken attack, or a model whose gradients point away from its errors (masking,
+    batch statistics of the attacked batch, randomness). On the same examples the comparison is
+    paired: ``gained`` counts examples wrong clean but right under the attack, ``lost`` the
+    reverse. The check fails when an attack gains more than it loses beyond sampling error: a
+    one-sided exact sign test on gained out of gained + lost at level ``alpha``.
+
+    Args:
+      output: per-example outcomes, with ``clean``.
+      alpha: the test's level.
+
+    Returns:
+      The check (not run without clean accuracy).
+    """
+    if "clean" not in output.correct:
+        return _not_run("attacks_not_above_clean", "clean accuracy (the 'clean' attack, run by default)")
+    clean = np.asarray(output.correct["clean"], bool)
+    detail, failed = {}, []
+    for name, correct in output.correct.items():
+        if name == "clean":
+            continue
+        correct = np.asarray(correct, bool)
+        gained, lost = int(np.sum(correct & ~clean)), int(np.sum(~correct & clean))
+        p = _sign_test_p(gained, lost)
+        detail[name] = {
+            "accuracy": float(correct.mean()),
+            "clean_accuracy": float(clean.mean()),
+            "gained": gained,
+            "lost": lost,
+            "p_value": p,
+        }
+        if gained > lost and p < alpha:
+            failed.append(name)
+    return Check(
+        "attacks_not_above_clean",
+        not failed,
+        {"attacks": detail, "failed": failed, "alpha": alpha, "num_examples": int(len(clean))},
+        f"Accuracy under {failed} is above clean accuracy beyond sampling error (sign test, p < {alpha}): "
+        "an attack that makes the model more accurate is broken, or the model's gradients are masked "
+        "(e.g. batch norm with the attacked batch's statistics, randomness).",
+    )
 
 
 def _square_check(

@@ -1045,6 +1045,43 @@ def test_pgd_fgsm_tolerance_and_slow_rise_with_steps():
     assert {c.name: c for c in loose}["pgd_beats_fgsm"].passed is True
 
 
+def _wrong_unless_perturbed(images):
+    """A model built to be more accurate under attack than clean (issue 27).
+
+    Pixel (0, 0) encodes the label as 0.05 + y / 10 and every other pixel of a clean image is 0.5.
+    On a clean image the model predicts y + 1 (wrong); once any other pixel moves off 0.5 it
+    predicts y (right). Its gradient is zero everywhere, so FGSM leaves the images clean, while
+    PGD's random start moves them.
+    """
+    code = tf.round((images[:, 0, 0, 0] - 0.05) * 10.0)
+    rest = tf.reshape(images, [tf.shape(images)[0], -1])[:, 1:]
+    moved = tf.reduce_any(tf.abs(rest - 0.5) > 1e-4, axis=1)
+    label = tf.cast(tf.where(moved, code, tf.math.floormod(code + 1.0, 10.0)), tf.int32)
+    return 10.0 * tf.one_hot(label, 10) + 0.0 * tf.reduce_sum(images, axis=[1, 2, 3])[:, None]
+
+
+def test_attacks_that_raise_accuracy_above_clean_are_flagged():
+    n = 40
+    labels = np.arange(n) % 10
+    images = np.full((n, 28, 28, 1), 0.5, np.float32)
+    images[:, 0, 0, 0] = 0.05 + labels / 10.0
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int64))).batch(20)
+    specs = eval_lib.parse_attacks(["clean", "fgsm", "pgd5"])
+    # eps 0.02 < half the code's spacing: the label survives the random start.
+    out = eval_lib.evaluate(_wrong_unless_perturbed, dataset, specs, eval_lib.AttackParams(eps=0.02), verbose=0)
+    acc = out.accuracies()
+    assert acc["clean"] == 0.0 and acc["fgsm"] == 0.0 and acc["pgd5"] == 1.0
+    check = {c.name: c for c in masking.masking_checks(out, specs)}["attacks_not_above_clean"]
+    assert check.passed is False and check.detail["failed"] == ["pgd5"]
+    assert check.detail["attacks"]["pgd5"]["gained"] == n and check.detail["attacks"]["pgd5"]["lost"] == 0
+    assert check.detail["attacks"]["pgd5"]["p_value"] == pytest.approx(0.5**n)
+    assert "above clean accuracy" in check.message
+    # Within sampling error it passes: 3 gained and 1 lost of 10 (p = 5/16).
+    small = _fake_output({"clean": [False] * 3 + [True] * 7, "pgd5": [True] * 6 + [False] + [True] * 3})
+    check = {c.name: c for c in masking.masking_checks(small, specs[2:])}["attacks_not_above_clean"]
+    assert check.passed is True and check.detail["attacks"]["pgd5"]["p_value"] == pytest.approx(5 / 16)
+
+
 def test_checks_that_cannot_run_say_so():
     out = _fake_output({"autoattack": np.arange(10) < 5})
     specs = eval_lib.parse_attacks(["autoattack"])
@@ -1056,6 +1093,7 @@ def test_checks_that_cannot_run_say_so():
         "xent_margin_agree",
         "whitebox_beats_transfer",
         "blackbox_not_below_whitebox",
+        "attacks_not_above_clean",
     }
     params = eval_lib.AttackParams(eps=0.1)
     results = results_lib.build_results(out, specs, params, checks, {}, 1.0)
