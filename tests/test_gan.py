@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from gan_small_networks import small_discriminator, small_generator
 from jarn_tf import config as config_lib
 from jarn_tf import export, gan_losses, gan_models, train_lib
 
@@ -320,28 +321,11 @@ def test_every_regularizer_runs_on_the_real_networks_with_finite_gradients():
 # Training runs.
 
 
-def _small_generator(latent_dim, image_shape, channels=4, name="generator"):
-    z = keras.Input((latent_dim,), name="latent")
-    x = keras.layers.Dense(7 * 7 * channels, name="linear")(z)
-    x = keras.layers.Reshape((7, 7, channels))(x)
-    x = keras.layers.BatchNormalization(name="bn")(x)
-    x = keras.layers.UpSampling2D(4)(x)
-    x = keras.layers.Conv2D(image_shape[-1], 3, padding="same", activation="sigmoid", name="images")(x)
-    return keras.Model(z, x, name=name)
-
-
-def _small_discriminator(image_shape, channels=4, name="gan_discriminator"):
-    images = keras.Input(tuple(image_shape))
-    x = keras.layers.Conv2D(channels, 3, strides=2, padding="same", activation="tanh", name="conv")(images)
-    features = keras.layers.GlobalAveragePooling2D(name="features")(x)
-    return keras.Model(images, [keras.layers.Dense(1, name="score")(features), features], name=name)
-
-
 @pytest.fixture
 def small_networks(monkeypatch):
     """The trainer builds small networks of the real ones' interface (see the module docstring)."""
-    monkeypatch.setattr(gan_models, "build_generator", _small_generator)
-    monkeypatch.setattr(gan_models, "build_gan_discriminator", _small_discriminator)
+    monkeypatch.setattr(gan_models, "build_generator", small_generator)
+    monkeypatch.setattr(gan_models, "build_gan_discriminator", small_discriminator)
 
 
 def _gan_config(data_dir: str, **fields) -> config_lib.ExperimentConfig:

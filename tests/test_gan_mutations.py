@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from gan_small_networks import small_discriminator, small_generator
 from jarn_tf import config as config_lib
 from jarn_tf import data, gan_losses, gan_models, trainers
 from jarn_tf.trainers import gan as gan_trainer
@@ -374,24 +375,6 @@ LATENT_DIM = 8
 BATCH = 8
 
 
-def _small_generator(latent_dim, image_shape, channels=4, name="generator"):
-    z = keras.Input((latent_dim,), name="latent")
-    x = keras.layers.Dense(7 * 7 * channels, name="linear")(z)
-    x = keras.layers.Reshape((7, 7, channels))(x)
-    x = keras.layers.BatchNormalization(name="bn")(x)
-    x = keras.layers.UpSampling2D(4)(x)
-    x = keras.layers.Conv2D(image_shape[-1], 3, padding="same", activation="sigmoid", name="images")(x)
-    return keras.Model(z, x, name=name)
-
-
-def _small_discriminator(image_shape, channels=4, name="gan_discriminator"):
-    # Non-linear (tanh), no normalisation: D(x) does not depend on the batch.
-    images = keras.Input(tuple(image_shape))
-    x = keras.layers.Conv2D(channels, 3, strides=2, padding="same", activation="tanh", name="conv")(images)
-    features = keras.layers.GlobalAveragePooling2D(name="features")(x)
-    return keras.Model(images, [keras.layers.Dense(1, name="score")(features), features], name=name)
-
-
 class _Recorder:
     """An optimizer that records the gradients it is given, then applies them."""
 
@@ -499,8 +482,8 @@ def _run_case(data_dir, loss, kind, reg):
     config = _config(data_dir, loss, kind, reg)
     keras.utils.set_random_seed(7)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(gan_models, "build_generator", _small_generator)
-        mp.setattr(gan_models, "build_gan_discriminator", _small_discriminator)
+        mp.setattr(gan_models, "build_generator", small_generator)
+        mp.setattr(gan_models, "build_gan_discriminator", small_discriminator)
         trainer = trainers.build_trainer(
             config, data.dataset_info("fashion_mnist"), tf.distribute.get_strategy()
         )
