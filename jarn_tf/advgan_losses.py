@@ -21,6 +21,15 @@ trainers sum them and divide by the global batch size. ``non_saturating``
 replaces the generator's -L_S term (E log P(S = fake | x_g), minimised) by
 E -log P(S = real | x_g), as the authors' code does.
 
+Weights of the terms (``--advgan_loss_weights``, ``LOSS_WEIGHTS``): ``paper``
+weighs every term 1 (eq. 9 / 8 as written); ``authors`` follows the authors'
+``loss_nll(bin, multi, lam) = lam BCE + (1 - lam) CE`` calls in train.py:
+lam 0.5 on attacked real images (0.5 source + 0.5 class), lam 1 on generated
+ones (1 source, no class term: train.py with ``--our_loss``, the README's
+command), lam 0.5 for the generator (0.5 source + 0.5 class). With eq. 8
+(``acgan``) the authors' weights put lam 0.5 on generated images (0.5 source
++ 0.5 class: train.py without ``--our_loss``).
+
 Co-training attack (Fig. 3: "whenever feeding the real images to the D
 network, we first run 5 steps of PGD attack"): sign-gradient ascent, within
 the L-inf eps-ball and [0, 1], of the discriminator's loss on the true class
@@ -37,6 +46,7 @@ conditioning labels; the attack maximises xent (``jarn_tf.attacks.pgd``).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Dict, Optional, Tuple
 
 import tensorflow as tf
@@ -45,6 +55,42 @@ from jarn_tf import attacks
 
 # images -> (source logits [N] or [N, 1], class logits [N, K]).
 TwoHeadFn = Callable[[tf.Tensor], Tuple[tf.Tensor, tf.Tensor]]
+
+
+@dataclasses.dataclass(frozen=True)
+class LossWeights:
+    """Weights of the per-example terms of the co-training losses (see the module docstring)."""
+
+    real_source: float  # -log P(S = real | x_adv), discriminator
+    real_class: float  # -log P(C = y | x_adv), discriminator
+    fake_source: float  # -log P(S = fake | x_g), discriminator
+    fake_class: float  # -log P(C = y_g | x_g), discriminator, eq. 8 (acgan) only
+    gen_source: float  # the generator's source term (minimax or non-saturating)
+    gen_class: float  # -log P(C = y_g | x_g), generator
+
+
+# (--advgan_loss_weights, --class_loss) -> weights.
+LOSS_WEIGHTS: Dict[Tuple[str, str], LossWeights] = {
+    ("paper", "split"): LossWeights(1.0, 1.0, 1.0, 0.0, 1.0, 1.0),  # eq. 9
+    ("paper", "acgan"): LossWeights(1.0, 1.0, 1.0, 1.0, 1.0, 1.0),  # eq. 8
+    ("authors", "split"): LossWeights(0.5, 0.5, 1.0, 0.0, 0.5, 0.5),  # train.py --our_loss
+    ("authors", "acgan"): LossWeights(0.5, 0.5, 0.5, 0.5, 0.5, 0.5),  # train.py without it
+}
+
+
+def loss_weights(weights: str, class_loss: str = "split") -> LossWeights:
+    """The weights of ``--advgan_loss_weights=weights`` with ``--class_loss=class_loss``.
+
+    Raises:
+      ValueError: for an unknown name.
+    """
+    try:
+        return LOSS_WEIGHTS[(weights, class_loss)]
+    except KeyError:
+        raise ValueError(
+            f"unknown loss weights {weights!r} / class loss {class_loss!r}; expected one of "
+            f"{sorted(LOSS_WEIGHTS)}"
+        ) from None
 
 
 def _flat(source: tf.Tensor) -> tf.Tensor:
@@ -76,6 +122,7 @@ def discriminator_losses(
     fake_logits: tf.Tensor,
     fake_labels: tf.Tensor,
     class_loss: str = "split",
+    weights: str = "paper",
 ) -> Dict[str, tf.Tensor]:
     """The discriminator's per-example losses (each [N]; real and fake batches of one size).
 
@@ -83,28 +130,38 @@ def discriminator_losses(
       real_source, real_logits, real_labels: D's heads on attacked real images, their labels.
       fake_source, fake_logits, fake_labels: D's heads on generated images, their conditioning labels.
       class_loss: ``split`` (eq. 9) or ``acgan`` (eq. 8).
+      weights: ``paper`` or ``authors`` (``LOSS_WEIGHTS``).
 
     Returns:
       ``source``: -(log P(real | x_adv) + log P(fake | x_g)) per pair (the -L_S term);
       ``class_real``: -log P(y | x_adv) (-L_C1); ``class_fake``: -log P(y_g | x_g)
-      (-L_C2, reported under both; counted only by ``acgan``); ``total``: what
-      D minimises, -(L_S + L_C1) for split, -(L_S + L_C) for acgan.
+      (-L_C2, reported under both; counted only by ``acgan``), all three
+      unweighted; ``total``: what D minimises, the weighted sum: -(L_S + L_C1)
+      for split, -(L_S + L_C) for acgan with the paper's weights.
     """
     if class_loss not in ("split", "acgan"):
         raise ValueError(f"unknown class loss {class_loss!r}; expected split or acgan")
-    source = neg_log_real(real_source) + neg_log_fake(fake_source)
+    w = loss_weights(weights, class_loss)
+    real_source_loss, fake_source_loss = neg_log_real(real_source), neg_log_fake(fake_source)
     class_real = xent(real_labels, real_logits)
     class_fake = xent(fake_labels, fake_logits)
-    if class_loss == "split":
-        # The fake class loss is kept out of D's objective (and out of its gradient).
-        total = source + class_real
-    else:
-        total = source + class_real + class_fake
-    return {"source": source, "class_real": class_real, "class_fake": class_fake, "total": total}
+    total = w.real_source * real_source_loss + w.fake_source * fake_source_loss + w.real_class * class_real
+    if w.fake_class:  # split: the fake class loss is kept out of D's objective (and out of its gradient)
+        total = total + w.fake_class * class_fake
+    return {
+        "source": real_source_loss + fake_source_loss,
+        "class_real": class_real,
+        "class_fake": class_fake,
+        "total": total,
+    }
 
 
 def generator_losses(
-    fake_source: tf.Tensor, fake_logits: tf.Tensor, fake_labels: tf.Tensor, kind: str = "minimax"
+    fake_source: tf.Tensor,
+    fake_logits: tf.Tensor,
+    fake_labels: tf.Tensor,
+    kind: str = "minimax",
+    weights: str = "paper",
 ) -> Dict[str, tf.Tensor]:
     """The generator's per-example losses: -(L_C2 - L_S), its G-dependent part.
 
@@ -112,9 +169,11 @@ def generator_losses(
       fake_source, fake_logits, fake_labels: D's heads on G(z, y), and y.
       kind: ``minimax`` (G minimises log P(S = fake | x_g), eq. 8/9 as written)
         or ``non_saturating`` (G minimises -log P(S = real | x_g), the code's).
+      weights: ``paper`` (1 and 1) or ``authors`` (0.5 and 0.5), ``LOSS_WEIGHTS``.
 
     Returns:
-      ``source``, ``class_fake`` (-log P(C = y | x_g)) and ``total`` = their sum.
+      ``source``, ``class_fake`` (-log P(C = y | x_g)), both unweighted, and
+      ``total`` = their weighted sum.
     """
     if kind == "minimax":
         source = -neg_log_fake(fake_source)
@@ -123,7 +182,29 @@ def generator_losses(
     else:
         raise ValueError(f"unknown generator loss {kind!r}; expected minimax or non_saturating")
     class_fake = xent(fake_labels, fake_logits)
-    return {"source": source, "class_fake": class_fake, "total": source + class_fake}
+    w = loss_weights(weights)
+    return {
+        "source": source,
+        "class_fake": class_fake,
+        "total": w.gen_source * source + w.gen_class * class_fake,
+    }
+
+
+def dequantize(images: tf.Tensor, noise: float, seed: tf.Tensor) -> tf.Tensor:
+    """images + U(0, noise) per pixel, from a stateless seed (not clipped).
+
+    The authors' train.py adds U(0, 1/128) to every real image in [-1, 1]
+    units (U(0, 1/256) in ours), after SN-GAN's CIFAR-10 data code.
+
+    Args:
+      images: float32 [N, H, W, C] in [0, 1].
+      noise: the width of the uniform noise in [0, 1] units; 0 returns ``images``.
+      seed: int [2], the stateless seed (the same seed gives the same noise).
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    if noise <= 0:
+        return images
+    return images + tf.random.stateless_uniform(tf.shape(images), seed, minval=0.0, maxval=noise)
 
 
 def attack_objective(source: tf.Tensor, logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:

@@ -918,10 +918,12 @@ def with_fields(config: ExperimentConfig, **values: Any) -> ExperimentConfig:
 
 
 def _build(klass: type, values: dict) -> Any:
+    """``klass`` from a stored dict; a field the dict lacks takes ``klass.MISSING_FIELD_VALUES`` or its default."""
     names = {f.name for f in dataclasses.fields(klass)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"Unknown {klass.__name__} field(s) {unknown}.")
+    values = {**getattr(klass, "MISSING_FIELD_VALUES", {}), **values}
     return klass(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
@@ -963,7 +965,8 @@ def config_differences(old: dict, new: dict) -> list:
     Returns:
       Human-readable differences, empty when the run may resume. A field
       missing from ``old`` (added to the code after the run was written)
-      counts as its default.
+      counts as the section's ``MISSING_FIELD_VALUES`` entry (what runs
+      written before it did), else as its default.
     """
     old, new = upgrade_config_dict(old), upgrade_config_dict(new)
     diffs = []
@@ -976,8 +979,10 @@ def config_differences(old: dict, new: dict) -> list:
     for section, klass in sections.items():
         resumable = getattr(klass, "RESUMABLE", frozenset())
         # A field added after a run was written is compared at its default:
-        # the run behaved as the default does (new fields keep old behaviour).
+        # the run behaved as the default does (new fields keep old behaviour),
+        # unless the section's MISSING_FIELD_VALUES says what such runs did.
         defaults = {f.name: f.default for f in dataclasses.fields(klass)} if klass else {}
+        defaults.update(getattr(klass, "MISSING_FIELD_VALUES", {}) if klass else {})
         a, b = old.get(section, {}), new.get(section, {})
         for key in sorted(set(a) | set(b)):
             if key in resumable:
@@ -1021,6 +1026,17 @@ def read_config(path: str) -> dict:
 ADVGAN_CLASS_LOSSES = ("split", "acgan")
 # The names of the co-training mode (``robgan`` is an alias).
 ADVGAN_MODES = ("advgan", "robgan")
+# The discriminator's network (``advgan_models.build_discriminator``): SN-GAN's
+# ResNet with spectral norm (the paper's), the authors' code's (batch norm), or
+# this project's earlier network (kept for older runs).
+ADVGAN_DISCRIMINATORS = ("sngan", "authors", "legacy")
+# Weights of the co-training loss terms (``advgan_losses.LOSS_WEIGHTS``): eq. 9
+# as written, or the authors' code's 0.5 / 0.5 / 1 (discriminator), 0.5 / 0.5
+# (generator).
+ADVGAN_LOSS_WEIGHTS = ("paper", "authors")
+# Madry et al.'s PGD step rule: step = 2.5 * eps / steps, so the attack can
+# reach the boundary of the eps-ball from the clean image (and move along it).
+MADRY_STEP_FACTOR = 2.5
 
 
 def _help_of(section: type, name: str) -> str:
@@ -1028,8 +1044,14 @@ def _help_of(section: type, name: str) -> str:
     return next(f.metadata["help"] for f in dataclasses.fields(section) if f.name == name)
 
 
-def _advgan_attack_fields() -> Dict[str, Any]:
-    """Field definitions shared by both AdvGAN sections (one flag each)."""
+def _advgan_attack_fields(step: float = 4.0 / 255.0) -> Dict[str, Any]:
+    """Field definitions shared by both AdvGAN sections (one flag each).
+
+    Args:
+      step: the field default of ``attack_step_size`` (a config built in code):
+        the flag's default follows --eps (see ``derive``); 4/255 = 2.5 (8/255)
+        / 5 for co-training, 8/1275 = (8/255) / 5 for fine-tuning.
+    """
     return dict(
         # The flag is ClassifierConfig's (one flag per name): the same help.
         eps=image_fraction(8.0 / 255.0, _help_of(ClassifierConfig, "eps")),
@@ -1041,9 +1063,12 @@ def _advgan_attack_fields() -> Dict[str, Any]:
             lower=0,
         ),
         attack_step_size=image_fraction(
-            1.0 / 256.0,
-            "Step of the training PGD in [0, 1] units. Default: eps/8 in --mode=advgan (authors' code: "
-            "0.0078 of eps 0.0625 in [-1, 1] units), eps/5 in --mode=advgan_finetune (authors' code).",
+            step,
+            "Step of the training PGD in [0, 1] units. Default: 2.5 * eps / --attack_steps in "
+            "--mode=advgan ([ours], Madry et al.'s rule, so that the attack can reach eps: eps/2 for 5 "
+            "steps); [authors' code]: 0.0078 against eps 0.0625 in [-1, 1] units, i.e. eps/8, whose 5 steps "
+            "cover only 5/8 of eps (--attack_step_size=<eps>/8 --noattack_must_reach_eps). eps/5 in "
+            "--mode=advgan_finetune ([authors' code]).",
         ),
         attack_random_start=flag_field(
             False,
@@ -1051,6 +1076,27 @@ def _advgan_attack_fields() -> Dict[str, Any]:
             "(authors' code), on in --mode=advgan_finetune (ours, as PGD-AT).",
             flag_default=None,
         ),
+        attack_must_reach_eps=flag_field(
+            True,
+            "Refuse a training attack that can never reach eps from the clean image: --attack_steps x "
+            "--attack_step_size < --eps. --noattack_must_reach_eps allows it (e.g. the authors' code's eps/8 "
+            "steps); a check only, it changes nothing in training.",
+        ),
+    )
+
+
+def _advgan_discriminator_field(default: Optional[str]) -> Any:
+    """The --advgan_discriminator field (one flag, the same help in both AdvGAN sections)."""
+    return flag_field(
+        default,
+        "The discriminator's network (jarn_tf/advgan_models.py). sngan (default; [paper]: SN-GAN's CIFAR-10 "
+        "ResNet discriminator, spectral norm on every conv and linear layer, ReLU, global sum pooling); "
+        "authors ([authors' code] ResNetAC(bn=True): the same blocks with batch norm after every conv, no "
+        "spectral norm); legacy ([ours] the network of runs written before this flag: conv stem, leaky "
+        "ReLU 0.2, no normalisation, global average pooling; an older config.json without the flag is "
+        "legacy). --mode=advgan_finetune takes the --init_from run's and refuses another.",
+        choices=ADVGAN_DISCRIMINATORS,
+        flag_default=None,
     )
 
 
@@ -1064,11 +1110,21 @@ class AdvGANConfig:
     real images only. Generator (maximises): L_C2 - L_S, L_C2 = E log P(C = y
     | G(z, y)). ``--class_loss=acgan`` gives the discriminator eq. 8's L_C =
     L_C1 + L_C2 instead. The attack maximises the discriminator's loss on the
-    true class and "real": -log P(S = real | x) - log P(C = y | x). All eps
-    are in [0, 1] image units.
+    true class and "real": -log P(S = real | x) - log P(C = y | x), from the
+    real images plus U(0, ``dequantize_noise``). ``advgan_loss_weights``
+    weighs the terms (paper: 1 each; authors: the authors' code's 0.5 / 0.5 /
+    1), ``advgan_discriminator`` picks the network. All eps are in [0, 1]
+    image units. A config.json written before ``advgan_discriminator`` and
+    ``dequantize_noise`` existed reads as ``legacy`` and 0
+    (``MISSING_FIELD_VALUES``), what those runs did.
     """
 
-    RESUMABLE: ClassVar[FrozenSet[str]] = frozenset({"fcd_network", "fcd_samples"})
+    RESUMABLE: ClassVar[FrozenSet[str]] = frozenset({"fcd_network", "fcd_samples", "attack_must_reach_eps"})
+    # What runs written before these fields did (their config.json lacks them).
+    MISSING_FIELD_VALUES: ClassVar[Dict[str, Any]] = {
+        "advgan_discriminator": "legacy",
+        "dequantize_noise": 0.0,
+    }
 
     class_loss: str = flag_field(
         "split",
@@ -1085,6 +1141,27 @@ class AdvGANConfig:
     attack_steps: int = _advgan_attack_fields()["attack_steps"]
     attack_step_size: float = _advgan_attack_fields()["attack_step_size"]
     attack_random_start: bool = _advgan_attack_fields()["attack_random_start"]
+    attack_must_reach_eps: bool = _advgan_attack_fields()["attack_must_reach_eps"]
+    advgan_discriminator: str = _advgan_discriminator_field("sngan")
+    advgan_loss_weights: str = flag_field(
+        "paper",
+        "Weights of the co-training losses. paper (default; [paper] eq. 9 as written: every term weight 1); "
+        "authors ([authors' code] loss_nll's lam: the discriminator minimises 0.5 (-log P(real|x_adv)) + "
+        "0.5 (-log P(y|x_adv)) + 1 (-log P(fake|G)), train.py with --our_loss, which the authors' README "
+        "uses; with --class_loss=acgan 0.5 (-log P(fake|G)) + 0.5 (-log P(y_g|G)) on generated images, "
+        "train.py without --our_loss; the generator 0.5 source + 0.5 class).",
+        choices=ADVGAN_LOSS_WEIGHTS,
+    )
+    dequantize_noise: float = flag_field(
+        1.0 / 256.0,
+        "Dequantisation noise in [0, 1] units: the real images get + U(0, noise) per pixel before the "
+        "attack, in --mode=advgan only (not clipped; the attack keeps x_adv in [0, 1]). Default 1/256: "
+        "[authors' code] train.py's U(0, 1/128) in [-1, 1] units, after SN-GAN's CIFAR-10 data code; the "
+        "paper is silent; the authors' finetune.py adds none. 0: none (runs written before this flag).",
+        fraction=True,
+        lower=0.0,
+        upper=1.0,
+    )
     # The gan mode's robust-discriminator regularisers on the real/fake (source) head
     # (trainers/advgan.py): score D = -source logit (high = generated), generated = G(z, y),
     # real = the attacked real images; rfm on the trunk's pooled features and the source kernel.
@@ -1112,12 +1189,16 @@ class AdvGANConfig:
 
     @staticmethod
     def derive(values: Dict[str, Any]) -> Dict[str, Any]:
-        """Fills the co-training attack's step (eps/8) and random start (off), the authors' code's."""
+        """Fills the co-training attack's step (2.5 eps / steps, Madry et al.'s rule), its random start
+        (off, the authors' code's) and the discriminator (sngan, the paper's)."""
         out = _derive_disc_reg(dict(values))
         if out.get("attack_step_size") is None:
-            out["attack_step_size"] = out["eps"] / 8
+            steps = out.get("attack_steps") or 1
+            out["attack_step_size"] = min(1.0, MADRY_STEP_FACTOR * out["eps"] / steps)
         if out.get("attack_random_start") is None:
             out["attack_random_start"] = False
+        if out.get("advgan_discriminator") is None:
+            out["advgan_discriminator"] = AdvGANConfig.advgan_discriminator
         if out.get("gan_generator_loss") is None:
             out["gan_generator_loss"] = AdvGANConfig.gan_generator_loss
         return out
@@ -1132,6 +1213,19 @@ class AdvGANConfig:
                     f"--class_loss must be one of {ADVGAN_CLASS_LOSSES}, got {self.class_loss!r}",
                 ),
                 (
+                    self.advgan_discriminator in ADVGAN_DISCRIMINATORS,
+                    f"--advgan_discriminator must be one of {ADVGAN_DISCRIMINATORS}, "
+                    f"got {self.advgan_discriminator!r}",
+                ),
+                (
+                    self.advgan_loss_weights in ADVGAN_LOSS_WEIGHTS,
+                    f"--advgan_loss_weights must be one of {ADVGAN_LOSS_WEIGHTS}, got {self.advgan_loss_weights!r}",
+                ),
+                (
+                    0.0 <= self.dequantize_noise <= 1.0,
+                    f"--dequantize_noise must be in [0, 1], got {self.dequantize_noise}",
+                ),
+                (
                     self.gan_generator_loss in GAN_GENERATOR_LOSSES,
                     f"--gan_generator_loss must be one of {GAN_GENERATOR_LOSSES}, got {self.gan_generator_loss!r}",
                 ),
@@ -1144,6 +1238,7 @@ class AdvGANConfig:
                 (0 <= self.adam_beta1 < 1, f"--adam_beta1 must be in [0, 1), got {self.adam_beta1}"),
                 (0 <= self.adam_beta2 < 1, f"--adam_beta2 must be in [0, 1), got {self.adam_beta2}"),
                 (
+                    # One refusal for every network (sngan's SpectralNormalization included).
                     config.model.mixed_precision == "none",
                     f"--mixed_precision is not supported by --mode={config.mode} yet",
                 ),
@@ -1152,6 +1247,7 @@ class AdvGANConfig:
 
 
 def _advgan_attack_checks(section: Any) -> List[Tuple[bool, str]]:
+    steps, step, eps = section.attack_steps, section.attack_step_size, section.eps
     return [
         (
             0.0 <= section.eps <= 1.0,
@@ -1161,6 +1257,13 @@ def _advgan_attack_checks(section: Any) -> List[Tuple[bool, str]]:
         (
             0.0 <= section.attack_step_size <= 1.0,
             f"--attack_step_size must be in [0, 1], got {section.attack_step_size}",
+        ),
+        (
+            # A relative tolerance, so that eps / steps given as a rounded fraction passes.
+            not section.attack_must_reach_eps or steps == 0 or steps * step >= eps * (1 - 1e-6),
+            f"--attack_steps={steps} x --attack_step_size={step:.6g} = {steps * step:.6g} < --eps={eps:.6g}: "
+            f"the training attack can never reach eps; give --attack_step_size >= eps / steps = "
+            f"{eps / max(steps, 1):.6g}, or --noattack_must_reach_eps to keep it",
         ),
     ]
 
@@ -1178,7 +1281,9 @@ class AdvGANFinetuneConfig:
     (inference mode). Exports the class head as a classifier.
     """
 
-    RESUMABLE: ClassVar[FrozenSet[str]] = frozenset()
+    RESUMABLE: ClassVar[FrozenSet[str]] = frozenset({"attack_must_reach_eps"})
+    # What runs written before these fields did (every co-training run then was legacy).
+    MISSING_FIELD_VALUES: ClassVar[Dict[str, Any]] = {"advgan_discriminator": "legacy"}
 
     init_from: Optional[str] = flag_field(
         None,
@@ -1193,12 +1298,16 @@ class AdvGANFinetuneConfig:
     )
     eps: float = _advgan_attack_fields()["eps"]
     attack_steps: int = _advgan_attack_fields()["attack_steps"]
-    attack_step_size: float = _advgan_attack_fields()["attack_step_size"]
+    attack_step_size: float = _advgan_attack_fields(8.0 / 1275.0)["attack_step_size"]
     attack_random_start: bool = _advgan_attack_fields()["attack_random_start"]
+    attack_must_reach_eps: bool = _advgan_attack_fields()["attack_must_reach_eps"]
+    # None: the --init_from run's (filled by derive when that run can be read); given, it must be the run's.
+    advgan_discriminator: Optional[str] = _advgan_discriminator_field(None)
 
     @staticmethod
     def derive(values: Dict[str, Any]) -> Dict[str, Any]:
-        """Makes --init_from absolute; fills the attack's step (eps/5) and random start (on)."""
+        """Makes --init_from absolute; fills the attack's step (eps/5) and random start (on) and the
+        discriminator (the --init_from run's, when it can be read; a conflict is left to ``validate``)."""
         out = dict(values)
         if out.get("init_from"):
             out["init_from"] = os.path.abspath(out["init_from"])
@@ -1206,6 +1315,13 @@ class AdvGANFinetuneConfig:
             out["attack_step_size"] = out["eps"] / 5
         if out.get("attack_random_start") is None:
             out["attack_random_start"] = True
+        if out.get("advgan_discriminator") is None and out.get("init_from"):
+            try:
+                section = AdvGANFinetuneConfig(init_from=out["init_from"]).cotraining_section()
+            except ValueError:
+                pass  # validate says what is wrong with --init_from
+            else:
+                out["advgan_discriminator"] = section.advgan_discriminator
         return out
 
     def init_run_config(self) -> dict:
@@ -1232,6 +1348,20 @@ class AdvGANFinetuneConfig:
         if not isinstance(stored, dict):
             raise ValueError(f"--init_from={self.init_from}: {path} holds no JSON object")
         return stored
+
+    def cotraining_section(self) -> "AdvGANConfig":
+        """The ``advgan`` section of the ``init_from`` run (fields it lacks: ``MISSING_FIELD_VALUES``).
+
+        Raises:
+          ValueError: as ``init_run_config``, or a section this version cannot read.
+        """
+        stored = upgrade_config_dict(self.init_run_config())
+        try:
+            return _build(AdvGANConfig, stored.get(stored.get("mode", "advgan")) or {})
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"--init_from={self.init_from}: its co-training section cannot be read ({e})"
+            ) from e
 
     def validate(self, config: "ExperimentConfig") -> None:
         _check(
@@ -1262,6 +1392,13 @@ class AdvGANFinetuneConfig:
             raise ValueError(
                 f"--init_from={self.init_from} has no checkpoint yet ({checkpoints}); train it first"
             )
+        trained = self.cotraining_section().advgan_discriminator
+        if self.advgan_discriminator not in (None, trained):
+            raise ValueError(
+                f"--advgan_discriminator={self.advgan_discriminator} but --init_from={self.init_from} was "
+                f"co-trained with --advgan_discriminator={trained}; fine-tuning keeps the co-trained network: "
+                "drop the flag"
+            )
 
 
 MODE_SECTIONS.update(
@@ -1269,14 +1406,15 @@ MODE_SECTIONS.update(
 )
 # [paper] SN-GAN's settings, which the paper keeps: Adam 2e-4 (betas in the
 # section), batch 64, no weight decay; no augmentation unless asked.
-# Fine-tuning: [code] Adam 1e-3, batch 128, staged epochs 40/20/20/10 with
-# lr / 10 at each stage.
+# Fine-tuning: [authors' code] finetune.py: Adam 1e-3, batch 128, staged
+# epochs 20/20/10/10 with lr / 10 after each stage (an earlier finetune.py
+# had 40/20/20/10): boundaries at 20/60, 40/60 and 50/60 of the run.
 MODE_PRESETS.update(
     {
         "advgan": dict(learning_rate=2e-4, lr_boundaries=(), weight_decay=0.0, batch_size=64, augment=False),
         "advgan_finetune": dict(
             learning_rate=1e-3,
-            lr_boundaries=(4 / 9, 6 / 9, 8 / 9),
+            lr_boundaries=(20 / 60, 40 / 60, 50 / 60),
             lr_decay=0.1,
             weight_decay=0.0,
             batch_size=128,

@@ -171,7 +171,7 @@ ADVGAN_FIELDS = dict(
     eval_pgd_examples=8,
     eps=0.1,
     attack_steps=2,
-    attack_step_size=0.025,
+    attack_step_size=0.05,  # 2 steps reach eps (--attack_must_reach_eps)
 )
 
 
@@ -365,14 +365,31 @@ def test_finetune_refuses_a_missing_or_wrong_init_run(run_main, tiny_data_dir, t
     [
         (
             "cifar10_advgan",
-            dict(class_loss="split", eps=8 / 255, attack_step_size=1 / 256, advgan_disc_steps=5),
+            dict(
+                class_loss="split",
+                eps=8 / 255,
+                attack_step_size=4 / 255,  # 2.5 eps / 5 (Madry et al.'s rule)
+                advgan_disc_steps=5,
+                advgan_discriminator="sngan",
+                advgan_loss_weights="paper",
+                dequantize_noise=1 / 256,
+            ),
         ),
         ("cifar10_advgan_acgan", dict(class_loss="acgan", attack_random_start=False, adam_beta1=0.0)),
         (
             "cifar10_advgan_finetune",
             dict(lambda_fake=0.5, attack_step_size=8 / 255 / 5, attack_random_start=True),
         ),
-        ("cpu_advgan", dict(class_loss="split", eps=0.1, attack_step_size=0.0125, gan_channels=32)),
+        (
+            "cpu_advgan",
+            dict(
+                class_loss="split",
+                eps=0.1,
+                attack_step_size=0.05,
+                gan_channels=32,
+                advgan_discriminator="sngan",
+            ),
+        ),
         ("cpu_advgan_acgan", dict(class_loss="acgan", train_steps=1200)),
         ("cpu_advgan_finetune", dict(eps=0.1, attack_step_size=0.02, batch_size=128, learning_rate=1e-3)),
     ],
@@ -423,6 +440,9 @@ def _step_inputs(trainer, batch):
     """The step's attacked real and generated images (the seeds of ``replica_step`` at this step)."""
     real, labels = tf.cast(batch[0], tf.float32), tf.cast(batch[1], tf.int32)
     n = tf.shape(real)[0]
+    real = advgan_losses.dequantize(
+        real, trainer.params.dequantize_noise, trainer._seed(advgan_trainers._DEQUANTIZE_SEED)
+    )
     real_adv = trainer.attack(real, labels, trainer._seed(advgan_trainers._ATTACK_SEED))
     fake_labels = trainer._labels(n, advgan_trainers._LABEL_SEED)
     fake = trainer.generator([trainer._latent(n, advgan_trainers._LATENT_SEED), fake_labels], training=True)
@@ -430,12 +450,17 @@ def _step_inputs(trainer, batch):
 
 
 def _disc_gradients(trainer, batch, like=None):
-    """The gradients one discriminator update applies (weights copied from ``like`` first)."""
+    """The gradients one discriminator update applies (weights copied from ``like`` first).
+
+    ``like``'s weights as they were before its own step: sngan's step renormalises its kernels in
+    place (``advgan_models.spectral_normalize``) even where the update itself is not applied.
+    """
     from jarn_tf.trainers.gan import GANVariant
 
     if like is not None:
         for name in ("generator", "discriminator"):
-            trainer.networks[name].set_weights(like.networks[name].get_weights())
+            trainer.networks[name].set_weights(like.weights_before_step[name])
+    trainer.weights_before_step = {name: trainer.networks[name].get_weights() for name in trainer.networks}
     captured = []
     optimizer = trainer.optimizers["discriminator"]
     optimizer.apply_gradients = lambda pairs: captured.extend(g.numpy() for g, _ in pairs)
@@ -533,7 +558,8 @@ def test_ar_and_rfm_are_zero_when_the_source_head_ignores_its_input(tiny_data_di
         kernel.assign(tf.zeros_like(kernel))
         np.testing.assert_allclose(trainer.source_regularizer(real_adv, fake)[0].numpy(), expected, rtol=1e-6)
     # RFM's alpha ||w||^2 is on the source head's kernel.
-    trainer, batch = _cotrainer(tiny_data_dir, disc_reg="rfm", rfm_alpha=0.5)
+    # (legacy: its trunk starts with one conv; sngan's spectral norm would rescale the ones below.)
+    trainer, batch = _cotrainer(tiny_data_dir, disc_reg="rfm", rfm_alpha=0.5, advgan_discriminator="legacy")
     kernel = trainer.discriminator.get_layer("source").kernel
     kernel.assign(tf.ones_like(kernel))
     trunk = trainer.discriminator.get_layer("conv_in")
@@ -565,4 +591,350 @@ def test_disc_reg_flags_of_another_regulariser_are_refused_in_advgan(run_main, t
     assert (
         "--gp_weight applies to --disc_reg=gradient_penalty only, not --disc_reg=ar"
         in capsys.readouterr().err
+    )
+
+
+# -- issue 26: the paper's networks, the attack's reach, the authors' settings ----------------
+KINDS = ["sngan", "authors", "legacy"]
+
+
+def _layers_of(model, kind):
+    return [layer for layer in model.layers if type(layer).__name__ == kind]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    "shape, sides", [((28, 28, 1), [14, 7]), ((32, 32, 3), [16, 8])], ids=["28x28x1", "32x32x3"]
+)
+def test_each_discriminator_builds_with_its_layers_and_shapes(kind, shape, sides):
+    import keras
+
+    channels, k = 8, 10
+    disc = advgan_models.build_discriminator(shape, k, channels=channels, kind=kind)
+    names = [layer.name for layer in disc.layers]
+    adds = {layer.name: tuple(layer.output.shape[1:]) for layer in disc.layers if layer.name.endswith("_add")}
+    convs = [
+        layer for layer in disc.layers if isinstance(getattr(layer, "layer", layer), keras.layers.Conv2D)
+    ]
+    if kind == "legacy":
+        # Unchanged: conv stem, down-blocks as the generator's stages (32 -> 4), leaky ReLU, mean pooling.
+        legacy_sides = {28: [14, 7], 32: [16, 8, 4]}[shape[0]]
+        assert names[1] == "conv_in" and "final_lrelu" in names
+        assert [adds[f"down{i}_add"][0] for i in range(len(legacy_sides))] == legacy_sides
+        assert type(disc.get_layer("features")).__name__ == "GlobalAveragePooling2D"
+        assert not _layers_of(disc, "SpectralNormalization") and not _layers_of(disc, "BatchNormalization")
+        assert all(c.use_bias for c in convs)
+    else:
+        # The optimized block, then down-blocks to side <= 8 (pinned: 32 -> 16 -> 8, 28 -> 14 -> 7: two
+        # down-sampling stages), two blocks at that side, ReLU, global SUM pooling.
+        assert advgan_models.discriminator_sides(shape) == [shape[0]] + sides
+        assert advgan_models.discriminator_sides((64, 64, 3)) == [64, 32, 16, 8]
+        assert adds == {
+            "down0_add": (sides[0], sides[0], channels),
+            "down1_add": (sides[1], sides[1], channels),
+            "block0_add": (sides[1], sides[1], channels),
+            "block1_add": (sides[1], sides[1], channels),
+        }
+        assert "conv_in" not in names and not _layers_of(disc, "LeakyReLU") and "final_relu" in names
+        # 2 convs + a 1x1 shortcut in each down-sampling block, 2 convs in each of the other two.
+        assert len(convs) == 3 * 2 + 2 * 2
+        spectral, norms = _layers_of(disc, "SpectralNormalization"), _layers_of(disc, "BatchNormalization")
+        if kind == "sngan":
+            assert len(spectral) == len(convs) + 2 and not norms  # every conv and both heads
+            assert all(c.layer.use_bias for c in convs)  # SN-GAN's convs have biases
+            assert {"source", "classes"} <= {layer.name for layer in spectral}
+        else:
+            assert len(norms) == len(convs) and not spectral  # batch norm after every conv
+            assert not any(c.use_bias for c in convs)  # the authors' convs: bias=False
+        x = np.random.default_rng(0).uniform(size=(2, *shape)).astype(np.float32)
+        pooled = keras.Model(
+            disc.input, [disc.get_layer("final_relu").output, disc.get_layer("features").output]
+        )
+        before, features = (t.numpy() for t in pooled(x, training=False))
+        np.testing.assert_allclose(features, before.sum(axis=(1, 2)), rtol=1e-4, atol=1e-4)
+    source, logits = disc(np.zeros((2, *shape), np.float32), training=False)
+    assert tuple(source.shape) == (2, 1) and tuple(logits.shape) == (2, k)
+    assert tuple(disc.get_layer("features").output.shape) == (None, channels)
+    # The classifier view and the class-head variables the fine-tuning trains.
+    classifier = advgan_models.classifier_from_discriminator(disc)
+    assert tuple(classifier([np.zeros((1, *shape), np.float32)]).shape) == (1, k)
+    source_ids = {id(v) for v in disc.get_layer("source").trainable_variables}
+    head = advgan_models.class_head_variables(disc)
+    assert len(head) == len(disc.trainable_variables) - len(source_ids) and source_ids
+
+
+def _advgan_trainer(kind, dataset, **fields):
+    from jarn_tf import data, trainers
+
+    config = _config("advgan", "unused", dataset=dataset, advgan_discriminator=kind, **fields)
+    config.validate()
+    tf.keras.utils.set_random_seed(config.seed)
+    return trainers.build_trainer(config, data.dataset_info(dataset), tf.distribute.get_strategy())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dataset", ["fashion_mnist", "cifar10"], ids=["28x28x1", "32x32x3"])
+def test_each_discriminator_runs_a_cotraining_step(kind, dataset):
+    from jarn_tf.trainers.gan import GANVariant
+
+    trainer = _advgan_trainer(kind, dataset)
+    assert bool(advgan_models.spectral_layers(trainer.discriminator)) == (kind == "sngan")
+    assert bool(_layers_of(trainer.discriminator, "BatchNormalization")) == (kind == "authors")
+    shape = trainer.info.image_shape
+    rng = np.random.default_rng(0)
+    batch = (tf.constant(rng.uniform(size=(8, *shape)), tf.float32), tf.constant(rng.integers(0, 10, 8)))
+    before = [w.numpy().copy() for w in trainer.discriminator.trainable_weights]
+    g_before = [w.numpy().copy() for w in trainer.generator.trainable_weights]
+    out = trainer.replica_step(batch, GANVariant(update_generator=True))
+    assert {"d_loss", "g_loss"} <= set(out) and all(np.isfinite(float(v)) for v in out.values())
+    assert all(np.isfinite(v) for v in trainer.metrics.result().values())
+    changed = [
+        not np.array_equal(a, w.numpy()) for a, w in zip(before, trainer.discriminator.trainable_weights)
+    ]
+    assert all(changed), changed
+    assert any(
+        not np.array_equal(a, w.numpy()) for a, w in zip(g_before, trainer.generator.trainable_weights)
+    )
+
+
+def test_sngan_kernels_are_normalised_once_per_update_not_at_every_training_call():
+    import keras
+
+    # Keras' wrapper divides the kernel by its sigma estimate in place on every training-mode call.
+    wrapper = keras.layers.SpectralNormalization(keras.layers.Dense(3))
+    wrapper.build((None, 4))
+    wrapper.kernel.assign(3.0 * wrapper.kernel)
+    k0 = wrapper.kernel.numpy().copy()
+    wrapper(np.ones((1, 4), np.float32), training=False)
+    np.testing.assert_array_equal(wrapper.kernel.numpy(), k0)
+    wrapper(np.ones((1, 4), np.float32), training=True)
+    assert not np.allclose(wrapper.kernel.numpy(), k0)
+    # The trainer runs sngan's passes in inference mode and renormalises once, before each update:
+    # repeated, one power iteration each time, that brings every kernel's spectral norm to 1.
+    trainer = _advgan_trainer("sngan", "fashion_mnist")
+    spectral = advgan_models.spectral_layers(trainer.discriminator)
+    kernels = [layer.kernel.numpy().copy() for layer in spectral]
+    trainer.heads(np.zeros((2, 28, 28, 1), np.float32), training=True)
+    for layer, kernel in zip(spectral, kernels):
+        np.testing.assert_array_equal(layer.kernel.numpy(), kernel)
+    for _ in range(30):
+        trainer._renormalize()
+    for layer in spectral:
+        matrix = layer.kernel.numpy().reshape(-1, layer.kernel.shape[-1])
+        np.testing.assert_allclose(np.linalg.norm(matrix, 2), 1.0, rtol=0.02, err_msg=layer.name)
+
+
+def _resolve(args):
+    from absl import flags
+
+    from jarn_tf import flag_utils
+
+    fv = flags.FlagValues()
+    flag_utils.define_config_flags(fv)
+    fv(["x", "--dataset=fashion_mnist", *args])
+    return flag_utils.config_from_flags(fv)
+
+
+def test_cotraining_attack_step_defaults_to_madry_rule_and_refuses_one_that_cannot_reach_eps():
+    for args, step in (([], 0.05), (["--attack_steps=10"], 0.025), (["--eps=8/255"], 2.5 * (8 / 255) / 5)):
+        config = _resolve(["--mode=advgan", *args])
+        p = config.mode_config
+        assert p.attack_step_size == pytest.approx(step) and p.attack_steps * p.attack_step_size >= p.eps
+        config.validate()
+    # The authors' eps/8 steps: 5 of them cover 5/8 of eps.
+    config = _resolve(["--mode=advgan", "--attack_step_size=0.1/8"])
+    with pytest.raises(ValueError) as error:
+        config.validate()
+    message = str(error.value)
+    assert "\n" not in message and "can never reach eps" in message, message
+    assert "--attack_step_size >= eps / steps = 0.02" in message and "--noattack_must_reach_eps" in message
+    _resolve(["--mode=advgan", "--attack_step_size=0.1/8", "--noattack_must_reach_eps"]).validate()
+    _resolve(["--mode=advgan", "--attack_step_size=0.02"]).validate()  # exactly eps
+    _resolve(["--mode=advgan", "--attack_steps=0"]).validate()  # no attack
+    # In code, the sections' defaults reach eps too.
+    for section in (config_lib.AdvGANConfig(), config_lib.AdvGANFinetuneConfig()):
+        assert section.attack_steps * section.attack_step_size >= section.eps * (1 - 1e-6)
+
+
+@pytest.mark.parametrize("class_loss", ["split", "acgan"])
+@pytest.mark.parametrize("weights", ["paper", "authors"])
+def test_loss_weights_hand_values(weights, class_loss):
+    # (real source, real class, fake source, fake class) of D; (source, class) of G.
+    expected_weights = {
+        ("paper", "split"): (1, 1, 1, 0, 1, 1),
+        ("paper", "acgan"): (1, 1, 1, 1, 1, 1),
+        ("authors", "split"): (0.5, 0.5, 1, 0, 0.5, 0.5),  # train.py --our_loss (the README's)
+        ("authors", "acgan"): (0.5, 0.5, 0.5, 0.5, 0.5, 0.5),  # train.py without --our_loss
+    }[(weights, class_loss)]
+    wrs, wrc, wfs, wfc, wgs, wgc = expected_weights
+    d = advgan_losses.discriminator_losses(
+        tf.constant(S_REAL), tf.constant(C_REAL), tf.constant(Y_REAL),
+        tf.constant(S_FAKE), tf.constant(C_FAKE), tf.constant(Y_FAKE), class_loss, weights,
+    )["total"].numpy()  # fmt: skip
+    g = advgan_losses.generator_losses(
+        tf.constant(S_FAKE), tf.constant(C_FAKE), tf.constant(Y_FAKE), "non_saturating", weights
+    )["total"].numpy()
+    for i in range(2):
+        rs, fs = _sp(-S_REAL[i]), _sp(S_FAKE[i])
+        rc, fc = _xent(C_REAL[i], Y_REAL[i]), _xent(C_FAKE[i], Y_FAKE[i])
+        np.testing.assert_allclose(d[i], wrs * rs + wrc * rc + wfs * fs + wfc * fc, rtol=1e-6)
+        np.testing.assert_allclose(g[i], wgs * _sp(-S_FAKE[i]) + wgc * fc, rtol=1e-6)
+    # The fixed logits tell every weight apart: swapping any two different weights changes a total.
+    terms = [
+        [_sp(-S_REAL[i]), _xent(C_REAL[i], Y_REAL[i]), _sp(S_FAKE[i]), _xent(C_FAKE[i], Y_FAKE[i])]
+        for i in range(2)
+    ]
+    w = list(expected_weights[:4])
+    for a in range(4):
+        for b in range(a + 1, 4):
+            if w[a] != w[b]:
+                swapped = list(w)
+                swapped[a], swapped[b] = w[b], w[a]
+                assert any(abs(np.dot(swapped, t) - np.dot(w, t)) > 1e-3 for t in terms), (a, b)
+    # The table is what the trainer reads.
+    assert tuple(dataclasses.astuple(advgan_losses.loss_weights(weights, class_loss))) == expected_weights
+
+
+def test_dequantize_noise_is_in_range_and_deterministic_per_seed():
+    images = tf.constant(np.random.default_rng(0).uniform(size=(4, 8, 8, 3)), tf.float32)
+    seed = tf.constant([3, 31], tf.int64)
+    noise = 1 / 256
+    a = advgan_losses.dequantize(images, noise, seed).numpy()
+    delta = a - images.numpy()
+    assert delta.min() >= 0 and delta.max() < noise and delta.std() > noise / 10
+    np.testing.assert_allclose(delta.mean(), noise / 2, rtol=0.1)
+    np.testing.assert_array_equal(advgan_losses.dequantize(images, noise, seed).numpy(), a)
+    assert not np.array_equal(
+        advgan_losses.dequantize(images, noise, tf.constant([4, 31], tf.int64)).numpy(), a
+    )
+    np.testing.assert_array_equal(advgan_losses.dequantize(images, 0.0, seed).numpy(), images.numpy())
+
+
+@pytest.mark.parametrize("noise", [1 / 256, 0.0])
+def test_cotraining_attacks_the_dequantized_real_images(noise, tiny_data_dir):
+    from jarn_tf.trainers.gan import GANVariant
+
+    trainer, batch = _cotrainer(tiny_data_dir, dequantize_noise=noise)
+    seen = []
+    attack = trainer.attack
+    trainer.attack = lambda images, labels, seed=None: seen.append(images) or attack(images, labels, seed)
+    trainer.replica_step(batch, GANVariant(update_generator=False))
+    delta = seen[0].numpy() - batch[0].numpy()
+    assert delta.min() >= 0 and delta.max() < max(noise, 1e-12)
+    assert (delta.max() > 0) == (noise > 0)
+    expected = advgan_losses.dequantize(
+        batch[0], noise, trainer._seed(advgan_trainers._DEQUANTIZE_SEED)
+    ).numpy()  # the trainer's seed of this step: deterministic, resumable
+    np.testing.assert_array_equal(seen[0].numpy(), expected)
+
+
+@pytest.mark.parametrize("kind", ["sngan", "legacy"])
+def test_attack_gain_compares_attacked_and_clean_images_under_one_discriminator(kind, tiny_data_dir):
+    from jarn_tf.trainers.gan import GANVariant
+
+    # A large learning rate: the update moves the discriminator far enough to tell the weights apart.
+    trainer, batch = _cotrainer(tiny_data_dir, advgan_discriminator=kind, learning_rate=0.05)
+    weights = {name: net.get_weights() for name, net in trainer.networks.items()}
+    real, labels = tf.cast(batch[0], tf.float32), tf.cast(batch[1], tf.int32)
+
+    def objective(x):
+        return advgan_losses.attack_objective(*trainer.heads(x, training=False), labels).numpy()
+
+    # What the step does before its update: renormalise (sngan), dequantise, attack.
+    trainer._renormalize()
+    real = advgan_losses.dequantize(
+        real, trainer.params.dequantize_noise, trainer._seed(advgan_trainers._DEQUANTIZE_SEED)
+    )
+    real_adv = trainer.attack(real, labels, trainer._seed(advgan_trainers._ATTACK_SEED))
+    adv_before, clean_before = objective(real_adv), objective(real)
+    expected = np.mean(adv_before - clean_before)
+    assert expected > 0
+    for name, net in trainer.networks.items():
+        net.set_weights(weights[name])
+    trainer.replica_step(batch, GANVariant(update_generator=False))
+    logged = trainer.metrics.result()["train/attack_gain"]
+    np.testing.assert_allclose(logged, expected, rtol=1e-4)
+    # A gain mixing the weights before and after the update is another number.
+    adv_after, clean_after = objective(real_adv), objective(real)
+    for mixed in (np.mean(adv_before - clean_after), np.mean(adv_after - clean_before)):
+        assert abs(mixed - expected) > 0.1 * abs(expected) + 1e-3, (mixed, expected)
+
+
+def _strip_new_fields(model_dir):
+    """Makes model_dir/config.json look written before issue 26 (no new advgan fields)."""
+    path = os.path.join(model_dir, "config.json")
+    stored = json.load(open(path))
+    for name in ("advgan_discriminator", "advgan_loss_weights", "dequantize_noise", "attack_must_reach_eps"):
+        stored["advgan"].pop(name)
+    json.dump(stored, open(path, "w"))
+    return stored
+
+
+def test_an_old_config_without_the_new_fields_is_a_legacy_run(tiny_data_dir, tmp_path, run_main, capsys):
+    old = {"mode": "advgan", "seed": 0, "advgan": {"eps": 0.1, "attack_step_size": 0.0125}}
+    section = config_lib.ExperimentConfig.from_dict(old).mode_config
+    assert (section.advgan_discriminator, section.dequantize_noise, section.advgan_loss_weights) == (
+        "legacy",
+        0.0,
+        "paper",
+    )
+    # A legacy run written without the fields resumes with the settings it had, and only with them.
+    model_dir = str(tmp_path / "old")
+    legacy = _config("advgan", tiny_data_dir, advgan_discriminator="legacy", dequantize_noise=0.0)
+    train_lib.train(legacy, model_dir, eval_examples=0, stop_after=2, verbose=0)
+    stored = _strip_new_fields(model_dir)
+    assert config_lib.config_differences(stored, legacy.to_dict()) == []
+    with pytest.raises(ValueError, match="advgan.advgan_discriminator: 'legacy' -> 'sngan'"):
+        train_lib.train(config_lib.with_fields(legacy, advgan_discriminator="sngan"), model_dir, verbose=0)
+    with pytest.raises(ValueError, match=r"advgan.dequantize_noise: 0.0 -> 0.0039"):
+        train_lib.train(config_lib.with_fields(legacy, dequantize_noise=1 / 256), model_dir, verbose=0)
+    resumed = train_lib.train(legacy, model_dir, eval_examples=0, verbose=0)
+    assert (resumed.start_step, resumed.step) == (2, 4)
+    # Fine-tuning from it builds the legacy network (the co-trained weights load) and refuses another one.
+    from jarn_tf import data, trainers
+
+    ft = config_lib.AdvGANFinetuneConfig(init_from=model_dir)
+    assert ft.cotraining_section().advgan_discriminator == "legacy"
+    assert config_lib.AdvGANFinetuneConfig.derive(dict(init_from=model_dir, eps=0.1))[
+        "advgan_discriminator"
+    ] == ("legacy")
+    ft_config = _config("advgan_finetune", tiny_data_dir, init_from=model_dir)
+    ft_config.validate()
+    finetuner = trainers.build_trainer(
+        ft_config, data.dataset_info("fashion_mnist"), tf.distribute.get_strategy()
+    )
+    assert finetuner.init_checkpoint.endswith("ckpt-4")
+    assert finetuner.discriminator.get_layer("conv_in") and not advgan_models.spectral_layers(
+        finetuner.discriminator
+    )
+    args = [
+        "--mode=advgan_finetune",
+        "--dataset=fashion_mnist",
+        "--nodownload",
+        f"--data_dir={tiny_data_dir}",
+    ]
+    args += ["--train_steps=1", "--eval_every=0"]  # should the refusal break, a short run, not a long one
+    out_dir = tmp_path / "ft"
+    assert (
+        run_main(
+            args + [f"--init_from={model_dir}", "--advgan_discriminator=sngan", f"--model_dir={out_dir}"]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert (
+        "--advgan_discriminator=sngan but --init_from=" in err and "with --advgan_discriminator=legacy" in err
+    )
+    assert not os.path.exists(out_dir)
+
+
+def test_finetune_builds_the_cotraining_runs_discriminator(finetuned):
+    model_dir, init, first, _, _ = finetuned
+    stored = json.load(open(os.path.join(init, "config.json")))
+    assert stored["advgan"]["advgan_discriminator"] == "sngan"  # the co-training default
+    assert advgan_models.spectral_layers(first.trainer.discriminator)
+    # Built in code without the field: None, "the --init_from run's" (the flags fill it in, see derive).
+    assert (
+        json.load(open(os.path.join(model_dir, "config.json")))["advgan_finetune"]["advgan_discriminator"]
+        is None
     )

@@ -2,14 +2,23 @@
 
 ``AdvGANTrainer`` (``--mode=advgan``, alias ``robgan``) co-trains the
 class-conditional generator and the two-head discriminator of
-``jarn_tf.advgan_models``: every step attacks the real batch with PGD
+``jarn_tf.advgan_models`` (``--advgan_discriminator``): every step adds
+``--dequantize_noise`` U(0, noise) to the real batch
+(``advgan_losses.dequantize``), attacks it with PGD
 (``advgan_losses.cotraining_attack``: maximise -log P(real | x) - log P(y |
 x), ``--attack_steps`` sign steps of ``--attack_step_size`` within
 ``--eps``), then updates the discriminator on eq. 9 (or eq. 8 with
-``--class_loss=acgan``); the generator is updated after every
-``--advgan_disc_steps``-th discriminator update (a step variant, as in the
-``gan`` mode). Both networks use Adam with betas ``--adam_beta1/2``. The
-export is the conditional generator (``advgan_export``).
+``--class_loss=acgan``), its terms weighted by ``--advgan_loss_weights``;
+the generator is updated after every ``--advgan_disc_steps``-th
+discriminator update (a step variant, as in the ``gan`` mode). Both networks
+use Adam with betas ``--adam_beta1/2``. The export is the conditional
+generator (``advgan_export``).
+
+``train/attack_gain`` is what the attack won, with ONE discriminator: the
+attack objective (``advgan_losses.attack_objective``) of the attacked real
+images minus that of the real images it started from, both under the
+weights the attack saw (before this step's update) and in inference mode,
+as the attack ran.
 
 ``--disc_reg`` puts the ``gan`` mode's robust-discriminator regularisers
 (``gan_losses.regularizer_value``) on the real/fake (source) head, their
@@ -30,16 +39,19 @@ loss, softplus(D(x_adv)) + softplus(-D(G)), is exactly eq. 9's source term
   instance_noise    Gaussian noise on both of D's inputs (x_adv after the
                     attack, which sees clean images, and G) in D's step, and
                     on G in the generator's step; the training metrics of D
-                    (``p_real_*``, ``attack_gain``) then see noisy inputs
+                    (``p_real_*``, accuracies) then see noisy inputs
+                    (``attack_gain`` does not: it is the attack's own view)
 
 ``--reg_target=loss`` (ar, gradient_penalty) regularises f(D) = log P(S =
 fake | x) instead of D. The class head's losses are not regularised.
 
 ``AdvGANFinetuneTrainer`` (``--mode=advgan_finetune``) starts from the
-newest checkpoint of the ``--init_from`` co-training run and trains the
-discriminator's trunk and class head on eq. 10: xent on PGD-attacked real
-images plus ``--lambda_fake`` times xent on PGD-attacked generated images
-(the generator frozen, in inference mode). The export is the class head as
+newest checkpoint of the ``--init_from`` co-training run (its network:
+the run's ``--advgan_discriminator``, sngan's kernels renormalised once per
+step as in co-training; no dequantisation noise, as the authors'
+finetune.py) and trains the discriminator's trunk and class head on eq. 10:
+xent on PGD-attacked real images plus ``--lambda_fake`` times xent on
+PGD-attacked generated images (the generator frozen, in inference mode). The export is the class head as
 a classifier (``export.export_classifier``), which ``jarn_tf.evaluate``
 attacks like any other.
 """
@@ -70,6 +82,7 @@ _FIXED_LATENT_SEED = 27
 _EVAL_SEED = 28
 _NOISE_SEED = 29
 _PENALTY_SEED = 30
+_DEQUANTIZE_SEED = 31
 GRID_COLUMNS = 8
 
 
@@ -130,8 +143,10 @@ class AdvGANTrainer(_ConditionalSampling, Trainer):
         self.networks["generator"] = generators["conditional"]
         self.marginal_generator = generators["marginal"]  # the same weights
         self.networks["discriminator"] = advgan_models.build_discriminator(
-            info.image_shape, info.num_classes, p.gan_channels
+            info.image_shape, info.num_classes, p.gan_channels, kind=p.advgan_discriminator
         )
+        # sngan: renormalised once before each update (advgan_models.spectral_normalize), not per call.
+        self._spectral = advgan_models.spectral_layers(self.discriminator)
         self._with_features, self._w = None, None
         if p.disc_reg == "rfm":
             # The trunk's pooled features beside both heads (same layers and variables), and w of RFM's
@@ -169,9 +184,21 @@ class AdvGANTrainer(_ConditionalSampling, Trainer):
     def learning_rates(self) -> Dict[str, float]:
         return {"train/learning_rate": float(self.schedule(self.step))}
 
+    def _training(self, training: bool) -> bool:
+        """Keras' training flag of a discriminator pass: sngan's passes run in inference mode (its only
+        training-mode behaviour, renormalising, is done once per update by ``_renormalize``)."""
+        return training and not self._spectral
+
+    def _renormalize(self) -> None:
+        """sngan: one power iteration and kernel / sigma, before an update that uses the discriminator."""
+        advgan_models.spectral_normalize(self._spectral)
+
     def heads(self, x: tf.Tensor, training: bool = False) -> Tuple[tf.Tensor, tf.Tensor]:
-        """(source logits [N], class logits [N, K]) of the discriminator."""
-        source, logits = self.discriminator(x, training=training)
+        """(source logits [N], class logits [N, K]) of the discriminator.
+
+        ``training``: batch norm's batch statistics (authors); sngan ignores it (``_training``).
+        """
+        source, logits = self.discriminator(x, training=self._training(training))
         return tf.reshape(tf.cast(source, tf.float32), [-1]), tf.cast(logits, tf.float32)
 
     def attack(self, images: tf.Tensor, labels: tf.Tensor, seed: Optional[tf.Tensor] = None) -> tf.Tensor:
@@ -188,13 +215,20 @@ class AdvGANTrainer(_ConditionalSampling, Trainer):
             seed=seed,
         )
 
+    def attack_gain(self, real: tf.Tensor, real_adv: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        """Per example: attack objective at ``real_adv`` minus at ``real``, one discriminator, inference mode."""
+        n = tf.shape(real)[0]
+        source, logits = self.heads(tf.concat([real, real_adv], 0), training=False)
+        objective = advgan_losses.attack_objective(source, logits, tf.concat([labels, labels], 0))
+        return objective[n:] - objective[:n]
+
     def _score(self, x: tf.Tensor) -> tf.Tensor:
         """D = -s(x), the source logit in ``gan_losses``' convention (high = generated), per example."""
         return -self.heads(x, training=True)[0]
 
     def _phi(self, x: tf.Tensor) -> tf.Tensor:
         """The trunk's pooled features (the input of both heads), for --disc_reg=rfm."""
-        return tf.cast(self._with_features(x, training=True)[2], tf.float32)
+        return tf.cast(self._with_features(x, training=self._training(True))[2], tf.float32)
 
     def _noisy(self, x: tf.Tensor, purpose: int) -> tf.Tensor:
         p = self.params
@@ -206,7 +240,7 @@ class AdvGANTrainer(_ConditionalSampling, Trainer):
         """(source logits, class logits, trunk features or None without rfm) of generated images."""
         if self._with_features is None:
             return (*self.heads(fake, training=True), None)
-        source, logits, features = self._with_features(fake, training=True)
+        source, logits, features = self._with_features(fake, training=self._training(True))
         source = tf.reshape(tf.cast(source, tf.float32), [-1])
         return source, tf.cast(logits, tf.float32), tf.cast(features, tf.float32)
 
@@ -252,7 +286,11 @@ class AdvGANTrainer(_ConditionalSampling, Trainer):
         labels = tf.cast(labels, tf.int32)
         n = tf.shape(real)[0]
         scale = 1.0 / self.global_batch_size
+        self._renormalize()  # sngan: the network this step's attack, losses and attack_gain see
+        real = advgan_losses.dequantize(real, p.dequantize_noise, self._seed(_DEQUANTIZE_SEED))
         real_adv = self.attack(real, labels, self._seed(_ATTACK_SEED))
+        # Before the update, under the weights (and mode) the attack saw.
+        attack_gain = self.attack_gain(real, real_adv, labels)
         fake_labels = self._labels(n, _LABEL_SEED)
         fake = tf.stop_gradient(self.generator([self._latent(n, _LATENT_SEED), fake_labels], training=True))
         d_vars = self.discriminator.trainable_variables
@@ -260,7 +298,14 @@ class AdvGANTrainer(_ConditionalSampling, Trainer):
             real_source, real_logits = self.heads(self._noisy(real_adv, _NOISE_SEED), training=True)
             fake_source, fake_logits, fake_features = self._fake_pass(self._noisy(fake, _NOISE_SEED + 100))
             parts = advgan_losses.discriminator_losses(
-                real_source, real_logits, labels, fake_source, fake_logits, fake_labels, p.class_loss
+                real_source,
+                real_logits,
+                labels,
+                fake_source,
+                fake_logits,
+                fake_labels,
+                p.class_loss,
+                p.advgan_loss_weights,
             )
             d_loss = tf.reduce_sum(parts["total"]) * scale
             d_total = d_loss + self._weight_decay(self.discriminator)
@@ -272,9 +317,6 @@ class AdvGANTrainer(_ConditionalSampling, Trainer):
                 d_total = d_total + weight * reg
         grads = tape.gradient(d_total, d_vars)
         self.optimizers["discriminator"].apply_gradients(zip(grads, d_vars))
-        clean_source, clean_logits = self.heads(real, training=False)
-        before = advgan_losses.attack_objective(clean_source, clean_logits, labels)
-        after = advgan_losses.attack_objective(real_source, real_logits, labels)
         values = {
             "train/d_loss": parts["total"],
             "train/source_loss": parts["source"],
@@ -284,20 +326,21 @@ class AdvGANTrainer(_ConditionalSampling, Trainer):
             "train/fake_accuracy": _accuracy(fake_logits, fake_labels),
             "train/p_real_real": tf.sigmoid(real_source),
             "train/p_real_fake": tf.sigmoid(fake_source),
-            "train/attack_gain": after - before,
+            "train/attack_gain": attack_gain,
         }
         out = {"d_loss": d_loss}
         if p.disc_reg != "none":
             values["train/regularizer"] = reg_i
             out["regularizer"] = reg
         if variant.update_generator:
+            self._renormalize()  # sngan: the updated discriminator, normalised (SN-GAN's training-mode pass)
             g_vars = self.generator.trainable_variables
             gen_labels = self._labels(n, _GEN_LABEL_SEED)
             with tf.GradientTape() as tape:
                 generated = self.generator([self._latent(n, _GEN_LATENT_SEED), gen_labels], training=True)
                 gen_source, gen_logits = self.heads(self._noisy(generated, _NOISE_SEED + 200), training=True)
                 g_parts = advgan_losses.generator_losses(
-                    gen_source, gen_logits, gen_labels, p.gan_generator_loss
+                    gen_source, gen_logits, gen_labels, p.gan_generator_loss, p.advgan_loss_weights
                 )
                 g_loss = tf.reduce_sum(g_parts["total"]) * scale
                 g_total = g_loss + self._weight_decay(self.generator)
@@ -476,21 +519,22 @@ class AdvGANFinetuneTrainer(_ConditionalSampling, Trainer):
         super().__init__(config, info, strategy)
         self.params: AdvGANFinetuneConfig = config.mode_config
         p, o = self.params, config.optimizer
-        init = p.init_run_config()
-        self.init_config = init
-        cotraining = init.get(init.get("mode", "advgan")) or {}
-        defaults = AdvGANConfig()
-        self.latent_dim = int(cotraining.get("latent_dim", defaults.latent_dim))
-        channels = int(cotraining.get("gan_channels", defaults.gan_channels))
+        self.init_config = p.init_run_config()
+        # The co-training run's networks (a config.json without --advgan_discriminator: legacy).
+        cotraining = p.cotraining_section()
+        self.latent_dim = cotraining.latent_dim
+        channels = cotraining.gan_channels
         generators = advgan_models.build_generators(
             self.latent_dim, info.image_shape, info.num_classes, channels
         )
         self.networks["discriminator"] = advgan_models.build_discriminator(
-            info.image_shape, info.num_classes, channels
+            info.image_shape, info.num_classes, channels, kind=cotraining.advgan_discriminator
         )
         self.networks["generator"] = generators["conditional"]  # frozen: no optimizer
         self.classifier = advgan_models.classifier_from_discriminator(self.discriminator)
         self._train_vars = advgan_models.class_head_variables(self.discriminator)
+        # sngan: the trunk's and class head's wrappers, renormalised once per step (as co-training).
+        self._spectral = advgan_models.spectral_layers(self.classifier)
         self.schedule = learning_rate_schedule(o.learning_rate, o.lr_boundaries, o.lr_decay, o.train_steps)
         # [code] Adam at 1e-3 with PyTorch's default betas (0.9, 0.999).
         self.optimizers["discriminator"] = keras.optimizers.Adam(
@@ -539,6 +583,7 @@ class AdvGANFinetuneTrainer(_ConditionalSampling, Trainer):
         labels = tf.cast(labels, tf.int32)
         n = tf.shape(real)[0]
         scale = 1.0 / self.global_batch_size
+        advgan_models.spectral_normalize(self._spectral)
         real_adv = self._attack(real, labels, _ATTACK_SEED)
         fake_labels = tf.random.stateless_uniform(
             tf.reshape(n, [1]),
@@ -552,8 +597,9 @@ class AdvGANFinetuneTrainer(_ConditionalSampling, Trainer):
         # lambda 0 (plain PGD-AT of the class head): the generated images weigh nothing; skip their attack.
         fake_adv = self._attack(fake, fake_labels, _FAKE_ATTACK_SEED) if p.lambda_fake > 0 else fake
         with tf.GradientTape() as tape:
-            real_logits = tf.cast(self.classifier(real_adv, training=True), tf.float32)
-            fake_logits = tf.cast(self.classifier(fake_adv, training=True), tf.float32)
+            training = not self._spectral  # batch norm's batch statistics (authors); sngan: see __init__
+            real_logits = tf.cast(self.classifier(real_adv, training=training), tf.float32)
+            fake_logits = tf.cast(self.classifier(fake_adv, training=training), tf.float32)
             parts = advgan_losses.finetune_loss(real_logits, labels, fake_logits, fake_labels, p.lambda_fake)
             loss = tf.reduce_sum(parts["total"]) * scale
             total = loss + self._weight_decay(self.classifier)
