@@ -51,6 +51,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from jarn_tf.paper import load_json
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The paper's pool (section 5). Filters are mapped to the CPU scale by CPU_FILTERS.
@@ -205,18 +207,10 @@ def summarise(fcd: Sequence[Dict[str, float]], regs: Sequence[str]) -> Dict[str,
     }
 
 
-def _read_json(path: str) -> Optional[Dict[str, Any]]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def run_result(model_dir: str) -> Optional[Dict[str, Any]]:
     """FCD, classifier score and wall time of a finished run; ``diverged`` when it stopped on NaN."""
-    meta = _read_json(os.path.join(model_dir, "export", "metadata.json"))
-    timing = _read_json(model_dir + ".time.json") or {}
+    meta = load_json(os.path.join(model_dir, "export", "metadata.json"))
+    timing = load_json(model_dir + ".time.json") or {}
     if meta and meta.get("fcd"):
         return {
             "fcd": float(meta["fcd"]["value"]),
@@ -397,7 +391,7 @@ def main(argv: Sequence[str], out=print) -> int:
         setups = sample_setups(args.setups, args.seed)
         settings = _settings(args, regs)
         study_file = os.path.join(args.output_dir, "study.json")
-        previous = _read_json(study_file)
+        previous = load_json(study_file)
         if previous is not None:
             previous.setdefault("scale", "cpu")  # studies written before --scale existed
         if previous is not None and previous != json.loads(json.dumps(settings)):
