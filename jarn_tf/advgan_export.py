@@ -16,6 +16,13 @@
                                ``jarn_tf.evaluate_gan`` samples from).
   conditional_generator.keras  (latent, labels) -> images, the same weights.
   metadata.json, samples.png   (one row of the grid per class).
+  class_head/                  (co-training runs) the discriminator's trunk and
+                               class head as a classifier export
+                               (``export.export_classifier``'s layout:
+                               saved_model/, classifier.keras, metadata.json),
+                               the class head BEFORE fine-tuning (Rob-GAN's
+                               Figure 5): ``python -m jarn_tf.evaluate
+                               --model=<run>/export/class_head`` attacks it.
 
 Both .keras models use stock Keras layers only (class-conditional batch norm
 is BatchNormalization + Embedding gains and biases; the class choice is a
@@ -33,6 +40,7 @@ import tensorflow as tf
 from jarn_tf import export
 
 CONDITIONAL_KERAS_FILE = "conditional_generator.keras"
+CLASS_HEAD_DIR = "class_head"
 
 
 class ConditionalGeneratorServingModule(tf.Module):
@@ -69,6 +77,8 @@ def export_conditional_generator(
     image_shape: Sequence[int],
     metadata: Optional[Mapping[str, Any]] = None,
     samples_png: Optional[bytes] = None,
+    class_head: Optional[keras.Model] = None,
+    class_head_metadata: Optional[Mapping[str, Any]] = None,
 ) -> str:
     """Writes a conditional generator export (see the module docstring).
 
@@ -81,6 +91,10 @@ def export_conditional_generator(
       image_shape: (H, W, C).
       metadata: facts of the run.
       samples_png: a PNG of samples, written as samples.png.
+      class_head: images -> class logits, written as the classifier export
+        ``class_head/`` (in the same swap as the rest).
+      class_head_metadata: facts for ``class_head/metadata.json`` (besides
+        the classifier export's own).
 
     Returns:
       The export directory.
@@ -118,6 +132,10 @@ def export_conditional_generator(
         if samples_png is not None:
             with open(os.path.join(tmp, export.SAMPLES_FILE), "wb") as f:
                 f.write(samples_png)
+        if class_head is not None:
+            export.write_classifier_files(
+                class_head, os.path.join(tmp, CLASS_HEAD_DIR), image_shape, class_head_metadata
+            )
 
     export._write_export(final, write, payload)
     return export_dir

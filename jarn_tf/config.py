@@ -1019,7 +1019,8 @@ def read_config(path: str) -> dict:
 # Adversarial Networks"): co-training of a class-conditional generator and a
 # two-head discriminator on PGD-attacked real images (``advgan``, alias
 # ``robgan``), then fine-tuning of the discriminator's class head
-# (``advgan_finetune``).
+# (``advgan_finetune``); the paper's baseline, PGD-AT of the same class head
+# from scratch (``advgan_pgd_at``).
 
 # How the discriminator's class loss is split: eq. 9 (the paper's: D's class
 # loss on attacked real images only) or eq. 8 (AC-GAN: on real and generated).
@@ -1059,7 +1060,7 @@ def _advgan_attack_fields(step: float = 4.0 / 255.0) -> Dict[str, Any]:
             5,
             "PGD steps of the training attack: on real images in --mode=advgan (paper: 5; 0 = no attack, "
             "the ablation without adversarial training), on real and generated images in "
-            "--mode=advgan_finetune (authors' code: 5).",
+            "--mode=advgan_finetune (authors' code: 5) and on real images in --mode=advgan_pgd_at.",
             lower=0,
         ),
         attack_step_size=image_fraction(
@@ -1068,12 +1069,12 @@ def _advgan_attack_fields(step: float = 4.0 / 255.0) -> Dict[str, Any]:
             "--mode=advgan ([ours], Madry et al.'s rule, so that the attack can reach eps: eps/2 for 5 "
             "steps); [authors' code]: 0.0078 against eps 0.0625 in [-1, 1] units, i.e. eps/8, whose 5 steps "
             "cover only 5/8 of eps (--attack_step_size=<eps>/8 --noattack_must_reach_eps). eps/5 in "
-            "--mode=advgan_finetune ([authors' code]).",
+            "--mode=advgan_finetune ([authors' code]) and --mode=advgan_pgd_at (the fine-tuning's).",
         ),
         attack_random_start=flag_field(
             False,
             "Start the training PGD from a uniform point of the eps-ball. Default: off in --mode=advgan "
-            "(authors' code), on in --mode=advgan_finetune (ours, as PGD-AT).",
+            "(authors' code), on in --mode=advgan_finetune and --mode=advgan_pgd_at (ours, as PGD-AT).",
             flag_default=None,
         ),
         attack_must_reach_eps=flag_field(
@@ -1094,7 +1095,8 @@ def _advgan_discriminator_field(default: Optional[str]) -> Any:
         "authors ([authors' code] ResNetAC(bn=True): the same blocks with batch norm after every conv, no "
         "spectral norm); legacy ([ours] the network of runs written before this flag: conv stem, leaky "
         "ReLU 0.2, no normalisation, global average pooling; an older config.json without the flag is "
-        "legacy). --mode=advgan_finetune takes the --init_from run's and refuses another.",
+        "legacy). --mode=advgan_finetune takes the --init_from run's and refuses another; --mode=advgan_pgd_at "
+        "trains this network's trunk and class head from scratch.",
         choices=ADVGAN_DISCRIMINATORS,
         flag_default=None,
     )
@@ -1401,8 +1403,70 @@ class AdvGANFinetuneConfig:
             )
 
 
+@dataclasses.dataclass(frozen=True)
+class AdvGANPGDATConfig:
+    """The ``advgan_pgd_at`` mode: the paper's baseline, PGD-AT of the discriminator's own classifier.
+
+    Rob-GAN's Table 1 compares with Madry et al.'s adversarial training
+    "keeping hyperparameters and network structure unchanged" [paper]. This
+    mode trains, from scratch, the network ``--mode=advgan_finetune`` exports
+    (the trunk and class head of ``--advgan_discriminator`` at width
+    ``--gan_channels``) on PGD-attacked real images only: eq. 10 with lambda
+    = 0 and no co-training. The attack, optimizer and schedule default to the
+    fine-tuning's ([authors' code] finetune.py: PGD-5 of step eps/5, Adam
+    1e-3, batch 128, lr / 10 at 20/60, 40/60 and 50/60 of the run; [ours]
+    random start). Give it the co-training flagfile's network and eps (the
+    ``flags/*_advgan_network.cfg`` both include) and as many real images as
+    co-training and fine-tuning saw together (``--train_steps``).
+    """
+
+    RESUMABLE: ClassVar[FrozenSet[str]] = frozenset({"attack_must_reach_eps"})
+
+    eps: float = _advgan_attack_fields()["eps"]
+    attack_steps: int = _advgan_attack_fields()["attack_steps"]
+    attack_step_size: float = _advgan_attack_fields(8.0 / 1275.0)["attack_step_size"]
+    attack_random_start: bool = _advgan_attack_fields()["attack_random_start"]
+    attack_must_reach_eps: bool = _advgan_attack_fields()["attack_must_reach_eps"]
+    advgan_discriminator: str = _advgan_discriminator_field("sngan")
+    gan_channels: int = _gan_fields()["gan_channels"]
+
+    @staticmethod
+    def derive(values: Dict[str, Any]) -> Dict[str, Any]:
+        """Fills the attack's step (eps/5, the fine-tuning's), its random start (on) and the network (sngan)."""
+        out = dict(values)
+        if out.get("attack_step_size") is None:
+            out["attack_step_size"] = out["eps"] / 5
+        if out.get("attack_random_start") is None:
+            out["attack_random_start"] = True
+        if out.get("advgan_discriminator") is None:
+            out["advgan_discriminator"] = AdvGANPGDATConfig.advgan_discriminator
+        return out
+
+    def validate(self, config: "ExperimentConfig") -> None:
+        _check(
+            _advgan_attack_checks(self)
+            + [
+                (
+                    self.advgan_discriminator in ADVGAN_DISCRIMINATORS,
+                    f"--advgan_discriminator must be one of {ADVGAN_DISCRIMINATORS}, "
+                    f"got {self.advgan_discriminator!r}",
+                ),
+                (self.gan_channels >= 1, f"--gan_channels must be >= 1, got {self.gan_channels}"),
+                (
+                    config.model.mixed_precision == "none",
+                    "--mixed_precision is not supported by --mode=advgan_pgd_at yet",
+                ),
+            ]
+        )
+
+
 MODE_SECTIONS.update(
-    {"advgan": AdvGANConfig, "robgan": AdvGANConfig, "advgan_finetune": AdvGANFinetuneConfig}
+    {
+        "advgan": AdvGANConfig,
+        "robgan": AdvGANConfig,
+        "advgan_finetune": AdvGANFinetuneConfig,
+        "advgan_pgd_at": AdvGANPGDATConfig,
+    }
 )
 # [paper] SN-GAN's settings, which the paper keeps: Adam 2e-4 (betas in the
 # section), batch 64, no weight decay; no augmentation unless asked.
@@ -1422,6 +1486,7 @@ MODE_PRESETS.update(
     }
 )
 MODE_PRESETS["robgan"] = MODE_PRESETS["advgan"]
+MODE_PRESETS["advgan_pgd_at"] = MODE_PRESETS["advgan_finetune"]  # the fine-tuning's optimizer
 _ADVGAN_UNUSED = (
     "momentum",
     "model",
@@ -1434,7 +1499,12 @@ _ADVGAN_UNUSED = (
     "sync_batchnorm",
 )
 MODE_UNUSED_FLAGS.update(
-    {"advgan": _ADVGAN_UNUSED, "robgan": _ADVGAN_UNUSED, "advgan_finetune": _ADVGAN_UNUSED}
+    {
+        "advgan": _ADVGAN_UNUSED,
+        "robgan": _ADVGAN_UNUSED,
+        "advgan_finetune": _ADVGAN_UNUSED,
+        "advgan_pgd_at": _ADVGAN_UNUSED,
+    }
 )
 # Why a mode refuses another mode's flags, where the flag's name does not say it.
 MODE_FOREIGN_FLAG_REASONS: Dict[str, Dict[str, str]] = {

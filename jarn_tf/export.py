@@ -173,7 +173,16 @@ def export_classifier(
     final = os.path.normpath(os.path.abspath(export_dir))
     parent, name = os.path.split(final)
     os.makedirs(parent, exist_ok=True)
-    payload = {
+
+    def write(tmp: str) -> None:
+        _write_classifier_model(classifier, tmp, image_shape)
+
+    _write_export(final, write, _classifier_payload(image_shape, metadata))
+    return os.path.join(export_dir, SAVED_MODEL_DIR)
+
+
+def _classifier_payload(image_shape: Sequence[int], metadata: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    return {
         "image_shape": list(image_shape),
         "input_range": [0.0, 1.0],
         "input_dtype": "float32",
@@ -181,15 +190,29 @@ def export_classifier(
         **(dict(metadata) if metadata else {}),
     }
 
-    def write(tmp: str) -> None:
-        module = ServingModule(classifier, image_shape)
-        tf.saved_model.save(
-            module, os.path.join(tmp, SAVED_MODEL_DIR), signatures={"serving_default": module.serve}
-        )
-        classifier.save(os.path.join(tmp, KERAS_FILE))
 
-    _write_export(final, write, payload)
-    return os.path.join(export_dir, SAVED_MODEL_DIR)
+def _write_classifier_model(classifier: keras.Model, directory: str, image_shape: Sequence[int]) -> None:
+    module = ServingModule(classifier, image_shape)
+    tf.saved_model.save(
+        module, os.path.join(directory, SAVED_MODEL_DIR), signatures={"serving_default": module.serve}
+    )
+    classifier.save(os.path.join(directory, KERAS_FILE))
+
+
+def write_classifier_files(
+    classifier: keras.Model,
+    directory: str,
+    image_shape: Sequence[int],
+    metadata: Optional[Mapping[str, Any]] = None,
+) -> None:
+    """Writes ``export_classifier``'s files into ``directory`` directly (no swap): for a classifier
+    export nested in another export that is being written aside (e.g. a co-training run's
+    ``class_head/``)."""
+    os.makedirs(directory, exist_ok=True)
+    _write_classifier_model(classifier, directory, image_shape)
+    with open(os.path.join(directory, METADATA_FILE), "w") as f:
+        json.dump(_classifier_payload(image_shape, metadata), f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
 
 
 def _write_export(final: str, write: Callable[[str], None], payload: Mapping[str, Any]) -> None:

@@ -178,7 +178,9 @@ ADVGAN_FIELDS = dict(
 def _config(mode, data_dir, **fields):
     base = config_lib.ExperimentConfig(mode=mode)
     values = dict(ADVGAN_FIELDS, data_dir=data_dir)
-    if mode != "advgan_finetune":
+    if mode == "advgan_pgd_at":
+        values.update(gan_channels=4, learning_rate=1e-3, lr_boundaries=(0.5,), attack_random_start=True)
+    elif mode != "advgan_finetune":
         values.update(latent_dim=8, gan_channels=4, advgan_disc_steps=2, learning_rate=2e-4, lr_boundaries=())
     else:
         values.update(learning_rate=1e-3, lr_boundaries=(0.5,), attack_random_start=True)
@@ -221,6 +223,18 @@ def test_advgan_trains_resumes_and_exports_a_conditional_generator(cotrained):
     ]
     assert images.shape == (3, 28, 28, 1) and 0 <= images.numpy().min() and images.numpy().max() <= 1
     assert loaded.signatures["serving_default"](latent=tf.zeros([2, 9]))["images"].shape == (2, 28, 28, 1)
+    # The class head before fine-tuning (Figure 5), a classifier export of its own: the discriminator's
+    # class logits.
+    head_dir = os.path.join(export_dir, "class_head")
+    head_meta = json.load(open(os.path.join(head_dir, "metadata.json")))
+    assert head_meta["dataset"] == "fashion_mnist" and head_meta["image_shape"] == [28, 28, 1]
+    assert "before fine-tuning" in head_meta["class_head_of"] and "kind" not in head_meta
+    head = tf.saved_model.load(os.path.join(head_dir, "saved_model")).signatures["serving_default"]
+    x = np.random.default_rng(1).uniform(size=(3, 28, 28, 1)).astype("float32")
+    discriminator = result.trainer.discriminator
+    np.testing.assert_allclose(
+        head(images=tf.constant(x))["logits"].numpy(), discriminator(x, training=False)[1].numpy(), atol=1e-5
+    )
 
 
 def test_nan_in_the_cotraining_loss_stops_with_the_last_good_checkpoint(tiny_data_dir, tmp_path, monkeypatch):
@@ -323,6 +337,133 @@ def test_finetuned_classifier_exports_loads_without_the_package_and_evaluates(
     assert set(results["attacks"]) == {"clean", "pgd2"}
 
 
+# -- the paper's baseline: PGD-AT of the same network (--mode=advgan_pgd_at) ----------------
+@pytest.fixture(scope="module")
+def pgd_at(tiny_data_dir, tmp_path_factory):
+    """A baseline run of 4 steps, killed at step 2 and resumed."""
+    model_dir = str(tmp_path_factory.mktemp("advgan") / "pgd_at")
+    config = _config("advgan_pgd_at", tiny_data_dir)
+    first = train_lib.train(config, model_dir, eval_examples=16, stop_after=2, verbose=0)
+    second = train_lib.train(config, model_dir, eval_examples=16, verbose=0)
+    assert (first.step, second.start_step, second.step) == (2, 2, 4)
+    return model_dir, second
+
+
+def test_baseline_is_the_finetuned_classifiers_network_trained_from_scratch(pgd_at, finetuned):
+    model_dir, result = pgd_at
+    baseline, tuned = result.trainer.classifier, finetuned[4].trainer.classifier
+    assert [(w.path, tuple(w.shape)) for w in baseline.weights] == [
+        (w.path, tuple(w.shape)) for w in tuned.weights
+    ]
+    assert advgan_models.spectral_layers(baseline)  # sngan, as the co-training default
+    # Only the trunk and the class head train: the source head keeps its initial weights.
+    trained = {id(v) for v in result.trainer._train_vars}
+    source = result.trainer.discriminator.get_layer("source").trainable_variables
+    assert source and not any(id(v) in trained for v in source)
+    assert set(result.metrics) >= {"train/xent_real", "train/accuracy_real"}
+    assert all(np.isfinite(v) for v in result.metrics.values())
+    metadata = json.load(open(os.path.join(model_dir, "export", "metadata.json")))
+    assert metadata["mode"] == "advgan_pgd_at" and "pgd_accuracy" in metadata
+    assert metadata["train_split"]["num_train_examples"] == 16 and "llv_train" in metadata["train_split"]
+
+
+def test_class_head_evaluation_measures_the_train_and_test_gap_and_llv(pgd_at, finetuned):
+    for trainer in (pgd_at[1].trainer, finetuned[4].trainer):
+        evaluation = trainer.evaluate(16)
+        assert set(evaluation) == {
+            "eval/clean_accuracy",
+            "eval/pgd1_accuracy",
+            "eval/llv_test",
+            "eval/clean_accuracy_train",
+            "eval/pgd1_accuracy_train",
+            "eval/llv_train",
+        }
+        assert evaluation["eval/llv_train"] > 0 and evaluation["eval/llv_test"] > 0
+    # The train keys measure the training split: on a run whose training and test images differ,
+    # they differ.
+    from jarn_tf import data
+
+    config = pgd_at[1].trainer.config
+    train_x, _ = data.load_arrays(config.data, "train")
+    test_x, _ = data.load_arrays(config.data, "test")
+    if not np.array_equal(train_x[:16], test_x[:16]):
+        assert evaluation["eval/llv_train"] != evaluation["eval/llv_test"]
+
+
+def test_llv_is_the_per_image_input_gradient_norm_of_the_cross_entropy(pgd_at):
+    """A linear classifier f(x) = W x + b: d xent / d x = W^T (softmax(f(x)) - onehot(y)), per image."""
+    import keras
+
+    trainer = pgd_at[1].trainer
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(5, 28, 28, 1)).astype("float32")
+    y = np.array([0, 3, 9, 3, 1], np.int32)
+    linear = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    w = rng.normal(scale=0.05, size=(784, 10)).astype("float32")
+    b = rng.normal(size=10).astype("float32")
+    linear.layers[-1].set_weights([w, b])
+    saved, trainer.classifier = trainer.classifier, linear
+    try:
+        got = trainer._llv(tf.constant(x), tf.constant(y)).numpy()
+    finally:
+        trainer.classifier = saved
+    logits = x.reshape(5, -1) @ w + b
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    grad = (p - np.eye(10)[y]) @ w.T
+    np.testing.assert_allclose(got, np.linalg.norm(grad, axis=1), rtol=1e-4)
+
+
+def test_baseline_steps_lower_the_adversarial_loss_of_a_fixed_batch(tiny_data_dir):
+    from jarn_tf import data, trainers
+
+    config = _config("advgan_pgd_at", tiny_data_dir, learning_rate=3e-3, lr_boundaries=())
+    tf.keras.utils.set_random_seed(0)
+    trainer = trainers.build_trainer(config, data.dataset_info(config.data.dataset), tf.distribute.get_strategy())
+    images, labels = next(iter(data.make_eval_dataset(config.data, batch_size=8)))
+    x, y = tf.constant(images), tf.cast(tf.constant(labels), tf.int32)
+
+    def adversarial_xent():
+        adv = trainer._attack(x, y, advgan_trainers._ATTACK_SEED)
+        return float(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, trainer._logits(adv))))
+
+    before = adversarial_xent()
+    step = tf.function(lambda: trainer.replica_step((x, y), None))
+    for _ in range(15):
+        step()
+    assert adversarial_xent() < 0.8 * before
+
+
+def test_baseline_step_trains_on_the_attacked_images(tiny_data_dir, monkeypatch):
+    """The update's logits are of the PGD-attacked batch (within eps, away from the clean images)."""
+    from jarn_tf import data, trainers
+
+    config = _config("advgan_pgd_at", tiny_data_dir)
+    tf.keras.utils.set_random_seed(0)
+    trainer = trainers.build_trainer(config, data.dataset_info(config.data.dataset), tf.distribute.get_strategy())
+    images, labels = next(iter(data.make_eval_dataset(config.data, batch_size=8)))
+    x, y = tf.constant(images), tf.cast(tf.constant(labels), tf.int32)
+    seen, attacked = [], []
+    cls = type(trainer)
+    train_logits, attack = cls._train_logits, cls._attack
+    monkeypatch.setattr(cls, "_train_logits", lambda self, v: seen.append(v) or train_logits(self, v))
+    monkeypatch.setattr(cls, "_attack", lambda self, *a: attacked.append(attack(self, *a)) or attacked[-1])
+    trainer.replica_step((x, y), None)
+    assert len(seen) == 1 and len(attacked) == 1
+    np.testing.assert_array_equal(seen[0].numpy(), attacked[0].numpy())
+    distance = np.abs(seen[0].numpy() - images).max()
+    assert 0.5 * config.mode_config.eps < distance <= config.mode_config.eps + 1e-6
+
+
+def test_baseline_refuses_the_cotraining_flags(run_main, tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    args = ["--mode=advgan_pgd_at", "--dataset=fashion_mnist", "--class_loss=acgan", f"--model_dir={out_dir}"]
+    assert run_main(args) == 2
+    err = capsys.readouterr().err
+    assert "--mode=advgan_pgd_at does not use --class_loss (--mode=advgan" in err, err
+    assert not os.path.exists(out_dir)
+
+
 # -- bad input -----------------------------------------------------------------------
 def _write_run(path, mode, dataset):
     os.makedirs(os.path.join(path, "checkpoints"), exist_ok=True)
@@ -360,6 +501,32 @@ def test_finetune_refuses_a_missing_or_wrong_init_run(run_main, tiny_data_dir, t
     assert "does not use --jarn" in capsys.readouterr().err
 
 
+def _flagfile_values(name, train_steps=10):
+    """(config, {field: value} over its sections) of flags/<name>.cfg, read from the repository root."""
+    from absl import flags
+
+    from jarn_tf import flag_utils
+
+    fv = flags.FlagValues()
+    flag_utils.define_config_flags(fv)
+    cwd = os.getcwd()
+    os.chdir(REPO)  # flagfiles include each other by paths from the repository root
+    try:
+        args = fv.read_flags_from_files([f"--flagfile=flags/{name}.cfg"], force_gnu=False)
+    finally:
+        os.chdir(cwd)
+    if name.startswith("cifar10"):  # --epochs would count CIFAR-10's training split
+        args = [a for a in args if not a.startswith("--epochs")] + [f"--train_steps={train_steps}"]
+    if "finetune" in name:
+        args.append("--init_from=runs/x")
+    fv(["x"] + args)
+    config = flag_utils.config_from_flags(fv)
+    values = {}
+    for section in config.sections().values():
+        values.update(dataclasses.asdict(section))
+    return config, values
+
+
 @pytest.mark.parametrize(
     "name, expected",
     [
@@ -392,31 +559,52 @@ def test_finetune_refuses_a_missing_or_wrong_init_run(run_main, tiny_data_dir, t
         ),
         ("cpu_advgan_acgan", dict(class_loss="acgan", train_steps=1200)),
         ("cpu_advgan_finetune", dict(eps=0.1, attack_step_size=0.02, batch_size=128, learning_rate=1e-3)),
+        ("cpu_advgan_noattack", dict(class_loss="split", attack_steps=0, attack_random_start=False)),
+        ("cpu_advgan_acgan_noattack", dict(class_loss="acgan", attack_steps=0, attack_random_start=False)),
+        ("cifar10_advgan_noattack", dict(class_loss="split", attack_steps=0, attack_random_start=False)),
+        ("cifar10_advgan_acgan_noattack", dict(class_loss="acgan", attack_steps=0)),
+        (
+            "cpu_advgan_pgd_at",
+            dict(eps=0.1, attack_step_size=0.02, attack_random_start=True, gan_channels=32, train_steps=900),
+        ),
+        (
+            "cifar10_advgan_pgd_at",
+            dict(eps=8 / 255, attack_step_size=8 / 255 / 5, gan_channels=128, advgan_discriminator="sngan"),
+        ),
     ],
 )
 def test_flagfiles_resolve_to_the_documented_settings(name, expected):
-    from absl import flags
-
-    from jarn_tf import flag_utils
-
-    fv = flags.FlagValues()
-    flag_utils.define_config_flags(fv)
-    args = fv.read_flags_from_files(
-        [f"--flagfile={os.path.join(REPO, 'flags', name + '.cfg')}"], force_gnu=False
-    )
-    if name.startswith("cifar10"):  # --epochs would count CIFAR-10's training split
-        args = [a for a in args if not a.startswith("--epochs")] + ["--train_steps=10"]
-    if "finetune" in name:
-        args.append("--init_from=runs/x")
-    fv(["x"] + args)
-    config = flag_utils.config_from_flags(fv)
-    values = {}
-    for section in config.sections().values():
-        values.update(dataclasses.asdict(section))
+    config, values = _flagfile_values(name)
     for key, value in expected.items():
         assert values[key] == pytest.approx(value), (name, key)
     if "finetune" not in name:
         config.validate()
+
+
+@pytest.mark.parametrize("scale", ["cpu", "cifar10"])
+def test_the_baseline_flagfile_trains_the_cotrained_network_on_as_many_real_images(scale):
+    """[paper] Table 1's baseline keeps "hyperparameters and network structure unchanged": the same
+    discriminator network, width, dataset and eps as co-training, on the real images co-training and
+    fine-tuning see together."""
+    co_config, co = _flagfile_values(f"{scale}_advgan", train_steps=1200)
+    at_config, at = _flagfile_values(f"{scale}_advgan_pgd_at", train_steps=900)
+    ft_config, ft = _flagfile_values(f"{scale}_advgan_finetune", train_steps=300)
+    assert at_config.mode == "advgan_pgd_at"
+    for key in ("dataset", "advgan_discriminator", "gan_channels", "eps"):
+        assert at[key] == co[key], key
+    # The attack and optimizer are the fine-tuning's (PGD from a random start within eps).
+    for key in ("attack_steps", "attack_step_size", "attack_random_start", "learning_rate", "batch_size"):
+        assert at[key] == pytest.approx(ft[key]), key
+    assert at["attack_steps"] * at["attack_step_size"] >= at["eps"] * (1 - 1e-6)
+    if scale == "cpu":  # steps are given at CPU scale; CIFAR-10 counts epochs (100 + 60 = 160)
+        seen = co["train_steps"] * co["batch_size"] + ft["train_steps"] * ft["batch_size"]
+        assert at["train_steps"] * at["batch_size"] == seen
+    else:
+        text = open(os.path.join(REPO, "flags", f"{scale}_advgan_pgd_at.cfg")).read()
+        co_text = open(os.path.join(REPO, "flags", f"{scale}_advgan.cfg")).read()
+        ft_text = open(os.path.join(REPO, "flags", f"{scale}_advgan_finetune.cfg")).read()
+        epochs = [int(t.split("--epochs=")[1].split()[0]) for t in (co_text, ft_text, text)]
+        assert epochs[2] == epochs[0] + epochs[1]
 
 
 # -- --disc_reg on the source head ---------------------------------------------------

@@ -16,7 +16,9 @@ from jarn_tf import data, export, train_lib
 from jarn_tf import train as train_entry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLAGFILES = sorted(glob.glob(os.path.join(REPO, "flags", "*.cfg")))
+# <prefix>_advgan_network.cfg are fragments that flagfiles include (they name no mode); the
+# flagfiles that include them are checked (tests/test_advgan.py checks that they share them).
+FLAGFILES = sorted(p for p in glob.glob(os.path.join(REPO, "flags", "*.cfg")) if not p.endswith("_network.cfg"))
 
 
 def _prepare_tfds_metadata(data_dir: str, tfds_name: str) -> None:

@@ -20,9 +20,16 @@ from jarn_tf.trainers.gan import GANTrainer
 
 TRAINERS: Dict[str, type] = {"classifier": ClassifierTrainer, "gan": GANTrainer}
 
-from jarn_tf.trainers.advgan import AdvGANFinetuneTrainer, AdvGANTrainer  # noqa: E402
+from jarn_tf.trainers.advgan import AdvGANFinetuneTrainer, AdvGANPGDATTrainer, AdvGANTrainer  # noqa: E402
 
-TRAINERS.update({"advgan": AdvGANTrainer, "robgan": AdvGANTrainer, "advgan_finetune": AdvGANFinetuneTrainer})
+TRAINERS.update(
+    {
+        "advgan": AdvGANTrainer,
+        "robgan": AdvGANTrainer,
+        "advgan_finetune": AdvGANFinetuneTrainer,
+        "advgan_pgd_at": AdvGANPGDATTrainer,
+    }
+)
 
 
 def build_trainer(config: ExperimentConfig, info: DatasetInfo, strategy: tf.distribute.Strategy) -> Trainer:

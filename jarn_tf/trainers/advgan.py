@@ -12,7 +12,8 @@ x), ``--attack_steps`` sign steps of ``--attack_step_size`` within
 the generator is updated after every ``--advgan_disc_steps``-th
 discriminator update (a step variant, as in the ``gan`` mode). Both networks
 use Adam with betas ``--adam_beta1/2``. The export is the conditional
-generator (``advgan_export``).
+generator (``advgan_export``) and, in ``export/class_head/``, the
+discriminator's class head as a classifier (before fine-tuning).
 
 ``train/attack_gain`` is what the attack won, with ONE discriminator: the
 attack objective (``advgan_losses.attack_objective``) of the attacked real
@@ -54,6 +55,15 @@ xent on PGD-attacked real images plus ``--lambda_fake`` times xent on
 PGD-attacked generated images (the generator frozen, in inference mode). The export is the class head as
 a classifier (``export.export_classifier``), which ``jarn_tf.evaluate``
 attacks like any other.
+
+``AdvGANPGDATTrainer`` (``--mode=advgan_pgd_at``) is the paper's baseline:
+PGD adversarial training (Madry et al.) of the same network's trunk and
+class head from a random initialisation, with the fine-tuning's attack,
+optimizer, evaluation and export (eq. 10 with lambda 0, no co-training).
+
+Both classifier modes' periodic evaluation measures the first test AND
+training images (clean and PGD accuracy, and the local Lipschitz value
+||d xent / d x||_2): the generalisation gap of the paper's Figures 1 and 8.
 """
 
 from __future__ import annotations
@@ -67,7 +77,7 @@ import numpy as np
 import tensorflow as tf
 
 from jarn_tf import advgan_export, advgan_losses, advgan_models, attacks, data, export, gan_losses
-from jarn_tf.config import AdvGANConfig, AdvGANFinetuneConfig, ExperimentConfig
+from jarn_tf.config import AdvGANConfig, AdvGANFinetuneConfig, AdvGANPGDATConfig, ExperimentConfig
 from jarn_tf.data import DatasetInfo
 from jarn_tf.trainers.base import Trainer, classifier_export_metadata, learning_rate_schedule
 from jarn_tf.trainers.gan import GANVariant, image_grid, png_bytes
@@ -458,6 +468,16 @@ class AdvGANTrainer(_ConditionalSampling, Trainer):
                 "num_samples": self.params.fcd_samples,
                 "reference": f"first {self.params.fcd_samples} test images",
             }
+        # The class head before fine-tuning (Rob-GAN's Figure 5), a classifier export of its own.
+        head_metadata = {
+            k: v for k, v in metadata.items() if k not in ("class_head", "fcd", "kind", "latent_dim")
+        }
+        head_metadata["class_head_of"] = "the co-trained discriminator (--mode=advgan), before fine-tuning"
+        if "eval/clean_accuracy" in evaluation:
+            head_metadata["clean_accuracy"] = {
+                "value": evaluation["eval/clean_accuracy"],
+                "num_test_examples": num_examples,
+            }
         advgan_export.export_conditional_generator(
             self.generator,
             self.marginal_generator,
@@ -467,6 +487,8 @@ class AdvGANTrainer(_ConditionalSampling, Trainer):
             self.info.image_shape,
             metadata,
             samples_png=self.samples_png(),
+            class_head=advgan_models.classifier_from_discriminator(self.discriminator),
+            class_head_metadata=head_metadata,
         )
 
 
@@ -503,54 +525,40 @@ def restore_cotraining(init_from: str, generator: keras.Model, discriminator: ke
     )
 
 
-class AdvGANFinetuneTrainer(_ConditionalSampling, Trainer):
-    """Eq. 10: the co-trained discriminator's class head on attacked real and generated images."""
+class _ClassHeadTrainer(Trainer):
+    """PGD training of a two-head discriminator's trunk and class head, exported as a classifier.
 
-    metric_names = (
-        "train/loss",
-        "train/xent_real",
-        "train/xent_fake",
-        "train/accuracy_real",
-        "train/accuracy_fake",
-    )
-    progress_metrics = ("train/xent_real", "train/accuracy_real", "train/accuracy_fake")
+    What ``advgan_finetune`` and ``advgan_pgd_at`` share: the classifier
+    (``advgan_models.classifier_from_discriminator``: images -> class
+    logits), its trainable variables (trunk and class head, not the source
+    head), Adam on them, the training attack (``--attack_*``), the
+    periodic evaluation and the classifier export. Subclasses build
+    ``self.networks["discriminator"]`` and call ``_init_class_head``.
 
-    def __init__(self, config: ExperimentConfig, info: DatasetInfo, strategy: tf.distribute.Strategy):
-        super().__init__(config, info, strategy)
-        self.params: AdvGANFinetuneConfig = config.mode_config
-        p, o = self.params, config.optimizer
-        self.init_config = p.init_run_config()
-        # The co-training run's networks (a config.json without --advgan_discriminator: legacy).
-        cotraining = p.cotraining_section()
-        self.latent_dim = cotraining.latent_dim
-        channels = cotraining.gan_channels
-        generators = advgan_models.build_generators(
-            self.latent_dim, info.image_shape, info.num_classes, channels
-        )
-        self.networks["discriminator"] = advgan_models.build_discriminator(
-            info.image_shape, info.num_classes, channels, kind=cotraining.advgan_discriminator
-        )
-        self.networks["generator"] = generators["conditional"]  # frozen: no optimizer
+    The evaluation (``evaluate``) measures, on the first test images AND the
+    first training images (the paper's Figure 1 and 8: the generalisation
+    gap of adversarial training), clean accuracy, PGD accuracy and the local
+    Lipschitz value ``llv`` = mean_i ||d xent(f(x_i), y_i) / d x_i||_2 at the
+    clean images (the paper's LLV, Figure 1 right).
+    """
+
+    metric_names = ("train/loss", "train/xent_real", "train/accuracy_real")
+    progress_metrics = ("train/xent_real", "train/accuracy_real")
+
+    def _init_class_head(self) -> None:
+        o = self.config.optimizer
         self.classifier = advgan_models.classifier_from_discriminator(self.discriminator)
         self._train_vars = advgan_models.class_head_variables(self.discriminator)
         # sngan: the trunk's and class head's wrappers, renormalised once per step (as co-training).
         self._spectral = advgan_models.spectral_layers(self.classifier)
         self.schedule = learning_rate_schedule(o.learning_rate, o.lr_boundaries, o.lr_decay, o.train_steps)
-        # [code] Adam at 1e-3 with PyTorch's default betas (0.9, 0.999).
+        # [authors' code] finetune.py: Adam at 1e-3 with PyTorch's default betas (0.9, 0.999).
         self.optimizers["discriminator"] = keras.optimizers.Adam(
             learning_rate=lambda: self.schedule(self.step), name="discriminator_adam"
         )
         self.optimizers["discriminator"].build(self._train_vars)
-        # The co-training weights; the loop then restores this run's own
-        # checkpoint over them when it resumes.
-        self.init_checkpoint = restore_cotraining(p.init_from, self.generator, self.discriminator)
-        self._init_sampling(self.latent_dim, config.seed)
         self._eval_fn = None
-        self._eval_order = "stored"
-
-    @property
-    def generator(self) -> keras.Model:
-        return self.networks["generator"]
+        self._eval_order = {}
 
     @property
     def discriminator(self) -> keras.Model:
@@ -575,6 +583,144 @@ class AdvGANFinetuneTrainer(_ConditionalSampling, Trainer):
             seed=self._seed(purpose),
         )
 
+    def _train_logits(self, x: tf.Tensor) -> tf.Tensor:
+        """Logits in the update's mode: batch norm's batch statistics (authors); sngan: inference mode."""
+        return tf.cast(self.classifier(x, training=not self._spectral), tf.float32)
+
+    def summary_images(self, images: tf.Tensor, labels: tf.Tensor) -> Dict[str, tf.Tensor]:
+        adv = attacks.pgd(
+            self._logits,
+            images,
+            labels,
+            self.params.eps,
+            self.params.attack_step_size,
+            self.params.attack_steps,
+            random_start=False,
+        )
+        return {"images/x": images, "images/x_attacked": adv}
+
+    def _llv(self, images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        """Per image ||d xent(f(x), y) / d x||_2 at x (the paper's local Lipschitz value)."""
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            xent = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=self._logits(images))
+        grad = tape.gradient(xent, images)
+        return tf.sqrt(tf.reduce_sum(tf.square(tf.reshape(grad, [tf.shape(grad)[0], -1])), axis=1))
+
+    def _eval_batch(self, images, labels, index, steps: int, attacked: int):
+        """[clean correct, LLV sum, PGD correct (first ``attacked`` images)] of one batch."""
+        labels = tf.cast(labels, tf.int32)
+        clean = tf.reduce_sum(_accuracy(self._logits(images), labels))
+        llv = tf.reduce_sum(self._llv(images, labels))
+        if not steps:
+            return tf.stack([clean, llv, 0.0])
+        eps = self.params.eps
+        seed = tf.random.experimental.stateless_fold_in(
+            tf.constant([self.config.seed, _EVAL_SEED], tf.int64), index
+        )
+        x, y = images[:attacked], labels[:attacked]
+        adv = attacks.pgd(self._logits, x, y, eps, eps / 4, steps, random_start=True, seed=seed)
+        return tf.stack([clean, llv, tf.reduce_sum(_accuracy(self._logits(adv), y))])
+
+    def _evaluate_split(self, split: str, num_examples: int) -> Dict[str, float]:
+        r = self.config.runtime
+        steps = r.eval_pgd_steps if self.params.eps > 0 else 0
+        attacked = min(num_examples, r.eval_pgd_examples) if steps else 0
+        if self._eval_fn is None:
+            self._eval_fn = tf.function(self._eval_batch)
+        if split not in self._eval_order:
+            self._eval_order[split] = data.resolve_example_order(self.config.data, split, "auto").name
+        sums = np.zeros(3)
+        total = 0
+        batches = data.make_eval_dataset(
+            self.config.data, batch_size=256, num_examples=num_examples, split=split, order=self._eval_order[split]
+        )
+        for i, (images, labels) in enumerate(batches):
+            n = int(labels.shape[0])
+            k = max(0, min(n, attacked - total))
+            sums += self._eval_fn(images, labels, tf.constant(i, tf.int64), steps if k else 0, k).numpy()
+            total += n
+        suffix = "" if split == "test" else f"_{split}"
+        out = {
+            f"eval/clean_accuracy{suffix}": sums[0] / max(total, 1),
+            f"eval/llv{'_test' if split == 'test' else suffix}": sums[1] / max(total, 1),
+        }
+        if attacked:
+            out[f"eval/pgd{steps}_accuracy{suffix}"] = sums[2] / min(attacked, max(total, 1))
+        return out
+
+    def evaluate(self, num_examples: int) -> Dict[str, float]:
+        """Clean accuracy, PGD accuracy and LLV of the class head on the first test and training images.
+
+        PGD: ``--eval_pgd_steps`` sign steps of eps/4 from a seeded random
+        start, on the first ``--eval_pgd_examples`` of them (as the classifier
+        mode). Test: ``eval/clean_accuracy``, ``eval/pgd<k>_accuracy``,
+        ``eval/llv_test``; training images (the first ``num_examples`` of the
+        training split, unaugmented): the same names with ``_train``.
+        """
+        out = self._evaluate_split("test", num_examples)
+        if num_examples:
+            out.update(self._evaluate_split("train", num_examples))
+        return {k: float(v) for k, v in out.items()}
+
+    def _export_metadata(self, metadata: Mapping[str, Any]) -> Dict[str, Any]:
+        return dict(metadata)
+
+    def export(
+        self, export_dir: str, metadata: Mapping[str, Any], evaluation: Mapping[str, float], num_examples: int
+    ) -> None:
+        """Exports the class head as a classifier (SavedModel, classifier.keras, metadata.json)."""
+        metadata = self._export_metadata(metadata)
+        test_only = {k: v for k, v in evaluation.items() if not k.endswith("_train")}
+        metadata = classifier_export_metadata(
+            metadata, test_only, num_examples, self.params.eps, self.config.runtime
+        )
+        train = {k.split("/", 1)[1]: v for k, v in evaluation.items() if k.endswith("_train")}
+        if train:
+            metadata["train_split"] = {**train, "num_train_examples": num_examples}
+        if "eval/llv_test" in evaluation:
+            metadata["llv_test"] = evaluation["eval/llv_test"]
+        export.export_classifier(self.classifier, export_dir, self.info.image_shape, metadata)
+
+
+class AdvGANFinetuneTrainer(_ConditionalSampling, _ClassHeadTrainer):
+    """Eq. 10: the co-trained discriminator's class head on attacked real and generated images."""
+
+    metric_names = (
+        "train/loss",
+        "train/xent_real",
+        "train/xent_fake",
+        "train/accuracy_real",
+        "train/accuracy_fake",
+    )
+    progress_metrics = ("train/xent_real", "train/accuracy_real", "train/accuracy_fake")
+
+    def __init__(self, config: ExperimentConfig, info: DatasetInfo, strategy: tf.distribute.Strategy):
+        super().__init__(config, info, strategy)
+        self.params: AdvGANFinetuneConfig = config.mode_config
+        p = self.params
+        self.init_config = p.init_run_config()
+        # The co-training run's networks (a config.json without --advgan_discriminator: legacy).
+        cotraining = p.cotraining_section()
+        self.latent_dim = cotraining.latent_dim
+        channels = cotraining.gan_channels
+        generators = advgan_models.build_generators(
+            self.latent_dim, info.image_shape, info.num_classes, channels
+        )
+        self.networks["discriminator"] = advgan_models.build_discriminator(
+            info.image_shape, info.num_classes, channels, kind=cotraining.advgan_discriminator
+        )
+        self.networks["generator"] = generators["conditional"]  # frozen: no optimizer
+        self._init_class_head()
+        # The co-training weights; the loop then restores this run's own
+        # checkpoint over them when it resumes.
+        self.init_checkpoint = restore_cotraining(p.init_from, self.generator, self.discriminator)
+        self._init_sampling(self.latent_dim, config.seed)
+
+    @property
+    def generator(self) -> keras.Model:
+        return self.networks["generator"]
+
     def replica_step(self, batch: Tuple[tf.Tensor, tf.Tensor], variant) -> Dict[str, tf.Tensor]:
         del variant
         p = self.params
@@ -597,9 +743,8 @@ class AdvGANFinetuneTrainer(_ConditionalSampling, Trainer):
         # lambda 0 (plain PGD-AT of the class head): the generated images weigh nothing; skip their attack.
         fake_adv = self._attack(fake, fake_labels, _FAKE_ATTACK_SEED) if p.lambda_fake > 0 else fake
         with tf.GradientTape() as tape:
-            training = not self._spectral  # batch norm's batch statistics (authors); sngan: see __init__
-            real_logits = tf.cast(self.classifier(real_adv, training=training), tf.float32)
-            fake_logits = tf.cast(self.classifier(fake_adv, training=training), tf.float32)
+            real_logits = self._train_logits(real_adv)
+            fake_logits = self._train_logits(fake_adv)
             parts = advgan_losses.finetune_loss(real_logits, labels, fake_logits, fake_labels, p.lambda_fake)
             loss = tf.reduce_sum(parts["total"]) * scale
             total = loss + self._weight_decay(self.classifier)
@@ -617,64 +762,52 @@ class AdvGANFinetuneTrainer(_ConditionalSampling, Trainer):
         return {"loss": loss}
 
     def summary_images(self, images: tf.Tensor, labels: tf.Tensor) -> Dict[str, tf.Tensor]:
-        adv = attacks.pgd(
-            self._logits,
-            images,
-            labels,
-            self.params.eps,
-            self.params.attack_step_size,
-            self.params.attack_steps,
-            random_start=False,
-        )
-        return {"images/x": images, "images/x_attacked": adv, **self._sample_grid_images()}
+        return {**super().summary_images(images, labels), **self._sample_grid_images()}
 
-    def _eval_batch(self, images, labels, index, steps: int, attacked: int):
+    def _export_metadata(self, metadata: Mapping[str, Any]) -> Dict[str, Any]:
+        out = dict(metadata)
+        out["init_from"] = {"model_dir": self.params.init_from, "checkpoint": self.init_checkpoint}
+        return out
+
+
+class AdvGANPGDATTrainer(_ClassHeadTrainer):
+    """The paper's baseline: PGD adversarial training of the discriminator's trunk and class head.
+
+    Rob-GAN compares with Madry et al.'s adversarial training "keeping
+    hyperparameters and network structure unchanged" [paper]. This trains,
+    from a random initialisation, the same network ``--mode=advgan_finetune``
+    exports (``--advgan_discriminator`` and ``--gan_channels``: the trunk and
+    the class head; the source head is built but neither trained nor used)
+    on xent(f(x_adv), y), x_adv the PGD attack of ``--attack_*`` on the real
+    batch: eq. 10 with lambda = 0 and no co-training. Same optimizer,
+    attack, evaluation and export as the fine-tuning.
+    """
+
+    def __init__(self, config: ExperimentConfig, info: DatasetInfo, strategy: tf.distribute.Strategy):
+        super().__init__(config, info, strategy)
+        self.params: AdvGANPGDATConfig = config.mode_config
+        p = self.params
+        self.networks["discriminator"] = advgan_models.build_discriminator(
+            info.image_shape, info.num_classes, p.gan_channels, kind=p.advgan_discriminator
+        )
+        self._init_class_head()
+
+    def replica_step(self, batch: Tuple[tf.Tensor, tf.Tensor], variant) -> Dict[str, tf.Tensor]:
+        del variant
+        real, labels = batch
+        real = tf.cast(real, tf.float32)
         labels = tf.cast(labels, tf.int32)
-        clean = tf.reduce_sum(_accuracy(self._logits(images), labels))
-        if not steps:
-            return tf.stack([clean, 0.0])
-        eps = self.params.eps
-        seed = tf.random.experimental.stateless_fold_in(
-            tf.constant([self.config.seed, _EVAL_SEED], tf.int64), index
+        scale = 1.0 / self.global_batch_size
+        advgan_models.spectral_normalize(self._spectral)
+        real_adv = self._attack(real, labels, _ATTACK_SEED)
+        with tf.GradientTape() as tape:
+            logits = self._train_logits(real_adv)
+            xent = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+            loss = tf.reduce_sum(xent) * scale
+            total = loss + self._weight_decay(self.classifier)
+        grads = tape.gradient(total, self._train_vars)
+        self.optimizers["discriminator"].apply_gradients(zip(grads, self._train_vars))
+        self.metrics.update(
+            {"train/loss": xent, "train/xent_real": xent, "train/accuracy_real": _accuracy(logits, labels)}
         )
-        x, y = images[:attacked], labels[:attacked]
-        adv = attacks.pgd(self._logits, x, y, eps, eps / 4, steps, random_start=True, seed=seed)
-        return tf.stack([clean, tf.reduce_sum(_accuracy(self._logits(adv), y))])
-
-    def evaluate(self, num_examples: int) -> Dict[str, float]:
-        """Clean and PGD accuracy of the class head on the first test images (as the classifier mode).
-
-        PGD: ``--eval_pgd_steps`` sign steps of eps/4 from a seeded random
-        start, on the first ``--eval_pgd_examples`` of them.
-        """
-        r = self.config.runtime
-        steps = r.eval_pgd_steps if self.params.eps > 0 else 0
-        attacked = min(num_examples, r.eval_pgd_examples) if steps else 0
-        if self._eval_fn is None:
-            self._eval_fn = tf.function(self._eval_batch)
-            self._eval_order = data.resolve_example_order(self.config.data, "test", "auto").name
-        correct = np.zeros(2)
-        total = 0
-        batches = data.make_eval_dataset(
-            self.config.data, batch_size=256, num_examples=num_examples, order=self._eval_order
-        )
-        for i, (images, labels) in enumerate(batches):
-            n = int(labels.shape[0])
-            k = max(0, min(n, attacked - total))
-            correct += self._eval_fn(images, labels, tf.constant(i, tf.int64), steps if k else 0, k).numpy()
-            total += n
-        out = {"eval/clean_accuracy": correct[0] / max(total, 1)}
-        if attacked:
-            out[f"eval/pgd{steps}_accuracy"] = correct[1] / min(attacked, max(total, 1))
-        return {k: float(v) for k, v in out.items()}
-
-    def export(
-        self, export_dir: str, metadata: Mapping[str, Any], evaluation: Mapping[str, float], num_examples: int
-    ) -> None:
-        """Exports the class head as a classifier (SavedModel, classifier.keras, metadata.json)."""
-        metadata = dict(metadata)
-        metadata["init_from"] = {"model_dir": self.params.init_from, "checkpoint": self.init_checkpoint}
-        metadata = classifier_export_metadata(
-            metadata, evaluation, num_examples, self.params.eps, self.config.runtime
-        )
-        export.export_classifier(self.classifier, export_dir, self.info.image_shape, metadata)
+        return {"loss": loss}
