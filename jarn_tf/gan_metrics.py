@@ -1081,6 +1081,27 @@ class TrainingFCD:
         self._network: Optional[FeatureNetwork] = None
         self._reference: Optional[Tuple[np.ndarray, np.ndarray]] = None
 
+    def check(self) -> None:
+        """Loads the feature network (once) and refuses a sample count its covariance cannot use.
+
+        The trainers call it when they are built, so that a bad ``--fcd_samples``
+        or ``--fcd_network`` stops the run before any training, not at the first
+        evaluation.
+
+        Raises:
+          ValueError: the network cannot be loaded, or ``num_samples`` is not
+            more than its feature count (the covariance would be singular).
+        """
+        if self._network is None:
+            self._network = load_feature_network(self.network_path)
+        d = self._network.feature_dim
+        if self.num_samples <= d:
+            raise ValueError(
+                f"--fcd_samples={self.num_samples} but --fcd_network={self.network_path} has {d} features: "
+                f"the covariance needs more samples than features; give --fcd_samples > {d} (e.g. "
+                f"{max(5000, 2 * d)})"
+            )
+
     def measure(self, real_uint8: np.ndarray, generate: Any) -> Dict[str, float]:
         """``eval/fcd`` and ``eval/classifier_score`` of ``generate(n)`` ([0, 1] images).
 
@@ -1089,8 +1110,8 @@ class TrainingFCD:
             first ``num_samples`` are the reference.
           generate: n -> n generated images, float [n, H, W, C] in [0, 1].
         """
-        if self._network is None:
-            self._network = load_feature_network(self.network_path)
+        self.check()
+        if self._reference is None:
             real = real_uint8[: self.num_samples].astype(np.float32) / 255.0
             feats, _ = self._network.features_and_probabilities(real, self.batch_size)
             self._reference = feature_statistics(feats)

@@ -234,6 +234,27 @@ def test_classifier_feature_network(exports):
         gm.load_feature_network(run, inception_graph="x.pb")
 
 
+def test_training_fcd_refuses_too_few_samples_at_once_and_measures_as_offline(exports):
+    """The training-time FCD (--fcd_network) checks its sample count when built (before any training),
+    and measures what the offline functions give."""
+    run = exports["classifier_run"]
+    with pytest.raises(ValueError, match=rf"--fcd_samples={PENULTIMATE_DIM} .* has {PENULTIMATE_DIM} features"):
+        gm.TrainingFCD(run, PENULTIMATE_DIM).check()
+    n = PENULTIMATE_DIM + 40
+    fcd = gm.TrainingFCD(run, n, score_splits=2)
+    fcd.check()
+    rng = np.random.default_rng(1)
+    real = rng.integers(0, 256, size=(n + 5, 28, 28, 1), dtype=np.uint8)
+    fake = rng.uniform(size=(n, 28, 28, 1)).astype(np.float32)
+    got = fcd.measure(real, lambda k: fake[:k])
+    net = gm.load_feature_network(run)
+    real_feats, _ = net.features_and_probabilities(real[:n].astype(np.float32) / 255.0)
+    fake_feats, probs = net.features_and_probabilities(fake)
+    want = gm.frechet_distance(*gm.feature_statistics(fake_feats), *gm.feature_statistics(real_feats))
+    assert got["eval/fcd"] == pytest.approx(want, rel=1e-6)
+    assert got["eval/classifier_score"] == pytest.approx(gm.classifier_score(probs, 2), rel=1e-6)
+
+
 def test_load_generator_forms_agree_and_refuse_a_classifier(exports):
     run = exports["generator_run"]
     export_dir = os.path.join(run, "export")

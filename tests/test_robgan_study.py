@@ -37,7 +37,7 @@ def test_cpu_dry_run_prints_every_command(tmp_path, flagfiles_exist):
     tail = "--nodownload --verbose=0"
     assert (
         f"[run]     python -m jarn_tf.train --flagfile=flags/cpu_advgan.cfg --model_dir={out}/seed0/advgan "
-        "--fcd_network=runs/paper_cpu/models/standard_seed0 --fcd_samples=2000 --eval_every=300 "
+        "--fcd_network=runs/paper_cpu/models/standard_seed0 --fcd_samples=5000 --eval_every=300 "
         f"--seed=0 {tail}"
     ) in text
     assert (
@@ -498,7 +498,7 @@ def test_resume_with_other_settings_is_refused(tmp_path, capsys, monkeypatch, fl
     err = _refused(
         ["--experiment=figure5", "--fcd_samples=500", f"--output_dir={out}", "--dry_run"], capsys, monkeypatch
     )
-    assert "holds a study with other settings (fcd_samples: 2000 there, 500 now)" in err
+    assert "holds a study with other settings (fcd_samples: 5000 there, 500 now)" in err
     err = _refused(
         ["--experiment=figure1", "--figure_eps=0,0.1", f"--output_dir={out}", "--dry_run"],
         capsys,

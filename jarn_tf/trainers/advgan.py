@@ -176,7 +176,12 @@ class AdvGANTrainer(_ConditionalSampling, Trainer):
             )
         self._build_optimizers()
         self._init_sampling(p.latent_dim, config.seed)
-        self._fcd = None  # gan_metrics.TrainingFCD, built at the first evaluation
+        self._fcd = None  # gan_metrics.TrainingFCD: its network is loaded and checked now, before training
+        if p.fcd_network:
+            from jarn_tf import gan_metrics
+
+            self._fcd = gan_metrics.TrainingFCD(p.fcd_network, p.fcd_samples)
+            self._fcd.check()
         self._marginal_fn = None
         self._eval_fn = None
 
@@ -442,10 +447,6 @@ class AdvGANTrainer(_ConditionalSampling, Trainer):
             p_fake = [tf.sigmoid(self.heads(b)[0]).numpy() for b in np.array_split(fake, -(-n // 256))]
             out["eval/p_real_generated"] = float(np.mean(np.concatenate(p_fake)))
         if p.fcd_network:
-            if self._fcd is None:
-                from jarn_tf import gan_metrics
-
-                self._fcd = gan_metrics.TrainingFCD(p.fcd_network, p.fcd_samples)
             out.update(self._fcd.measure(images, lambda k: self._generate_marginal(k, self.config.seed + 1)))
         return {k: float(v) for k, v in out.items()}
 

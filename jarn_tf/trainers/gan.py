@@ -103,7 +103,12 @@ class GANTrainer(Trainer):
         self._fixed_latent = tf.random.stateless_normal(
             [NUM_GRID, p.latent_dim], tf.constant([config.seed, _FIXED_LATENT_SEED], tf.int64)
         )
-        self._fcd = None  # gan_metrics.TrainingFCD, built at the first evaluation
+        self._fcd = None  # gan_metrics.TrainingFCD: its network is loaded and checked now, before training
+        if p.fcd_network:
+            from jarn_tf import gan_metrics
+
+            self._fcd = gan_metrics.TrainingFCD(p.fcd_network, p.fcd_samples)
+            self._fcd.check()
         self._sample_fn = None
 
     @property
@@ -247,10 +252,6 @@ class GANTrainer(Trainer):
                 np.mean(np.concatenate([score(b) for b in np.array_split(fake, -(-n // 256))]))
             )
         if p.fcd_network:
-            if self._fcd is None:
-                from jarn_tf import gan_metrics
-
-                self._fcd = gan_metrics.TrainingFCD(p.fcd_network, p.fcd_samples)
             out.update(self._fcd.measure(images, lambda k: self._generate(k, self.config.seed + 1)))
         return out
 
