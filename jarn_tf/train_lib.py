@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
 import logging
 import os
-import re
 import shutil
 import signal
 import tempfile
@@ -25,28 +23,23 @@ import keras
 import tensorflow as tf
 
 from jarn_tf import config as config_lib
-from jarn_tf import data, distribute, export, models
+from jarn_tf import checkpoints, data, distribute, models
+from jarn_tf.checkpoints import (  # noqa: F401 (CheckpointRestoreError, checkpoint_candidates: this module's API too)
+    CHECKPOINT_DIR,
+    CheckpointRestoreError,
+    checkpoint_candidates,
+    restore_newest_readable,
+)
 from jarn_tf.summaries import SummaryWriter
 from jarn_tf.trainers import Trainer, build_trainer
 
 CONFIG_FILE = "config.json"
-CHECKPOINT_DIR = "checkpoints"
 EXPORT_DIR = "export"
 _NUM_SUMMARY_IMAGES = 8
 
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when a loss becomes NaN or Inf; no checkpoint is written after it."""
-
-
-class CheckpointRestoreError(ValueError):
-    """The run's checkpoints exist but none can be restored; none was deleted."""
-
-
-# What restoring a damaged checkpoint raises: IndexError ("Read less bytes
-# than requested": a truncated data file) or an OpError (DataLossError for a
-# failed checksum, NotFoundError for a missing file, a bad index file...).
-_UNREADABLE_CHECKPOINT_ERRORS = (IndexError, tf.errors.OpError)
 
 
 @dataclasses.dataclass
@@ -188,85 +181,6 @@ def check_model_dir(config: config_lib.ExperimentConfig, model_dir: str) -> None
             f"--model_dir={model_dir} holds a run with a different configuration "
             f"({'; '.join(diffs)}). Use a new --model_dir, or the same flags to resume."
         )
-
-
-def _one_line(error: BaseException) -> str:
-    """``Type: first line of the message``, without TensorFlow's op-name prefix."""
-    text = (str(error).strip().splitlines() or [""])[0]
-    text = re.sub(r"^\{\{[^}]*\}\}\s*", "", text)  # "{{function_node ...}} "
-    return f"{type(error).__name__}: {text}"
-
-
-def _checkpoint_number(path: str) -> int:
-    match = re.search(r"-(\d+)$", path)
-    return int(match.group(1)) if match else -1
-
-
-def checkpoint_candidates(directory: str) -> List[str]:
-    """The checkpoints of ``directory``, newest (highest number) first.
-
-    Those the state file (``checkpoint``) lists and those whose ``.index``
-    file is there: TensorFlow ignores an unreadable state file with a mere
-    warning, and the run must not then start again from step 0.
-
-    Args:
-      directory: a CheckpointManager's directory (it need not exist).
-
-    Returns:
-      Checkpoint paths (prefixes such as ``.../ckpt-20``).
-    """
-    paths = []
-    state = tf.train.get_checkpoint_state(directory)
-    if state is not None:
-        paths.extend(state.all_model_checkpoint_paths)
-        paths.append(state.model_checkpoint_path)
-    paths.extend(p[: -len(".index")] for p in glob.glob(os.path.join(glob.escape(directory), "*.index")))
-    unique = dict.fromkeys(os.path.abspath(p) for p in paths if p)  # keeps the first of each
-    return sorted(unique, key=_checkpoint_number, reverse=True)
-
-
-def restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str) -> Optional[str]:
-    """Restores the newest checkpoint of ``directory`` that can be read.
-
-    A damaged checkpoint (truncated, failing its checksum, a file missing) is
-    skipped with a warning naming it and the reason, and the one before it is
-    tried; nothing is deleted. A restore after a failed one leaves no value of
-    the damaged checkpoint behind: ``assert_existing_objects_matched`` checks
-    that it assigned every variable.
-
-    Args:
-      checkpoint: the checkpoint of every network, optimizer and the step.
-      directory: the directory of the checkpoints.
-
-    Returns:
-      The path of the checkpoint restored, or None when there is none.
-
-    Raises:
-      CheckpointRestoreError: there are checkpoints but none can be read, or
-        one does not match the networks; the message names them and the fix.
-    """
-    skipped = []
-    for path in checkpoint_candidates(directory):
-        try:
-            checkpoint.restore(path).assert_existing_objects_matched()
-        except _UNREADABLE_CHECKPOINT_ERRORS as e:
-            logging.warning("Skipped checkpoint %s: it cannot be read (%s).", path, _one_line(e))
-            skipped.append(f"{os.path.basename(path)}: {_one_line(e)}")
-            continue
-        except AssertionError as e:
-            raise CheckpointRestoreError(
-                f"Checkpoint {path} does not match the networks of this configuration ({_one_line(e)}). "
-                "Use a new --model_dir."
-            ) from e
-        if skipped:
-            logging.warning("Resuming from %s, the newest checkpoint that can be read.", path)
-        return path
-    if skipped:
-        raise CheckpointRestoreError(
-            f"No checkpoint in {directory} can be read ({'; '.join(skipped)}). Nothing was deleted. To train "
-            f"this run again from step 0, move {directory} away; or use a new --model_dir."
-        )
-    return None
 
 
 def next_stop(step: int, end: int, intervals: Sequence[int]) -> int:
@@ -439,7 +353,7 @@ def train(
     try:
         os.makedirs(model_dir, exist_ok=True)
     except OSError as e:
-        raise ValueError(f"--model_dir={model_dir} cannot be created ({_one_line(e)}).") from e
+        raise ValueError(f"--model_dir={model_dir} cannot be created ({checkpoints.one_line(e)}).") from e
     chief = distribute.is_chief(strategy)
     # Every worker takes part in every save (a save can run collectives);
     # only the chief's files land in model_dir, the others go to a scratch

@@ -501,6 +501,27 @@ def test_finetune_refuses_a_missing_or_wrong_init_run(run_main, tiny_data_dir, t
     assert "does not use --jarn" in capsys.readouterr().err
 
 
+def test_restore_cotraining_skips_a_damaged_checkpoint_and_refuses_other_networks(cotrained, tmp_path):
+    import glob
+    import shutil
+
+    init = str(tmp_path / "co")
+    shutil.copytree(cotrained[0], init)
+    gens = advgan_models.build_generators(8, (28, 28, 1), 10, 4)
+    disc = advgan_models.build_discriminator((28, 28, 1), 10, 4)
+    assert advgan_trainers.restore_cotraining(init, gens["conditional"], disc).endswith("ckpt-4")
+    for data_file in glob.glob(os.path.join(init, "checkpoints", "ckpt-4.data-*")):
+        with open(data_file, "r+b") as f:
+            f.truncate(100)  # a kill while writing
+    assert advgan_trainers.restore_cotraining(init, gens["conditional"], disc).endswith("ckpt-2")
+    wider = advgan_models.build_discriminator((28, 28, 1), 10, 6)
+    with pytest.raises(ValueError, match=r"--init_from=.*does not match the networks.*--mode=advgan of this"):
+        advgan_trainers.restore_cotraining(init, gens["conditional"], wider)
+    shutil.rmtree(os.path.join(init, "checkpoints"))
+    with pytest.raises(ValueError, match="no checkpoint can be read"):
+        advgan_trainers.restore_cotraining(init, gens["conditional"], disc)
+
+
 def _flagfile_values(name, train_steps=10):
     """(config, {field: value} over its sections) of flags/<name>.cfg, read from the repository root."""
     from absl import flags

@@ -68,7 +68,6 @@ training images (clean and PGD accuracy, and the local Lipschitz value
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -76,7 +75,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from jarn_tf import advgan_export, advgan_losses, advgan_models, attacks, data, export, gan_losses
+from jarn_tf import advgan_export, advgan_losses, advgan_models, attacks, checkpoints, data, export, gan_losses
 from jarn_tf.config import AdvGANConfig, AdvGANFinetuneConfig, AdvGANPGDATConfig, ExperimentConfig
 from jarn_tf.data import DatasetInfo
 from jarn_tf.trainers.base import Trainer, classifier_export_metadata, learning_rate_schedule
@@ -502,28 +501,17 @@ def restore_cotraining(init_from: str, generator: keras.Model, discriminator: ke
     Raises:
       ValueError: no checkpoint there can be read, or it does not hold these networks.
     """
-    from jarn_tf import train_lib  # train_lib imports the trainers: import it late
-
-    directory = os.path.join(init_from, train_lib.CHECKPOINT_DIR)
+    directory = os.path.join(init_from, checkpoints.CHECKPOINT_DIR)
     checkpoint = tf.train.Checkpoint(generator=generator, discriminator=discriminator)
-    problems = []
-    for path in train_lib.checkpoint_candidates(directory):
-        try:
-            checkpoint.restore(path).assert_existing_objects_matched().expect_partial()
-        except (IndexError, tf.errors.OpError) as e:
-            problems.append(f"{os.path.basename(path)}: {train_lib._one_line(e)}")
-            logging.warning("Skipped checkpoint %s of --init_from: %s", path, problems[-1])
-            continue
-        except AssertionError as e:
-            raise ValueError(
-                f"--init_from checkpoint {path} does not hold the networks of this fine-tuning "
-                f"({train_lib._one_line(e)}); was it written by --mode=advgan of this version?"
-            ) from e
-        return path
-    raise ValueError(
-        f"--init_from={init_from}: no checkpoint can be read in {directory}"
-        + (f" ({'; '.join(problems)})" if problems else "")
-    )
+    try:
+        path = checkpoints.restore_newest_readable(checkpoint, directory, expect_partial=True)
+    except checkpoints.CheckpointRestoreError as e:
+        raise ValueError(
+            f"--init_from={init_from}: {e} Was it written by --mode=advgan of this version?"
+        ) from e
+    if path is None:
+        raise ValueError(f"--init_from={init_from}: no checkpoint can be read in {directory}")
+    return path
 
 
 class _ClassHeadTrainer(Trainer):
