@@ -1,6 +1,6 @@
 """Export of a class-conditional generator (the ``advgan`` mode).
 
-``export/`` holds, swapped in whole like every export (``export._write_export``):
+``export/`` holds, swapped in whole like every export (``export.write_export``):
 
   saved_model/                 signatures ``serving_default``: ``latent``
                                float32 [N, latent_dim + 1] ~ N(0, I) ->
@@ -137,5 +137,5 @@ def export_conditional_generator(
                 class_head, os.path.join(tmp, CLASS_HEAD_DIR), image_shape, class_head_metadata
             )
 
-    export._write_export(final, write, payload)
+    export.write_export(final, write, payload)
     return export_dir

@@ -74,28 +74,58 @@ GAN_ACTIVATIONS = ("relu", "leaky_relu", "tanh")
 GAN_NORMS = ("batch", "instance", "none")
 GAN_PAPER_OPTION = "paper"
 
-# Values a mode gives the common sections' flags that were not given on the
-# command line (or in a flagfile): the GAN papers train with Adam 2e-4 at a
-# constant rate, batch 64, weight decay 1e-4 and no augmentation.
-MODE_PRESETS: Dict[str, Dict[str, Any]] = {
-    "gan": dict(learning_rate=2e-4, lr_boundaries=(), weight_decay=1e-4, batch_size=64, augment=False),
-}
-# Common-section flags that mean nothing in a mode: giving one is an error.
-MODE_UNUSED_FLAGS: Dict[str, Tuple[str, ...]] = {
-    "gan": (
-        "momentum",
-        "model",
-        "wrn_depth",
-        "wrn_width",
-        "cnn_channels",
-        "disc_layers",
-        "disc_base_channels",
-        "standardize_input",
-        "sync_batchnorm",
-        "eval_pgd_steps",
-        "eval_pgd_examples",
-    ),
-}
+# The registry of training modes, filled by ``register_mode`` where each mode's
+# section is defined: mode name -> its config section; the values it gives the
+# common sections' flags left unset; the common-section flags that mean
+# nothing in it (giving one is an error); and why it refuses another mode's
+# flags where the flag's name does not say it.
+MODE_SECTIONS: Dict[str, type] = {}
+MODE_PRESETS: Dict[str, Dict[str, Any]] = {}
+MODE_UNUSED_FLAGS: Dict[str, Tuple[str, ...]] = {}
+MODE_FOREIGN_FLAG_REASONS: Dict[str, Dict[str, str]] = {}
+
+
+def register_mode(
+    *names: str,
+    presets: Optional[Dict[str, Any]] = None,
+    unused_flags: Tuple[str, ...] = (),
+    foreign_flag_reasons: Optional[Dict[str, str]] = None,
+):
+    """Class decorator: registers a mode's config section under ``names`` (the first the mode's
+    name, the others aliases), with its presets, unused common flags and refusal reasons.
+
+    Raises:
+      ValueError: a name registered twice.
+    """
+
+    def register(section: type) -> type:
+        for name in names:
+            if name in MODE_SECTIONS:
+                raise ValueError(f"mode {name!r} is registered twice ({MODE_SECTIONS[name].__name__})")
+            MODE_SECTIONS[name] = section
+            if presets:
+                MODE_PRESETS[name] = dict(presets)
+            if unused_flags:
+                MODE_UNUSED_FLAGS[name] = tuple(unused_flags)
+            if foreign_flag_reasons:
+                MODE_FOREIGN_FLAG_REASONS[name] = dict(foreign_flag_reasons)
+        return section
+
+    return register
+
+
+# Common-section flags that the GAN modes do not use (they build their own networks).
+_GAN_UNUSED = (
+    "momentum",
+    "model",
+    "wrn_depth",
+    "wrn_width",
+    "cnn_channels",
+    "disc_layers",
+    "disc_base_channels",
+    "standardize_input",
+    "sync_batchnorm",
+)
 
 # Settings per dataset, used for flags left unset: the paper's (section 4) for
 # mnist, svhn and cifar10. fashion_mnist is not in the paper: it takes the
@@ -480,6 +510,7 @@ def _disc_reg_checks(section: Any) -> List[Tuple[bool, str]]:
     ]
 
 
+@register_mode("classifier")
 @dataclasses.dataclass(frozen=True)
 class ClassifierConfig:
     """The ``classifier`` mode: standard training and its regularisers.
@@ -674,6 +705,13 @@ class ClassifierConfig:
         )
 
 
+# The GAN papers train with Adam 2e-4 at a constant rate, batch 64, weight
+# decay 1e-4 and no augmentation; PGD evaluation of a classifier means nothing here.
+@register_mode(
+    "gan",
+    presets=dict(learning_rate=2e-4, lr_boundaries=(), weight_decay=1e-4, batch_size=64, augment=False),
+    unused_flags=_GAN_UNUSED + ("eval_pgd_steps", "eval_pgd_examples"),
+)
 @dataclasses.dataclass(frozen=True)
 class GANConfig:
     """The ``gan`` mode: a GAN whose discriminator may be made robust.
@@ -796,9 +834,6 @@ class GANConfig:
             ]
         )
 
-
-# Mode name -> its config section. A new mode adds its section here.
-MODE_SECTIONS: Dict[str, type] = {"classifier": ClassifierConfig, "gan": GANConfig}
 
 # The sections every mode has, in the order they are written.
 COMMON_SECTIONS: Dict[str, type] = {
@@ -1102,6 +1137,23 @@ def _advgan_discriminator_field(default: Optional[str]) -> Any:
     )
 
 
+# [paper] SN-GAN's settings, which the paper keeps: Adam 2e-4 (betas in the
+# section), batch 64, no weight decay; no augmentation unless asked.
+_ADVGAN_PRESETS = dict(learning_rate=2e-4, lr_boundaries=(), weight_decay=0.0, batch_size=64, augment=False)
+# Fine-tuning: [authors' code] finetune.py: Adam 1e-3, batch 128, staged
+# epochs 20/20/10/10 with lr / 10 after each stage (an earlier finetune.py
+# had 40/20/20/10): boundaries at 20/60, 40/60 and 50/60 of the run. The
+# paper's baseline (advgan_pgd_at) uses the fine-tuning's optimizer.
+_FINETUNE_PRESETS = dict(
+    learning_rate=1e-3,
+    lr_boundaries=(20 / 60, 40 / 60, 50 / 60),
+    lr_decay=0.1,
+    weight_decay=0.0,
+    batch_size=128,
+)
+
+
+@register_mode("advgan", "robgan", presets=_ADVGAN_PRESETS, unused_flags=_GAN_UNUSED)
 @dataclasses.dataclass(frozen=True)
 class AdvGANConfig:
     """The ``advgan`` mode: co-training of generator, discriminator and PGD attacker.
@@ -1270,6 +1322,16 @@ def _advgan_attack_checks(section: Any) -> List[Tuple[bool, str]]:
     ]
 
 
+@register_mode(
+    "advgan_finetune",
+    presets=_FINETUNE_PRESETS,
+    unused_flags=_GAN_UNUSED,
+    foreign_flag_reasons={
+        name: "Fine-tuning (eq. 10) trains the class head only: it has no real/fake loss for --disc_reg to "
+        "regularise; give --disc_reg to the --mode=advgan run"
+        for name in _disc_reg_fields()
+    },
+)
 @dataclasses.dataclass(frozen=True)
 class AdvGANFinetuneConfig:
     """The ``advgan_finetune`` mode: eq. 10 on the co-trained discriminator's class head.
@@ -1403,6 +1465,7 @@ class AdvGANFinetuneConfig:
             )
 
 
+@register_mode("advgan_pgd_at", presets=_FINETUNE_PRESETS, unused_flags=_GAN_UNUSED)
 @dataclasses.dataclass(frozen=True)
 class AdvGANPGDATConfig:
     """The ``advgan_pgd_at`` mode: the paper's baseline, PGD-AT of the discriminator's own classifier.
@@ -1458,59 +1521,3 @@ class AdvGANPGDATConfig:
                 ),
             ]
         )
-
-
-MODE_SECTIONS.update(
-    {
-        "advgan": AdvGANConfig,
-        "robgan": AdvGANConfig,
-        "advgan_finetune": AdvGANFinetuneConfig,
-        "advgan_pgd_at": AdvGANPGDATConfig,
-    }
-)
-# [paper] SN-GAN's settings, which the paper keeps: Adam 2e-4 (betas in the
-# section), batch 64, no weight decay; no augmentation unless asked.
-# Fine-tuning: [authors' code] finetune.py: Adam 1e-3, batch 128, staged
-# epochs 20/20/10/10 with lr / 10 after each stage (an earlier finetune.py
-# had 40/20/20/10): boundaries at 20/60, 40/60 and 50/60 of the run.
-MODE_PRESETS.update(
-    {
-        "advgan": dict(learning_rate=2e-4, lr_boundaries=(), weight_decay=0.0, batch_size=64, augment=False),
-        "advgan_finetune": dict(
-            learning_rate=1e-3,
-            lr_boundaries=(20 / 60, 40 / 60, 50 / 60),
-            lr_decay=0.1,
-            weight_decay=0.0,
-            batch_size=128,
-        ),
-    }
-)
-MODE_PRESETS["robgan"] = MODE_PRESETS["advgan"]
-MODE_PRESETS["advgan_pgd_at"] = MODE_PRESETS["advgan_finetune"]  # the fine-tuning's optimizer
-_ADVGAN_UNUSED = (
-    "momentum",
-    "model",
-    "wrn_depth",
-    "wrn_width",
-    "cnn_channels",
-    "disc_layers",
-    "disc_base_channels",
-    "standardize_input",
-    "sync_batchnorm",
-)
-MODE_UNUSED_FLAGS.update(
-    {
-        "advgan": _ADVGAN_UNUSED,
-        "robgan": _ADVGAN_UNUSED,
-        "advgan_finetune": _ADVGAN_UNUSED,
-        "advgan_pgd_at": _ADVGAN_UNUSED,
-    }
-)
-# Why a mode refuses another mode's flags, where the flag's name does not say it.
-MODE_FOREIGN_FLAG_REASONS: Dict[str, Dict[str, str]] = {
-    "advgan_finetune": {
-        name: "Fine-tuning (eq. 10) trains the class head only: it has no real/fake loss for --disc_reg to "
-        "regularise; give --disc_reg to the --mode=advgan run"
-        for name in _disc_reg_fields()
-    }
-}

@@ -69,7 +69,7 @@ def _is_export_or_saved_model(directory: str) -> bool:
     )
 
 
-def _recovered(path: str) -> str:
+def recovered_path(path: str) -> str:
     """Where to read ``path`` from after a kill inside an export's swap.
 
     A kill between ``_replace_dir``'s two renames leaves the previous export
@@ -93,14 +93,14 @@ def export_path(export_dir: str) -> str:
     """The directory to read the export at ``export_dir`` from: ``export_dir``, or
     ``export_dir.old`` when a kill between the swap's two renames left only the
     previous export there (the next export moves it back)."""
-    return _recovered(export_dir)
+    return recovered_path(export_dir)
 
 
 def saved_model_path(export_dir: str) -> str:
     """The export's SavedModel directory: ``saved_model`` of ``export_path(export_dir)``,
     or ``saved_model.old`` in an export written by an older version that was
     killed between the SavedModel's two renames."""
-    return _recovered(os.path.join(export_path(export_dir), SAVED_MODEL_DIR))
+    return recovered_path(os.path.join(export_path(export_dir), SAVED_MODEL_DIR))
 
 
 def _replace_dir(tmp: str, final: str) -> None:
@@ -108,7 +108,7 @@ def _replace_dir(tmp: str, final: str) -> None:
 
     ``final`` is renamed to ``final.old`` and ``tmp`` to ``final``, then
     ``final.old`` is deleted. A kill between the two renames leaves
-    ``final.old`` alone, which readers use (``_recovered``) and the next call
+    ``final.old`` alone, which readers use (``recovered_path``) and the next call
     (``_recover_dir``) first moves back; a kill while deleting it leaves a
     part of it beside the whole ``final``, which readers ignore and the next
     call deletes. An exception between the renames moves ``final.old`` back.
@@ -177,7 +177,7 @@ def export_classifier(
     def write(tmp: str) -> None:
         _write_classifier_model(classifier, tmp, image_shape)
 
-    _write_export(final, write, _classifier_payload(image_shape, metadata))
+    write_export(final, write, _classifier_payload(image_shape, metadata))
     return os.path.join(export_dir, SAVED_MODEL_DIR)
 
 
@@ -215,7 +215,7 @@ def write_classifier_files(
         f.write("\n")
 
 
-def _write_export(final: str, write: Callable[[str], None], payload: Mapping[str, Any]) -> None:
+def write_export(final: str, write: Callable[[str], None], payload: Mapping[str, Any]) -> None:
     """Runs ``write(tmp)`` in a new sibling directory, adds metadata.json, and swaps it in.
 
     Everything is written aside and moved in with one directory swap, so a
@@ -314,7 +314,7 @@ def export_generator(
             with open(os.path.join(tmp, SAMPLES_FILE), "wb") as f:
                 f.write(samples_png)
 
-    _write_export(final, write, payload)
+    write_export(final, write, payload)
     return export_dir
 
 
@@ -499,7 +499,7 @@ def load_model(path: str, training: bool = False) -> LoadedModel:
         looked for), or ``training`` with only a SavedModel there.
     """
     # A kill inside an export's swap may have left the previous export at <export>.old alone.
-    path = _recovered(os.path.abspath(path))
+    path = recovered_path(os.path.abspath(path))
     model_dir = None
     if os.path.isdir(saved_model_path(path)) or os.path.isfile(os.path.join(path, KERAS_FILE)):
         export_dir = path

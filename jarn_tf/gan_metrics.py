@@ -387,7 +387,7 @@ def _read_json(path: str) -> Dict[str, Any]:
 def _recovered(path: str) -> str:
     from jarn_tf import export
 
-    return export._recovered(os.path.abspath(path))  # an export left at <export>.old by a kill
+    return export.recovered_path(os.path.abspath(path))  # an export left at <export>.old by a kill
 
 
 def _is_generator_export(directory: str) -> bool:

@@ -23,7 +23,7 @@ import keras
 import tensorflow as tf
 
 from jarn_tf import config as config_lib
-from jarn_tf import checkpoints, data, distribute, models
+from jarn_tf import checkpoints, data, distribute
 from jarn_tf.checkpoints import (  # noqa: F401 (CheckpointRestoreError, checkpoint_candidates: this module's API too)
     CHECKPOINT_DIR,
     CheckpointRestoreError,
@@ -31,7 +31,7 @@ from jarn_tf.checkpoints import (  # noqa: F401 (CheckpointRestoreError, checkpo
     restore_newest_readable,
 )
 from jarn_tf.summaries import SummaryWriter
-from jarn_tf.trainers import Trainer, build_trainer
+from jarn_tf.trainers import Trainer, build_trainer, trainer_class
 
 CONFIG_FILE = "config.json"
 EXPORT_DIR = "export"
@@ -104,20 +104,15 @@ def validate_config(config: config_lib.ExperimentConfig) -> None:
     """Rejects impossible or inconsistent settings, naming the flag.
 
     Each config section checks its own fields (``ExperimentConfig.validate``);
-    the architecture is checked against the dataset's image shape.
+    the mode's trainer checks its networks against the dataset's image shape
+    (``Trainer.check_image_shape``).
 
     Raises:
       ValueError: with the offending flag in its message.
     """
     config.validate()
     image_shape = data.dataset_info(config.data.dataset).image_shape
-    if config.mode == "gan":
-        from jarn_tf import gan_models
-
-        # The gan mode builds its own networks; the classifier's fields are unused.
-        gan_models.gan_stages(image_shape)
-    else:
-        models.validate_model_config(config.model, image_shape)
+    trainer_class(config.mode).check_image_shape(config, image_shape)
 
 
 def mixed_precision_policy(setting: str) -> Optional[str]:

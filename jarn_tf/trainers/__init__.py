@@ -1,35 +1,31 @@
-"""Training modes: one module per mode, looked up by name.
+"""Training modes: one module per family of modes, looked up by name.
 
 A mode is a ``Trainer`` subclass (see ``base.py`` for the contract the loop
-in ``train_lib`` relies on) plus its config section in ``jarn_tf.config``
-(``MODE_SECTIONS``). ``TRAINERS`` maps ``--mode`` to the trainer class;
-adding a mode adds one entry here and one there.
+in ``train_lib`` relies on), registered with ``@register_trainer("<mode>")``
+where it is defined, plus its config section in ``jarn_tf.config``,
+registered with ``@register_mode("<mode>", ...)``. Importing this package
+imports every trainer module, which registers them in ``TRAINERS``.
 """
 
 from __future__ import annotations
-
-from typing import Dict
 
 import tensorflow as tf
 
 from jarn_tf.config import ExperimentConfig
 from jarn_tf.data import DatasetInfo
-from jarn_tf.trainers.base import Trainer
-from jarn_tf.trainers.classifier import ClassifierTrainer
-from jarn_tf.trainers.gan import GANTrainer
+from jarn_tf.trainers import advgan, classifier, gan  # noqa: F401 (registers their trainers)
+from jarn_tf.trainers.base import TRAINERS, Trainer, register_trainer  # noqa: F401
 
-TRAINERS: Dict[str, type] = {"classifier": ClassifierTrainer, "gan": GANTrainer}
 
-from jarn_tf.trainers.advgan import AdvGANFinetuneTrainer, AdvGANPGDATTrainer, AdvGANTrainer  # noqa: E402
+def trainer_class(mode: str) -> type:
+    """The Trainer subclass of ``mode``.
 
-TRAINERS.update(
-    {
-        "advgan": AdvGANTrainer,
-        "robgan": AdvGANTrainer,
-        "advgan_finetune": AdvGANFinetuneTrainer,
-        "advgan_pgd_at": AdvGANPGDATTrainer,
-    }
-)
+    Raises:
+      ValueError: for a mode without a trainer, listing those there are.
+    """
+    if mode not in TRAINERS:
+        raise ValueError(f"--mode={mode!r} is not available; choose one of {sorted(TRAINERS)}.")
+    return TRAINERS[mode]
 
 
 def build_trainer(config: ExperimentConfig, info: DatasetInfo, strategy: tf.distribute.Strategy) -> Trainer:
@@ -46,7 +42,6 @@ def build_trainer(config: ExperimentConfig, info: DatasetInfo, strategy: tf.dist
     Raises:
       ValueError: for a mode without a trainer.
     """
-    if config.mode not in TRAINERS:
-        raise ValueError(f"--mode={config.mode!r} is not available; choose one of {sorted(TRAINERS)}.")
+    cls = trainer_class(config.mode)
     with strategy.scope():
-        return TRAINERS[config.mode](config, info, strategy)
+        return cls(config, info, strategy)

@@ -75,10 +75,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from jarn_tf import advgan_export, advgan_losses, advgan_models, attacks, checkpoints, data, export, gan_losses
+from jarn_tf import advgan_export, advgan_losses, advgan_models, attacks, checkpoints, data, export, gan_losses, gan_models
 from jarn_tf.config import AdvGANConfig, AdvGANFinetuneConfig, AdvGANPGDATConfig, ExperimentConfig
 from jarn_tf.data import DatasetInfo
-from jarn_tf.trainers.base import Trainer, classifier_export_metadata, learning_rate_schedule
+from jarn_tf.trainers.base import Trainer, classifier_export_metadata, learning_rate_schedule, register_trainer
 from jarn_tf.trainers.gan import GANVariant, image_grid, png_bytes
 
 _LATENT_SEED = 21
@@ -124,6 +124,7 @@ class _ConditionalSampling:
         return {"images/samples": samples, "images/sample_grid": grid[None]}
 
 
+@register_trainer("advgan", "robgan")
 class AdvGANTrainer(_ConditionalSampling, Trainer):
     """Co-training of generator, two-head discriminator and PGD attacker."""
 
@@ -141,6 +142,12 @@ class AdvGANTrainer(_ConditionalSampling, Trainer):
         "train/regularizer",  # only with --disc_reg
     )
     progress_metrics = ("train/d_loss", "train/g_loss", "train/real_accuracy")
+
+    @classmethod
+    def check_image_shape(cls, config: ExperimentConfig, image_shape: Tuple[int, int, int]) -> None:
+        """The conditional generator and the two-head discriminator (``advgan_models``) take the images."""
+        gan_models.gan_stages(image_shape)
+        advgan_models.discriminator_sides(image_shape)
 
     def __init__(self, config: ExperimentConfig, info: DatasetInfo, strategy: tf.distribute.Strategy):
         super().__init__(config, info, strategy)
@@ -534,6 +541,11 @@ class _ClassHeadTrainer(Trainer):
     metric_names = ("train/loss", "train/xent_real", "train/accuracy_real")
     progress_metrics = ("train/xent_real", "train/accuracy_real")
 
+    @classmethod
+    def check_image_shape(cls, config: ExperimentConfig, image_shape: Tuple[int, int, int]) -> None:
+        """The two-head discriminator (``advgan_models``) takes the images."""
+        advgan_models.discriminator_sides(image_shape)
+
     def _init_class_head(self) -> None:
         o = self.config.optimizer
         self.classifier = advgan_models.classifier_from_discriminator(self.discriminator)
@@ -672,6 +684,7 @@ class _ClassHeadTrainer(Trainer):
         export.export_classifier(self.classifier, export_dir, self.info.image_shape, metadata)
 
 
+@register_trainer("advgan_finetune")
 class AdvGANFinetuneTrainer(_ConditionalSampling, _ClassHeadTrainer):
     """Eq. 10: the co-trained discriminator's class head on attacked real and generated images."""
 
@@ -759,6 +772,7 @@ class AdvGANFinetuneTrainer(_ConditionalSampling, _ClassHeadTrainer):
         return out
 
 
+@register_trainer("advgan_pgd_at")
 class AdvGANPGDATTrainer(_ClassHeadTrainer):
     """The paper's baseline: PGD adversarial training of the discriminator's trunk and class head.
 

@@ -34,6 +34,29 @@ from jarn_tf.data import DatasetInfo
 from jarn_tf.summaries import MetricSet
 
 
+# The registry of trainers, filled by ``register_trainer`` where each trainer is defined:
+# --mode -> the Trainer subclass that runs it (its config section is registered with
+# ``config.register_mode`` under the same names).
+TRAINERS: Dict[str, type] = {}
+
+
+def register_trainer(*modes: str):
+    """Class decorator: the trainer of ``modes`` (a mode and its aliases).
+
+    Raises:
+      ValueError: a mode registered twice.
+    """
+
+    def register(cls: type) -> type:
+        for mode in modes:
+            if mode in TRAINERS:
+                raise ValueError(f"mode {mode!r} has two trainers ({TRAINERS[mode].__name__}, {cls.__name__})")
+            TRAINERS[mode] = cls
+        return cls
+
+    return register
+
+
 def learning_rate_schedule(
     base: float, boundaries: Tuple[float, ...], decay: float, train_steps: int
 ) -> keras.optimizers.schedules.LearningRateSchedule:
@@ -116,6 +139,18 @@ class Trainer:
         self.loss_scaling = keras.mixed_precision.dtype_policy().name == "mixed_float16"
 
     # -- what the loop calls ---------------------------------------------------
+    @classmethod
+    def check_image_shape(cls, config: ExperimentConfig, image_shape: Tuple[int, int, int]) -> None:
+        """Refuses networks that cannot take the dataset's images, before anything is built.
+
+        The default checks the classifier's architecture (``--model`` and its
+        fields); modes that build other networks override it.
+
+        Raises:
+          ValueError: naming the flag and the image shape.
+        """
+        models.validate_model_config(config.model, image_shape)
+
     def variant(self, step: int) -> Hashable:
         """The static flavour of the step run at ``step``."""
         del step

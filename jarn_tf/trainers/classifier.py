@@ -18,7 +18,7 @@ import tensorflow as tf
 from jarn_tf import attacks, data, export, gan_losses, losses, models
 from jarn_tf.config import ClassifierConfig, ExperimentConfig
 from jarn_tf.data import DatasetInfo
-from jarn_tf.trainers.base import Trainer, classifier_export_metadata, learning_rate_schedule
+from jarn_tf.trainers.base import Trainer, classifier_export_metadata, learning_rate_schedule, register_trainer
 
 # Purposes folded into the per-step random seed, so that noise and attack
 # starts are independent streams.
@@ -37,6 +37,7 @@ class ClassifierVariant:
     update_discriminator: bool = False
 
 
+@register_trainer("classifier")
 class ClassifierTrainer(Trainer):
     """Standard, noise, FGSM/PGD-AT, double backprop and JARN training."""
 

@@ -26,7 +26,7 @@ import tensorflow as tf
 from jarn_tf import data, export, gan_losses, gan_models
 from jarn_tf.config import ExperimentConfig, GANConfig
 from jarn_tf.data import DatasetInfo
-from jarn_tf.trainers.base import Trainer, learning_rate_schedule
+from jarn_tf.trainers.base import Trainer, learning_rate_schedule, register_trainer
 
 _LATENT_SEED = 11
 _GEN_LATENT_SEED = 12
@@ -61,6 +61,7 @@ def png_bytes(images: np.ndarray, columns: int = 8) -> bytes:
     return tf.io.encode_png(tf.constant(np.round(grid * 255).astype(np.uint8))).numpy()
 
 
+@register_trainer("gan")
 class GANTrainer(Trainer):
     """Generator and (optionally robust) discriminator of the ``gan`` mode."""
 
@@ -73,6 +74,11 @@ class GANTrainer(Trainer):
         "train/d_fake",
     )
     progress_metrics = ("train/d_loss", "train/g_loss", "train/regularizer")
+
+    @classmethod
+    def check_image_shape(cls, config: ExperimentConfig, image_shape: Tuple[int, int, int]) -> None:
+        """The gan mode builds its own networks (``gan_models``); the classifier's fields are unused."""
+        gan_models.gan_stages(image_shape)
 
     def __init__(self, config: ExperimentConfig, info: DatasetInfo, strategy: tf.distribute.Strategy):
         super().__init__(config, info, strategy)

@@ -1,0 +1,141 @@
+"""The package's structure: no import cycle, no private name used across modules, the loop names
+no mode, and modes register where they are defined (issue 28)."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(REPO, "jarn_tf")
+
+
+def _modules():
+    """{dotted name: path} of every module of the package."""
+    out = {}
+    for root, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(root, name)
+                rel = os.path.relpath(path, REPO)[: -len(".py")].replace(os.sep, ".")
+                out[rel[: -len(".__init__")] if rel.endswith(".__init__") else rel] = path
+    return out
+
+
+def _imports(path, modules):
+    """(module-level imports, every import) of the package's modules by one module.
+
+    Module-level imports are those that run at import time (not inside a function or a
+    ``TYPE_CHECKING`` block): the ones that make an import cycle.
+    """
+    tree = ast.parse(open(path).read())
+    top, every = set(), set()
+
+    def add(target, name, at_top):
+        for candidate in (f"{target}.{name}" if name else None, target):
+            if candidate in modules:
+                every.add(candidate)
+                if at_top:
+                    top.add(candidate)
+                return
+
+    def visit(node, at_top):
+        for child in ast.iter_child_nodes(node):
+            inner = at_top and not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                inner = False
+            if isinstance(child, ast.Import):
+                for alias in child.names:
+                    add(alias.name, None, inner)
+            elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
+                for alias in child.names:
+                    add(child.module, alias.name, inner)
+            visit(child, inner)
+
+    visit(tree, True)
+    return top, every
+
+
+def test_no_module_imports_in_a_cycle():
+    modules = _modules()
+    graph = {name: _imports(path, modules)[0] for name, path in modules.items()}
+    # A package's __init__ imports its submodules, which import the package: not a cycle of
+    # concern (Python resolves it), so edges from a module to the package that holds it are dropped.
+    for name in graph:
+        graph[name] = {t for t in graph[name] if not name.startswith(t + ".")}
+    cycles = []
+    state = {}
+
+    def walk(node, stack):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                walk(nxt, stack)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            walk(node, [])
+    assert not cycles, "import cycles (module-level imports): " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_no_private_name_is_used_across_modules():
+    modules = _modules()
+    found = []
+    for name, path in modules.items():
+        tree = ast.parse(open(path).read())
+        aliases = {}  # local name -> package module it refers to
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    if f"{node.module}.{alias.name}" in modules:
+                        aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+                    elif node.module in modules and alias.name.startswith("_") and not alias.name.startswith("__"):
+                        found.append(f"{name}: from {node.module} import {alias.name}")
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name in modules and alias.asname:
+                        aliases[alias.asname] = alias.name
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+                and aliases[node.value.id] != name
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
+                found.append(f"{name}:{node.lineno}: {node.value.id}.{node.attr}")
+    assert not found, "private names used across modules: " + "; ".join(found)
+
+
+def test_the_training_loop_names_no_mode():
+    from jarn_tf import config as config_lib
+
+    source = open(os.path.join(PACKAGE, "train_lib.py")).read()
+    code = ast.unparse(ast.parse(source))  # without comments
+    names = "|".join(re.escape(m) for m in config_lib.MODE_SECTIONS)
+    assert not re.search(rf"['\"]({names})['\"]", code)
+    assert "config.mode ==" not in code
+
+
+def test_modes_register_once_with_a_section_and_a_trainer():
+    from jarn_tf import config as config_lib
+    from jarn_tf import trainers
+
+    assert set(config_lib.MODE_SECTIONS) == set(trainers.TRAINERS)
+    with pytest.raises(ValueError, match="registered twice"):
+        config_lib.register_mode("gan")(type("Other", (), {}))
+    with pytest.raises(ValueError, match="two trainers"):
+        trainers.register_trainer("gan")(type("Other", (), {}))
+    assert config_lib.MODE_SECTIONS["gan"] is config_lib.GANConfig
+    assert trainers.TRAINERS["gan"].__name__ == "GANTrainer"
+    with pytest.raises(ValueError, match="is not available; choose one of"):
+        trainers.trainer_class("nope")
