@@ -27,7 +27,7 @@ def export_tiny_untrained(directory: str, dataset: str = "fashion_mnist") -> tup
     """Exports an untrained generator and classifier (28x28x1) the way training runs export them."""
     import keras
 
-    from jarn_tf import export
+    from jarn_tf.core import export
 
     keras.utils.set_random_seed(0)
     # Functional models: the FCD's features are the input of the classifier's last Dense layer.

@@ -14,10 +14,10 @@ jarn_tf`` imports neither it nor TensorFlow; the first use of a name does::
 
 When a command of this package starts (``python -m jarn_tf.evaluate``,
 ``jarn-train``...), TensorFlow's C++ start-up lines are filtered out before
-TensorFlow is first imported (``jarn_tf.startup``).
+TensorFlow is first imported (``jarn_tf.core.startup``).
 """
 
-from jarn_tf import startup as _startup
+from jarn_tf.core import startup as _startup
 
 __version__ = "0.1.0"
 

@@ -7,11 +7,11 @@
     print(report)  # accuracy per attack, worst case, and the gradient-masking checks
 
 A thin layer over the code the commands run: ``evaluate_robustness`` wires
-``jarn_tf.export``, ``jarn_tf.eval_lib``, ``jarn_tf.masking`` and
-``jarn_tf.results`` as ``python -m jarn_tf.evaluate`` does, so the same model,
+``jarn_tf.core.export``, ``jarn_tf.robustness.evaluation``, ``jarn_tf.robustness.checks`` and
+``jarn_tf.robustness.reports`` as ``python -m jarn_tf.evaluate`` does, so the same model,
 images and settings give the same numbers and the same checks; and
 ``measure_generator`` computes what ``python -m jarn_tf.evaluate_gan`` computes
-(``jarn_tf.gan_metrics``).
+(``jarn_tf.gan.metrics``).
 
 The model contract (classifiers):
 
@@ -36,7 +36,7 @@ the model is called or any attack runs.
 Importing this module does not import TensorFlow; the functions do. Before
 TensorFlow's first import they ask for oneDNN's CPU kernels
 (``TF_ENABLE_ONEDNN_OPTS=1`` unless set), as the commands do
-(``jarn_tf.startup.prefer_onednn``).
+(``jarn_tf.core.startup.prefer_onednn``).
 """
 
 from __future__ import annotations
@@ -55,10 +55,10 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     import keras
 
-    from jarn_tf.eval_lib import EvalOutput
-    from jarn_tf.export import LoadedModel
-    from jarn_tf.gan_metrics import LoadedGenerator
-    from jarn_tf.masking import Check
+    from jarn_tf.robustness.evaluation import EvalOutput
+    from jarn_tf.core.export import LoadedModel
+    from jarn_tf.gan.metrics import LoadedGenerator
+    from jarn_tf.robustness.checks import Check
 
 __all__ = [
     "load_classifier",
@@ -71,7 +71,7 @@ __all__ = [
     "AUTOATTACK_QUICK_BUDGET",
 ]
 
-# Keyword arguments of ``jarn_tf.autoattack.run_autoattack`` that set AutoAttack's budget.
+# Keyword arguments of ``jarn_tf.robustness.autoattack.run_autoattack`` that set AutoAttack's budget.
 AUTOATTACK_BUDGET_KEYS = ("num_steps", "fab_steps", "num_queries", "num_target_classes", "p_init")
 # A small budget for a quick look (a smoke test, an example): a lower bound on robustness far
 # weaker than the standard version (100 APGD steps, 9 targets, 100 FAB steps, 5000 Square queries).
@@ -81,7 +81,7 @@ AUTOATTACK_QUICK_BUDGET = {"num_steps": 10, "fab_steps": 10, "num_queries": 100,
 def _prepare_tensorflow() -> None:
     """Asks for oneDNN before TensorFlow's first import, as the commands do (same kernels, same numbers)."""
     if "tensorflow" not in sys.modules:
-        from jarn_tf import startup
+        from jarn_tf.core import startup
 
         startup.prefer_onednn()
 
@@ -226,7 +226,7 @@ def load_classifier(path_or_model: Any, batchnorm: str = "inference") -> "Loaded
         * a ``keras.Model`` object (Keras 3, TensorFlow backend);
         * a ``.keras`` file, a SavedModel directory (``serving_default``
           signature returning ``logits``), an export directory of this
-          package, or a training run's model_dir (``jarn_tf.export.load_model``);
+          package, or a training run's model_dir (``jarn_tf.core.export.load_model``);
         * a ``LoadedModel`` (returned as it is), or any differentiable
           TensorFlow function ``images -> logits``.
       batchnorm: ``"inference"`` (Keras ``training=False``) or ``"train"``
@@ -235,7 +235,7 @@ def load_classifier(path_or_model: Any, batchnorm: str = "inference") -> "Loaded
         command.
 
     Returns:
-      A ``jarn_tf.export.LoadedModel``: ``.model_fn`` (images -> float32
+      A ``jarn_tf.core.export.LoadedModel``: ``.model_fn`` (images -> float32
       logits), ``.path``, ``.format``, ``.image_shape`` (H, W, C) or None,
       ``.metadata``.
 
@@ -247,7 +247,7 @@ def load_classifier(path_or_model: Any, batchnorm: str = "inference") -> "Loaded
         raise ValueError(f"batchnorm must be 'inference' or 'train', got {batchnorm!r}.")
     training = batchnorm == "train"
     _prepare_tensorflow()
-    from jarn_tf import export
+    from jarn_tf.core import export
 
     if isinstance(path_or_model, export.LoadedModel):
         if path_or_model.training != training:
@@ -319,7 +319,7 @@ def load_dataset(
 ) -> Tuple[np.ndarray, np.ndarray]:
     """The images ``python -m jarn_tf.evaluate --dataset=NAME`` evaluates, as arrays.
 
-    Reads the data as the command does (``jarn_tf.data``: TFDS's copy, else
+    Reads the data as the command does (``jarn_tf.core.data``: TFDS's copy, else
     MNIST-format IDX files in ``data_dir`` or Debian's dataset packages, else a
     TFDS download when ``download``), in the same example order, so "the
     first N" are the same images.
@@ -335,7 +335,8 @@ def load_dataset(
     """
     num_examples = _check_count(num_examples, "num_examples")
     _prepare_tensorflow()
-    from jarn_tf import config, data
+    from jarn_tf import config
+    from jarn_tf.core import data
 
     data_config = config.DataConfig(
         dataset=data.dataset_info(name).name, data_dir=data_dir, download=download
@@ -358,12 +359,12 @@ class RobustnessReport:
         and ``worst_case`` (correct under every attack run, per example).
       checks: the model checks (``outputs_are_logits``,
         ``deterministic_outputs``) and gradient-masking checks, each a
-        ``jarn_tf.masking.Check`` (``name``, ``passed``: True / False / None
+        ``jarn_tf.robustness.checks.Check`` (``name``, ``passed``: True / False / None
         when it could not run, ``message``: why it failed or what it needs,
         ``detail``: the numbers behind the verdict).
       results: the content of ``results.json`` the command writes
         (hyperparameters of every attack, versions...).
-      output: per-example outcomes (``jarn_tf.eval_lib.EvalOutput``).
+      output: per-example outcomes (``jarn_tf.robustness.evaluation.EvalOutput``).
       paths: the results files written (``output_dir``), else {}.
     """
 
@@ -403,7 +404,7 @@ class RobustnessReport:
         return self.results
 
     def __str__(self) -> str:
-        from jarn_tf import results as results_lib
+        from jarn_tf.robustness import reports as results_lib
 
         text = results_lib.format_table(self.results)
         for name, attack in self.results["attacks"].items():
@@ -425,7 +426,7 @@ def _autoattack_with_budget(model_fn, dataset, specs, params, budget, verbose) -
     ``eval_lib.evaluate`` runs ``autoattack.run_autoattack`` with its standard budget only; this
     runs it on the same batches, with the same seed, with the budget given.
     """
-    from jarn_tf import autoattack, eval_lib
+    from jarn_tf.robustness import autoattack, evaluation as eval_lib
 
     correct = {s.name: [] for s in specs}
     extra: Dict[str, Dict[str, list]] = {s.name: {} for s in specs}
@@ -491,7 +492,7 @@ def evaluate_robustness(
     The protocol of ``python -m jarn_tf.evaluate``: the same attacks
     (``eval_lib.evaluate``), AutoAttack's model checks on the first batch,
     the Square check, the eps checks and the masking checks
-    (``jarn_tf.masking``) and the same results (``jarn_tf.results``), so the
+    (``jarn_tf.robustness.checks``) and the same results (``jarn_tf.robustness.reports``), so the
     same model, images and settings give the same numbers as the command
     (``--attacks=clean,...`` with the flags of the same names). Clean
     accuracy is always measured (``clean`` is added first when missing).
@@ -520,7 +521,7 @@ def evaluate_robustness(
       pgd_restarts, pgd_loss, pgd_random_start: as the command's flags
         (``pgd_loss="both"`` runs each pgdK with both losses).
       autoattack_budget: None runs AutoAttack's standard version, as the
-        command does. A dict of ``jarn_tf.autoattack.run_autoattack``'s
+        command does. A dict of ``jarn_tf.robustness.autoattack.run_autoattack``'s
         budget arguments (``num_steps``, ``fab_steps``, ``num_queries``,
         ``num_target_classes``, ``p_init``; ``AUTOATTACK_QUICK_BUDGET`` for a
         quick look) runs a weaker AutoAttack; the report says so.
@@ -556,7 +557,7 @@ def evaluate_robustness(
     if num_examples is not None:
         images, labels = images[:num_examples], labels[:num_examples]
     _prepare_tensorflow()
-    from jarn_tf import eval_lib
+    from jarn_tf.robustness import evaluation as eval_lib
 
     names = [str(a).strip() for a in attacks if str(a).strip()]
     if "clean" not in [n.lower() for n in names]:
@@ -576,8 +577,9 @@ def evaluate_robustness(
 
     import tensorflow as tf
 
-    from jarn_tf import distribute, masking
-    from jarn_tf import results as results_lib
+    from jarn_tf.core import distribute
+    from jarn_tf.robustness import checks as masking
+    from jarn_tf.robustness import reports as results_lib
 
     loaded = load_classifier(model)
     if loaded.image_shape is not None and tuple(loaded.image_shape) != tuple(images.shape[1:]):
@@ -737,16 +739,16 @@ def load_generator(path_or_model: Any) -> "LoadedGenerator":
     Args:
       path_or_model: a GAN run's model_dir, its export directory, the
         ``generator.keras`` file or the ``saved_model`` directory
-        (``jarn_tf.gan_metrics.load_generator``); or a ``keras.Model``
+        (``jarn_tf.gan.metrics.load_generator``); or a ``keras.Model``
         (latent [N, d] -> images in [0, 1]; no metadata), or a
         ``LoadedGenerator`` (returned as it is).
 
     Returns:
-      A ``jarn_tf.gan_metrics.LoadedGenerator`` (``.generate(num, seed)``,
+      A ``jarn_tf.gan.metrics.LoadedGenerator`` (``.generate(num, seed)``,
       ``.latent_dim``, ``.image_shape``, ``.metadata``).
     """
     _prepare_tensorflow()
-    from jarn_tf import gan_metrics as gm
+    from jarn_tf.gan import metrics as gm
 
     if isinstance(path_or_model, gm.LoadedGenerator):
         return path_or_model
@@ -870,7 +872,7 @@ def measure_generator(
       feature_network: a classifier of this package trained on the same
         dataset (run model_dir, export directory or ``.keras`` file: its
         penultimate features, or logits with ``feature_layer="logits"``), a
-        ``jarn_tf.gan_metrics.FeatureNetwork``, or, for ``fid``/``is``, the
+        ``jarn_tf.gan.metrics.FeatureNetwork``, or, for ``fid``/``is``, the
         2015 Inception GraphDef ``.pb``.
       num_samples: generated images; the FCD needs more than the feature
         dimension.
@@ -915,7 +917,7 @@ def measure_generator(
     real = _check_images(real_images, "real_images")
     floor = None if floor_images is None else _check_images(floor_images, "floor_images")
     _prepare_tensorflow()
-    from jarn_tf import gan_metrics as gm
+    from jarn_tf.gan import metrics as gm
 
     gen = load_generator(generator)
     kind = _METRIC_NETWORK[metrics[0]]
@@ -942,7 +944,7 @@ def measure_generator(
                 ) from e
     else:
         raise ValueError(
-            f"feature_network must be a path or a jarn_tf.gan_metrics.FeatureNetwork, got "
+            f"feature_network must be a path or a jarn_tf.gan.metrics.FeatureNetwork, got "
             f"{type(feature_network).__name__} (save a Keras classifier with model.save('x.keras') and pass the path)."
         )
     if (net.kind == "inception_2015") != (kind == "inception"):

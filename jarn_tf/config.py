@@ -16,7 +16,7 @@ concern, each of which checks itself in one place (``validate``):
 
 Every section field is also a flag of the same name: its help text, choices
 and bounds are in the field's metadata (see ``flag_field``), and
-``jarn_tf.flag_utils`` turns them into absl flags, so each hyperparameter is
+``jarn_tf.core.flag_utils`` turns them into absl flags, so each hyperparameter is
 spelled out once. Nothing here imports TensorFlow: a config can be written to
 ``model_dir/config.json``, read back and compared on resume anywhere.
 """
@@ -62,11 +62,11 @@ REG_ATTACKS = ("fgm", "fgsm", "pgd", "cw")
 # samples, as the Inception Score is (jarn_tf.evaluate_gan and the training-time eval/classifier_score).
 CLASSIFIER_SCORE_SPLITS = 10
 REG_TARGETS = ("discriminator", "loss")
-# Architecture options of the gan mode's networks (``gan_models``), for the
+# Architecture options of the gan mode's networks (``jarn_tf.gan.models``), for the
 # random setups of the paper's Table 2 ("network blocks (vanilla convolution,
 # ResNet) ... nonlinearities (ReLU, Leaky ReLU, Tanh) and normalizations
-# (BatchNorm, InstanceNorm, none)"). Here, not in ``gan_models``, so that this
-# module needs no Keras; ``gan_models`` imports them. ``paper`` (flags only):
+# (BatchNorm, InstanceNorm, none)"). Here, not in ``jarn_tf.gan.models``, so that this
+# module needs no Keras; ``jarn_tf.gan.models`` imports them. ``paper`` (flags only):
 # Appendix C's choice, which differs between the generator and the
 # discriminator.
 GAN_BLOCKS = ("resnet", "vanilla")
@@ -203,7 +203,7 @@ class ModelConfig:
     """Architecture (and numeric precision) of every network of a run.
 
     Shape-dependent rules (e.g. discriminator depth against the image size)
-    are checked by ``jarn_tf.models.validate_model_config``.
+    are checked by ``jarn_tf.jarn.models.validate_model_config``.
     """
 
     RESUMABLE: ClassVar[FrozenSet[str]] = frozenset()
@@ -1062,11 +1062,11 @@ def read_config(path: str) -> dict:
 ADVGAN_CLASS_LOSSES = ("split", "acgan")
 # The names of the co-training mode (``robgan`` is an alias).
 ADVGAN_MODES = ("advgan", "robgan")
-# The discriminator's network (``advgan_models.build_discriminator``): SN-GAN's
+# The discriminator's network (``jarn_tf.robgan.models.build_discriminator``): SN-GAN's
 # ResNet with spectral norm (the paper's), the authors' code's (batch norm), or
 # this project's earlier network (kept for older runs).
 ADVGAN_DISCRIMINATORS = ("sngan", "authors", "legacy")
-# Weights of the co-training loss terms (``advgan_losses.LOSS_WEIGHTS``): eq. 9
+# Weights of the co-training loss terms (``jarn_tf.robgan.losses.LOSS_WEIGHTS``): eq. 9
 # as written, or the authors' code's 0.5 / 0.5 / 1 (discriminator), 0.5 / 0.5
 # (generator).
 ADVGAN_LOSS_WEIGHTS = ("paper", "authors")
@@ -1125,7 +1125,7 @@ def _advgan_discriminator_field(default: Optional[str]) -> Any:
     """The --advgan_discriminator field (one flag, the same help in both AdvGAN sections)."""
     return flag_field(
         default,
-        "The discriminator's network (jarn_tf/advgan_models.py). sngan (default; [paper]: SN-GAN's CIFAR-10 "
+        "The discriminator's network (jarn_tf/robgan/models.py). sngan (default; [paper]: SN-GAN's CIFAR-10 "
         "ResNet discriminator, spectral norm on every conv and linear layer, ReLU, global sum pooling); "
         "authors ([authors' code] ResNetAC(bn=True): the same blocks with batch norm after every conv, no "
         "spectral norm); legacy ([ours] the network of runs written before this flag: conv stem, leaky "
@@ -1217,7 +1217,7 @@ class AdvGANConfig:
         upper=1.0,
     )
     # The gan mode's robust-discriminator regularisers on the real/fake (source) head
-    # (trainers/advgan.py): score D = -source logit (high = generated), generated = G(z, y),
+    # (robgan/trainer.py): score D = -source logit (high = generated), generated = G(z, y),
     # real = the attacked real images; rfm on the trunk's pooled features and the source kernel.
     disc_reg: str = _disc_reg_fields()["disc_reg"]
     reg_weight: float = _disc_reg_fields()["reg_weight"]

@@ -8,7 +8,7 @@ Prints a table of accuracies (per attack and the per-example worst case over
 all of them), runs AutoAttack's checks of the model (logits, not probabilities;
 deterministic outputs) and gradient-masking checks (Square among them), and
 writes results.json, results.md and results.csv to --output_dir. --eps_sweep,
---loss_surface and --jacobian_figure add the analyses of ``jarn_tf.analysis``
+--loss_surface and --jacobian_figure add the analyses of ``jarn_tf.robustness.analysis``
 (--jacobian_figure also measures how well the input Jacobians align with the
 images). --batchnorm=train measures as the authors' release did, with the
 model in Keras's training mode (batch norm with batch statistics). Bad inputs
@@ -26,8 +26,9 @@ from typing import List, Optional
 
 from absl import app, flags, logging
 
-from jarn_tf import config, flag_utils
-from jarn_tf.flag_utils import define_fraction, parse_fraction
+from jarn_tf import config
+from jarn_tf.core import flag_utils
+from jarn_tf.core.flag_utils import define_fraction, parse_fraction
 
 FLAGS = flags.FLAGS
 
@@ -90,7 +91,7 @@ def define_evaluate_flags() -> None:
         "attacks",
         ["clean", "fgsm", "pgd20"],
         "Comma-separated attacks: clean, fgsm, pgdK (K steps, random start), pgdK_margin, pgdK_xent; "
-        "autoattack, apgd-ce, apgd-t, fab-t, square when jarn_tf.autoattack exists.",
+        "autoattack, apgd-ce, apgd-t, fab-t, square when jarn_tf.robustness.autoattack exists.",
     )
     define_fraction(
         "eps",
@@ -234,11 +235,12 @@ def _model_name(path: str, taken: List[str]) -> str:
 def main(argv) -> Optional[int]:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from jarn_tf import distribute
+    from jarn_tf.core import distribute
 
     distribute.configure_cpu_devices(FLAGS.cpu_devices)
-    from jarn_tf import analysis, data, eval_lib, export, masking
-    from jarn_tf import results as results_lib
+    from jarn_tf.core import data, export
+    from jarn_tf.robustness import analysis, evaluation as eval_lib, checks as masking
+    from jarn_tf.robustness import reports as results_lib
 
     # TensorFlow's INFO lines and retracing notes drown the progress bar.
     std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
@@ -485,7 +487,7 @@ def run() -> None:
     """Console-script entry point (proposed name ``jarn-evaluate``)."""
     define_evaluate_flags()
     flag_utils.help_for_console_script(__name__, __doc__)
-    from jarn_tf import startup
+    from jarn_tf.core import startup
 
     startup.prefer_onednn()  # before TensorFlow is imported: see its docstring
     app.run(main)

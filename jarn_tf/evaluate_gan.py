@@ -41,7 +41,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 from absl import app, flags
 
-from jarn_tf import config, flag_utils
+from jarn_tf import config
+from jarn_tf.core import flag_utils
 
 FLAGS = flags.FLAGS
 
@@ -130,7 +131,7 @@ def define_evaluate_gan_flags() -> None:
         False,
         "Instead of image quality, measure the exported discriminator's robustness (Definition 3.2 of Zhou & "
         "Kraehenbuehl): the largest |D(x) - D(x + u)|, ||u||_2 <= delta, that --attacks find on --num_samples "
-        "generated and as many real --reference_split images (jarn_tf.disc_robustness).",
+        "generated and as many real --reference_split images (jarn_tf.gan.disc_robustness).",
     )
     flags.DEFINE_list(
         "attacks", ["fgm", "pgd"], "With --discriminator_robustness: fgm (the paper's fast normalised gradient, "
@@ -268,8 +269,8 @@ def main(argv) -> Optional[int]:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
-    from jarn_tf import data
-    from jarn_tf import gan_metrics as gm
+    from jarn_tf.core import data
+    from jarn_tf.gan import metrics as gm
 
     if FLAGS.discriminator_robustness:
         return discriminator_robustness_main()
@@ -481,7 +482,7 @@ def main(argv) -> Optional[int]:
                 )
             )
 
-    from jarn_tf import results as results_lib
+    from jarn_tf.robustness import reports as results_lib
 
     paths = {}
     os.makedirs(output_dir, exist_ok=True)
@@ -526,7 +527,7 @@ def main(argv) -> Optional[int]:
 
 
 def _discriminator_file(generator) -> str:
-    from jarn_tf import export
+    from jarn_tf.core import export
 
     directory = generator.path
     if directory.endswith(".keras") or os.path.isfile(os.path.join(directory, "saved_model.pb")):
@@ -579,9 +580,10 @@ def format_robustness_markdown(results: Dict[str, Any]) -> str:
 
 def discriminator_robustness_main() -> int:
     """``--discriminator_robustness``: attacks the exported discriminator, writes results.json / .md."""
-    from jarn_tf import data, disc_robustness
-    from jarn_tf import gan_metrics as gm
-    from jarn_tf import results as results_lib
+    from jarn_tf.core import data
+    from jarn_tf.gan import disc_robustness
+    from jarn_tf.gan import metrics as gm
+    from jarn_tf.robustness import reports as results_lib
 
     start = time.time()
     try:

@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence
 from absl import app, flags, logging
 
 from jarn_tf import config as config_lib
-from jarn_tf import flag_utils
+from jarn_tf.core import flag_utils
 
 FLAGS = flags.FLAGS
 
@@ -63,10 +63,10 @@ def main(argv) -> Optional[int]:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     # Logical CPU devices must exist before TensorFlow initialises.
-    from jarn_tf import distribute
+    from jarn_tf.core import distribute
 
     distribute.configure_cpu_devices(FLAGS.cpu_devices)
-    from jarn_tf import data, train_lib
+    from jarn_tf.core import data, loop as train_lib
 
     # TensorFlow's own INFO lines (saver sharding, SavedModel assets, the
     # strategy's setup) drown the progress bar; --verbosity=0 brings them back.

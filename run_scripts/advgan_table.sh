@@ -23,4 +23,4 @@ ARGS=(--experiment=table1 --scale="$SCALE" --seeds="${SEEDS:-0}")
 if [ -n "${OUT:-}" ]; then ARGS+=(--output_dir="$OUT"); fi
 if [ -n "${FEATURE_NET:-}" ]; then ARGS+=(--feature_net="$FEATURE_NET"); fi
 if [ -n "${DATA_DIR:-}" ]; then ARGS+=(--data_dir="$DATA_DIR"); fi
-exec "$PY" -m jarn_tf.robgan_study "${ARGS[@]}" "$@"
+exec "$PY" -m jarn_tf.robgan.study "${ARGS[@]}" "$@"

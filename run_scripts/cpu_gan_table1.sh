@@ -60,5 +60,5 @@ for cell in $CELLS; do
       || echo "   discriminator robustness failed: see $run.log"
   fi
 done
-"$PY" -m jarn_tf.gan_table --runs="$OUT" --seed="$SEED" --output="$OUT/table1.md" \
+"$PY" -m jarn_tf.gan.table --runs="$OUT" --seed="$SEED" --output="$OUT/table1.md" \
   --curves="$OUT/fcd_curves_seed$SEED.png" || true

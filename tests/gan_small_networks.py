@@ -1,4 +1,4 @@
-"""Small generator and discriminator with the interface of jarn_tf.gan_models' networks.
+"""Small generator and discriminator with the interface of jarn_tf.gan.models' networks.
 
 Tracing a step of the residual networks costs ~15 s on one CPU core, so the GAN trainer tests
 monkeypatch ``gan_models.build_generator`` / ``build_gan_discriminator`` with these: the step,

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from jarn_tf import advgan_losses, advgan_models
+from jarn_tf.robgan import losses as advgan_losses, models as advgan_models
 from jarn_tf import config as config_lib
-from jarn_tf import train_lib
-from jarn_tf.trainers import advgan as advgan_trainers
+from jarn_tf.core import loop as train_lib
+from jarn_tf.robgan import trainer as advgan_trainers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -381,7 +381,7 @@ def test_class_head_evaluation_measures_the_train_and_test_gap_and_llv(pgd_at, f
         assert evaluation["eval/llv_train"] > 0 and evaluation["eval/llv_test"] > 0
     # The train keys measure the training split: on a run whose training and test images differ,
     # they differ.
-    from jarn_tf import data
+    from jarn_tf.core import data
 
     config = pgd_at[1].trainer.config
     train_x, _ = data.load_arrays(config.data, "train")
@@ -415,11 +415,11 @@ def test_llv_is_the_per_image_input_gradient_norm_of_the_cross_entropy(pgd_at):
 
 
 def test_baseline_steps_lower_the_adversarial_loss_of_a_fixed_batch(tiny_data_dir):
-    from jarn_tf import data, trainers
+    from jarn_tf.core import data, trainer as trainer_lib
 
     config = _config("advgan_pgd_at", tiny_data_dir, learning_rate=3e-3, lr_boundaries=())
     tf.keras.utils.set_random_seed(0)
-    trainer = trainers.build_trainer(config, data.dataset_info(config.data.dataset), tf.distribute.get_strategy())
+    trainer = trainer_lib.build_trainer(config, data.dataset_info(config.data.dataset), tf.distribute.get_strategy())
     images, labels = next(iter(data.make_eval_dataset(config.data, batch_size=8)))
     x, y = tf.constant(images), tf.cast(tf.constant(labels), tf.int32)
 
@@ -436,11 +436,11 @@ def test_baseline_steps_lower_the_adversarial_loss_of_a_fixed_batch(tiny_data_di
 
 def test_baseline_step_trains_on_the_attacked_images(tiny_data_dir, monkeypatch):
     """The update's logits are of the PGD-attacked batch (within eps, away from the clean images)."""
-    from jarn_tf import data, trainers
+    from jarn_tf.core import data, trainer as trainer_lib
 
     config = _config("advgan_pgd_at", tiny_data_dir)
     tf.keras.utils.set_random_seed(0)
-    trainer = trainers.build_trainer(config, data.dataset_info(config.data.dataset), tf.distribute.get_strategy())
+    trainer = trainer_lib.build_trainer(config, data.dataset_info(config.data.dataset), tf.distribute.get_strategy())
     images, labels = next(iter(data.make_eval_dataset(config.data, batch_size=8)))
     x, y = tf.constant(images), tf.cast(tf.constant(labels), tf.int32)
     seen, attacked = [], []
@@ -526,7 +526,7 @@ def _flagfile_values(name, train_steps=10):
     """(config, {field: value} over its sections) of flags/<name>.cfg, read from the repository root."""
     from absl import flags
 
-    from jarn_tf import flag_utils
+    from jarn_tf.core import flag_utils
 
     fv = flags.FlagValues()
     flag_utils.define_config_flags(fv)
@@ -634,11 +634,11 @@ DISC_REGS = ["ar", "rfm", "gradient_penalty", "instance_noise"]
 
 def _cotrainer(data_dir, **fields):
     """An AdvGANTrainer on the tiny data (weights from the config's seed) and one batch of 8 real images."""
-    from jarn_tf import data, trainers
+    from jarn_tf.core import data, trainer as trainer_lib
 
     config = _config("advgan", data_dir, **fields)
     tf.keras.utils.set_random_seed(config.seed)
-    trainer = trainers.build_trainer(
+    trainer = trainer_lib.build_trainer(
         config, data.dataset_info(config.data.dataset), tf.distribute.get_strategy()
     )
     images, labels = next(iter(data.make_eval_dataset(config.data, batch_size=8)))
@@ -664,7 +664,7 @@ def _disc_gradients(trainer, batch, like=None):
     ``like``'s weights as they were before its own step: sngan's step renormalises its kernels in
     place (``advgan_models.spectral_normalize``) even where the update itself is not applied.
     """
-    from jarn_tf.trainers.gan import GANVariant
+    from jarn_tf.gan.trainer import GANVariant
 
     if like is not None:
         for name in ("generator", "discriminator"):
@@ -679,7 +679,7 @@ def _disc_gradients(trainer, batch, like=None):
 
 @pytest.mark.parametrize("reg", DISC_REGS)
 def test_each_disc_reg_trains_a_few_steps_with_finite_losses(reg, tiny_data_dir):
-    from jarn_tf.trainers.gan import GANVariant
+    from jarn_tf.gan.trainer import GANVariant
 
     trainer, batch = _cotrainer(tiny_data_dir, disc_reg=reg)
     before = [w.numpy().copy() for w in trainer.discriminator.trainable_weights]
@@ -873,18 +873,18 @@ def test_each_discriminator_builds_with_its_layers_and_shapes(kind, shape, sides
 
 
 def _advgan_trainer(kind, dataset, **fields):
-    from jarn_tf import data, trainers
+    from jarn_tf.core import data, trainer as trainer_lib
 
     config = _config("advgan", "unused", dataset=dataset, advgan_discriminator=kind, **fields)
     config.validate()
     tf.keras.utils.set_random_seed(config.seed)
-    return trainers.build_trainer(config, data.dataset_info(dataset), tf.distribute.get_strategy())
+    return trainer_lib.build_trainer(config, data.dataset_info(dataset), tf.distribute.get_strategy())
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dataset", ["fashion_mnist", "cifar10"], ids=["28x28x1", "32x32x3"])
 def test_each_discriminator_runs_a_cotraining_step(kind, dataset):
-    from jarn_tf.trainers.gan import GANVariant
+    from jarn_tf.gan.trainer import GANVariant
 
     trainer = _advgan_trainer(kind, dataset)
     assert bool(advgan_models.spectral_layers(trainer.discriminator)) == (kind == "sngan")
@@ -936,7 +936,7 @@ def test_sngan_kernels_are_normalised_once_per_update_not_at_every_training_call
 def _resolve(args):
     from absl import flags
 
-    from jarn_tf import flag_utils
+    from jarn_tf.core import flag_utils
 
     fv = flags.FlagValues()
     flag_utils.define_config_flags(fv)
@@ -1021,7 +1021,7 @@ def test_dequantize_noise_is_in_range_and_deterministic_per_seed():
 
 @pytest.mark.parametrize("noise", [1 / 256, 0.0])
 def test_cotraining_attacks_the_dequantized_real_images(noise, tiny_data_dir):
-    from jarn_tf.trainers.gan import GANVariant
+    from jarn_tf.gan.trainer import GANVariant
 
     trainer, batch = _cotrainer(tiny_data_dir, dequantize_noise=noise)
     seen = []
@@ -1039,7 +1039,7 @@ def test_cotraining_attacks_the_dequantized_real_images(noise, tiny_data_dir):
 
 @pytest.mark.parametrize("kind", ["sngan", "legacy"])
 def test_attack_gain_compares_attacked_and_clean_images_under_one_discriminator(kind, tiny_data_dir):
-    from jarn_tf.trainers.gan import GANVariant
+    from jarn_tf.gan.trainer import GANVariant
 
     # A large learning rate: the update moves the discriminator far enough to tell the weights apart.
     trainer, batch = _cotrainer(tiny_data_dir, advgan_discriminator=kind, learning_rate=0.05)
@@ -1100,7 +1100,7 @@ def test_an_old_config_without_the_new_fields_is_a_legacy_run(tiny_data_dir, tmp
     resumed = train_lib.train(legacy, model_dir, eval_examples=0, verbose=0)
     assert (resumed.start_step, resumed.step) == (2, 4)
     # Fine-tuning from it builds the legacy network (the co-trained weights load) and refuses another one.
-    from jarn_tf import data, trainers
+    from jarn_tf.core import data, trainer as trainer_lib
 
     ft = config_lib.AdvGANFinetuneConfig(init_from=model_dir)
     assert ft.cotraining_section().advgan_discriminator == "legacy"
@@ -1109,7 +1109,7 @@ def test_an_old_config_without_the_new_fields_is_a_legacy_run(tiny_data_dir, tmp
     ] == ("legacy")
     ft_config = _config("advgan_finetune", tiny_data_dir, init_from=model_dir)
     ft_config.validate()
-    finetuner = trainers.build_trainer(
+    finetuner = trainer_lib.build_trainer(
         ft_config, data.dataset_info("fashion_mnist"), tf.distribute.get_strategy()
     )
     assert finetuner.init_checkpoint.endswith("ckpt-4")

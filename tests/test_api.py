@@ -136,7 +136,7 @@ def test_import_jarn_tf_stays_cheap():
 
 
 def _forbid_attacks(monkeypatch):
-    from jarn_tf import autoattack, eval_lib, masking
+    from jarn_tf.robustness import autoattack, evaluation as eval_lib, checks as masking
 
     def forbidden(*args, **kwargs):
         raise AssertionError("an attack ran before the input check")
@@ -244,7 +244,7 @@ def test_autoattack_runs_and_reports(monkeypatch, model_file, test_set):
     assert report.check("blackbox_not_below_whitebox").passed is not None  # AutoAttack's Square ran
     assert "| autoattack " in str(report)
     # A budget goes to run_autoattack; with the standard values it is the command's run, example for example.
-    from jarn_tf import autoattack
+    from jarn_tf.robustness import autoattack
 
     budget, budgets_seen, run_autoattack = {"num_steps": 100}, [], autoattack.run_autoattack
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from jarn_tf import attacks, data, train_lib
+from jarn_tf.core import data, loop as train_lib
+from jarn_tf.robustness import attacks
 
 cleverhans_pgd = pytest.importorskip("cleverhans.tf2.attacks.projected_gradient_descent")
 
@@ -46,7 +47,7 @@ def test_pgd_matches_cleverhans_without_random_start(tiny_data_dir, tmp_path, ep
 def _bench_cli(*args) -> subprocess.CompletedProcess:
     """``python -m jarn_tf.bench_attacks ARGS`` from the repository, output captured."""
     return subprocess.run(
-        [sys.executable, "-m", "jarn_tf.bench_attacks", *args],
+        [sys.executable, "-m", "jarn_tf.bench.attacks", *args],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -63,7 +64,7 @@ def test_benchmark_command_prints_figures():
 
 
 def test_conv_flops_counts_every_tap():
-    from jarn_tf.bench_attacks import conv_flops
+    from jarn_tf.bench.attacks import conv_flops
 
     # The Fashion-MNIST CNN's first convolution: 250 images, 14x14 outputs, 5x5x1 -> 64.
     assert conv_flops(250, (14, 14), (5, 5, 1, 64)) == 2 * 250 * 14 * 14 * 64 * 25

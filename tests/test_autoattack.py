@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from jarn_tf import attacks, autoattack
+from jarn_tf.robustness import attacks, autoattack
 
 NUM_CLASSES = 10
 

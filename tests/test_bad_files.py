@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from jarn_tf import data, export, train_lib
+from jarn_tf.core import data, export, loop as train_lib
 from jarn_tf.config import DataConfig
 
 # Every training run of the command-line cases: 2 steps, checkpoints at 1 and 2.

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from jarn_tf import bench
+from jarn_tf.bench import training as bench
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--cnn_channels=4,8,8", "--batch_size=8", "--steps=4", "--warmup=2", "--disc_update_every=2"]
@@ -19,7 +19,7 @@ TINY = ["--cnn_channels=4,8,8", "--batch_size=8", "--steps=4", "--warmup=2", "--
 def run_bench(args: list) -> str:
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run(
-        [sys.executable, "-m", "jarn_tf.bench"] + TINY + args,
+        [sys.executable, "-m", "jarn_tf.bench.training"] + TINY + args,
         capture_output=True,
         text=True,
         env=env,
@@ -124,7 +124,7 @@ def test_targets_pass_and_fail():
 
 def test_gan_step_benchmark_prints_and_saves_its_figures(tmp_path):
     # python -m jarn_tf.bench_gan: one process per (regulariser, oneDNN setting), figures printed and saved.
-    from jarn_tf import bench_gan
+    from jarn_tf.bench import gan as bench_gan
 
     lines = []
     out_json = tmp_path / "gan.json"

@@ -1,4 +1,4 @@
-"""Tests of jarn_tf.data: sources, IDX parsing and the input pipelines."""
+"""Tests of jarn_tf.core.data: sources, IDX parsing and the input pipelines."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from jarn_tf import data
+from jarn_tf.core import data
 from jarn_tf.config import DataConfig
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"

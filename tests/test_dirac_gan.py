@@ -1,5 +1,5 @@
 """The Dirac-GAN of Zhou & Krähenbühl (2019), Figures 2 and 5: known objective values, closed forms,
-smoothness under AR, convergence of the AR trajectories, and the command (``jarn_tf.dirac_gan``)."""
+smoothness under AR, convergence of the AR trajectories, and the command (``jarn_tf.gan.dirac``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from jarn_tf import dirac_gan as dg
+from jarn_tf.gan import dirac as dg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOG2 = math.log(2.0)
@@ -143,14 +143,14 @@ def test_gradients_match_finite_differences():
 def _flags(args):
     fv = flags.FlagValues()
     dg.define_dirac_gan_flags(fv)
-    fv(["jarn_tf.dirac_gan"] + list(args))
+    fv(["jarn_tf.gan.dirac"] + list(args))
     return fv
 
 
 def test_command_writes_figures_and_json(tmp_path, capsys):
     out = tmp_path / "dirac"
     fv = _flags([f"--output_dir={out}", "--steps=40", "--num_theta=41"])
-    assert dg.main(["jarn_tf.dirac_gan"], flag_values=fv) == 0
+    assert dg.main(["jarn_tf.gan.dirac"], flag_values=fv) == 0
     printed = capsys.readouterr().out
     for name in ("objective.png", "trajectories.png", "dirac_gan.json"):
         path = out / name
@@ -182,13 +182,13 @@ def test_command_writes_figures_and_json(tmp_path, capsys):
 
 def test_command_rejects_bad_input(tmp_path, capsys):
     fv = _flags([f"--output_dir={tmp_path}", "--trajectory_regularizers=none,bogus", "--num_theta=5"])
-    assert dg.main(["jarn_tf.dirac_gan"], flag_values=fv) == 2
+    assert dg.main(["jarn_tf.gan.dirac"], flag_values=fv) == 2
     assert "bogus" in capsys.readouterr().err
-    assert dg.main(["jarn_tf.dirac_gan"], flag_values=_flags([])) == 2  # no --output_dir
+    assert dg.main(["jarn_tf.gan.dirac"], flag_values=_flags([])) == 2  # no --output_dir
 
 
 def test_console_script_and_no_tensorflow():
     with open(os.path.join(REPO, "setup.cfg")) as f:
-        assert "jarn-dirac-gan = jarn_tf.dirac_gan:run" in f.read()
-    code = "import sys, jarn_tf.dirac_gan; sys.exit('tensorflow' in sys.modules)"
+        assert "jarn-dirac-gan = jarn_tf.gan.dirac:run" in f.read()
+    code = "import sys, jarn_tf.gan.dirac; sys.exit('tensorflow' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from jarn_tf import data, trainers
-from jarn_tf.trainers.classifier import ClassifierVariant
+from jarn_tf.core import data, trainer as trainer_lib
+from jarn_tf.jarn.trainer import ClassifierVariant
 
 
 def _step(tiny_config, variant="paper", steps=2, **fields):
@@ -17,7 +17,7 @@ def _step(tiny_config, variant="paper", steps=2, **fields):
         jarn=True, jarn_variant=variant, jarn_start=0.0, noise_eps=0.1, disc_update_every=1, **fields
     )
     keras.utils.set_random_seed(config.seed)
-    trainer = trainers.build_trainer(
+    trainer = trainer_lib.build_trainer(
         config, data.dataset_info(config.data.dataset), tf.distribute.get_strategy()
     )
     images, labels = next(iter(data.make_eval_dataset(config.data, batch_size=8)))

@@ -1,4 +1,4 @@
-"""The discriminator's robustness measurement (jarn_tf.disc_robustness): known values."""
+"""The discriminator's robustness measurement (jarn_tf.gan.disc_robustness): known values."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from jarn_tf import disc_robustness, gan_losses
+from jarn_tf.gan import disc_robustness, losses as gan_losses
 
 RNG = np.random.default_rng(0)
 W = RNG.normal(size=(2, 2, 1)).astype(np.float32)  # one weight per pixel of 2x2x1 images

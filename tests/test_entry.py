@@ -12,7 +12,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import flags
 
-from jarn_tf import data, export, train_lib
+from jarn_tf.core import data, export, loop as train_lib
 from jarn_tf import train as train_entry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

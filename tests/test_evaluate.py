@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from jarn_tf import analysis, attacks, autoattack
+from jarn_tf.robustness import analysis, attacks, autoattack
 from jarn_tf import config as config_lib
-from jarn_tf import data, eval_lib, export, losses, masking
-from jarn_tf import results as results_lib
-from jarn_tf import train_lib
+from jarn_tf.core import data, export
+from jarn_tf.jarn import losses
+from jarn_tf.robustness import evaluation as eval_lib, checks as masking
+from jarn_tf.robustness import reports as results_lib
+from jarn_tf.core import loop as train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import cifar as tfds_cifar
 from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
-from jarn_tf import data
+from jarn_tf.core import data
 from jarn_tf.config import DataConfig
 
 CIFAR_FILES = {

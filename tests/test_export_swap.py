@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from jarn_tf import export
+from jarn_tf.core import export
 
 SHAPE = (28, 28, 1)
 IMAGES = tf.random.stateless_uniform([4, *SHAPE], seed=[0, 1])

@@ -50,7 +50,7 @@ RUN_FLAGS = (
     "--verbosity=0",  # INFO: train_lib logs "Restored <checkpoint> at step N."
 )
 
-# Installed as sitecustomize.py: it patches jarn_tf.train_lib as it is
+# Installed as sitecustomize.py: it patches jarn_tf.core.loop as it is
 # imported, so that the process sends itself a signal at one point of training.
 FAULT_HOOK = '''
 """Test hook of tests/test_faults.py (never installed outside the tests).
@@ -119,7 +119,7 @@ class _PatchOnImport:
         self.fault = fault
 
     def find_spec(self, name, path=None, target=None):
-        if name != "jarn_tf.train_lib":
+        if name != "jarn_tf.core.loop":
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)

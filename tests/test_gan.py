@@ -28,7 +28,8 @@ import tensorflow as tf
 
 from gan_small_networks import small_discriminator, small_generator
 from jarn_tf import config as config_lib
-from jarn_tf import export, gan_losses, gan_models, train_lib
+from jarn_tf.core import export, loop as train_lib
+from jarn_tf.gan import losses as gan_losses, models as gan_models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LATENT_DIM = 8
@@ -746,7 +747,7 @@ def _resolve(args: list) -> config_lib.ExperimentConfig:
     """The config the flags give (``config_from_flags`` and ``validate_config``), in fresh flags."""
     from absl import flags
 
-    from jarn_tf import flag_utils
+    from jarn_tf.core import flag_utils
 
     fv = flags.FlagValues()
     flag_utils.define_config_flags(fv)

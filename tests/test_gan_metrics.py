@@ -1,4 +1,4 @@
-"""Image-quality metrics of generators (jarn_tf.gan_metrics) and the jarn_tf.evaluate_gan command."""
+"""Image-quality metrics of generators (jarn_tf.gan.metrics) and the jarn_tf.evaluate_gan command."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from jarn_tf import gan_metrics as gm
+from jarn_tf.gan import metrics as gm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LATENT_DIM = 8
@@ -184,7 +184,8 @@ def exports(tmp_path_factory):
     import keras
 
     from jarn_tf import config as config_lib
-    from jarn_tf import export, models
+    from jarn_tf.core import export
+    from jarn_tf.jarn import models
 
     root = tmp_path_factory.mktemp("gan_exports")
     classifier_run = str(root / "classifier_run")
@@ -217,7 +218,7 @@ def test_classifier_feature_network(exports):
     assert features.shape == (5, PENULTIMATE_DIM) and features.dtype == np.float64
     assert probs.shape == (5, 10) and np.allclose(probs.sum(axis=1), 1.0)
     # The probabilities are the softmax of the classifier's logits.
-    from jarn_tf import export
+    from jarn_tf.core import export
 
     logits = export.load_model(run).model_fn(images).numpy()
     np.testing.assert_allclose(probs, gm.softmax_float64(logits), rtol=1e-5, atol=1e-7)

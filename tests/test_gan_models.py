@@ -1,4 +1,4 @@
-"""The ``gan`` mode's networks (``jarn_tf.gan_models``): Table 3 of Zhou & Kraehenbuehl (ICLR 2019)
+"""The ``gan`` mode's networks (``jarn_tf.gan.models``): Table 3 of Zhou & Kraehenbuehl (ICLR 2019)
 pinned layer by layer, and the architecture options of their Table 2 study (``--gan_block``,
 ``--gan_activation``, ``--gan_norm``), whose defaults must leave the paper's networks untouched.
 
@@ -18,7 +18,8 @@ import pytest
 import tensorflow as tf
 
 from jarn_tf import config as config_lib
-from jarn_tf import data, gan_models, trainers
+from jarn_tf.core import data, trainer as trainer_lib
+from jarn_tf.gan import models as gan_models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LATENT_DIM = 8
@@ -444,7 +445,7 @@ def test_architecture_flags_are_listed_in_help():
 def _resolve(args: list) -> config_lib.ExperimentConfig:
     from absl import flags
 
-    from jarn_tf import flag_utils
+    from jarn_tf.core import flag_utils
 
     fv = flags.FlagValues()
     flag_utils.define_config_flags(fv)
@@ -473,7 +474,7 @@ def test_trainer_builds_the_configured_networks(options):
     config = _gan_config(**fields)
     config.validate()
     keras.utils.set_random_seed(0)
-    trainer = trainers.build_trainer(config, data.dataset_info("fashion_mnist"), tf.distribute.get_strategy())
+    trainer = trainer_lib.build_trainer(config, data.dataset_info("fashion_mnist"), tf.distribute.get_strategy())
     gen, disc = trainer.networks["generator"], trainer.networks["discriminator"]
     if options == "paper":
         assert [layer.name for layer in gen.layers] == RECORDED_GENERATOR_NAMES

@@ -1,6 +1,6 @@
 """Signs and directions of the ``gan`` mode, checked so that a flipped sign cannot pass.
 
-Sign convention of ``jarn_tf.gan_losses``: L = E f(-D(x_real)) + E f(D(G(z))), D maximises L, G
+Sign convention of ``jarn_tf.gan.losses``: L = E f(-D(x_real)) + E f(D(G(z))), D maximises L, G
 minimises its loss; gan f(t) = log sigmoid(t), lsgan f(t) = -(1 + t)^2 / 2, wgan f(t) = t. So for
 gan and wgan D scores generated images high and real ones low, for lsgan D's optimum is +1 on real
 and -1 on generated images, and a generator step moves D(G(z)) down (gan, wgan) or up (lsgan).
@@ -28,8 +28,9 @@ import tensorflow as tf
 
 from gan_small_networks import small_discriminator, small_generator
 from jarn_tf import config as config_lib
-from jarn_tf import data, gan_losses, gan_models, trainers
-from jarn_tf.trainers import gan as gan_trainer
+from jarn_tf.core import data, trainer as trainer_lib
+from jarn_tf.gan import losses as gan_losses, models as gan_models
+from jarn_tf.gan import trainer as gan_trainer
 
 LOSSES = ("gan", "lsgan", "wgan")
 
@@ -484,7 +485,7 @@ def _run_case(data_dir, loss, kind, reg):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(gan_models, "build_generator", small_generator)
         mp.setattr(gan_models, "build_gan_discriminator", small_discriminator)
-        trainer = trainers.build_trainer(
+        trainer = trainer_lib.build_trainer(
             config, data.dataset_info("fashion_mnist"), tf.distribute.get_strategy()
         )
     d_opt = trainer.optimizers["discriminator"] = _Recorder(trainer.optimizers["discriminator"])

@@ -1,4 +1,4 @@
-"""The Table 2 study (jarn_tf.gan_study): the draw, the ranking, the report, refusals."""
+"""The Table 2 study (jarn_tf.gan.study): the draw, the ranking, the report, refusals."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from jarn_tf import gan_study
+from jarn_tf.gan import study as gan_study
 
 
 def test_setups_are_drawn_from_the_pool_reproducibly_and_distinct():

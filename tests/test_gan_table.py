@@ -1,4 +1,4 @@
-"""The Table 1 collector (jarn_tf.gan_table): cells, the discriminator-robustness table, FCD curves."""
+"""The Table 1 collector (jarn_tf.gan.table): cells, the discriminator-robustness table, FCD curves."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from jarn_tf import gan_table
+from jarn_tf.gan import table as gan_table
 
 
 def _metric(name, value, **extra):

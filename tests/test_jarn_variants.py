@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from jarn_tf import data, losses, train_lib, trainers
-from jarn_tf.trainers.classifier import ClassifierVariant
+from jarn_tf.core import data, loop as train_lib, trainer as trainer_lib
+from jarn_tf.jarn import losses
+from jarn_tf.jarn.trainer import ClassifierVariant
 
 VARIANTS = ("paper", "release", "release_intended")
 
@@ -18,7 +19,7 @@ VARIANTS = ("paper", "release", "release_intended")
 def _trainer(config):
     keras.utils.set_random_seed(config.seed)
     info = data.dataset_info(config.data.dataset)
-    return trainers.build_trainer(config, info, tf.distribute.get_strategy())
+    return trainer_lib.build_trainer(config, info, tf.distribute.get_strategy())
 
 
 def _batch(config, n=8):
@@ -175,7 +176,7 @@ def tape_free_jacobian(model, images, labels):
 def test_variant_sets_the_defaults_of_unset_flags(args, jacobian, jarn_start):
     from absl import flags
 
-    from jarn_tf import flag_utils
+    from jarn_tf.core import flag_utils
 
     fv = flags.FlagValues()
     flag_utils.define_config_flags(fv)

@@ -119,7 +119,7 @@ def test_no_private_name_is_used_across_modules():
 def test_the_training_loop_names_no_mode():
     from jarn_tf import config as config_lib
 
-    source = open(os.path.join(PACKAGE, "train_lib.py")).read()
+    source = open(os.path.join(PACKAGE, "core", "loop.py")).read()
     code = ast.unparse(ast.parse(source))  # without comments
     names = "|".join(re.escape(m) for m in config_lib.MODE_SECTIONS)
     assert not re.search(rf"['\"]({names})['\"]", code)
@@ -128,14 +128,15 @@ def test_the_training_loop_names_no_mode():
 
 def test_modes_register_once_with_a_section_and_a_trainer():
     from jarn_tf import config as config_lib
-    from jarn_tf import trainers
+    from jarn_tf.core import trainer as trainer_lib
 
-    assert set(config_lib.MODE_SECTIONS) == set(trainers.TRAINERS)
+    assert set(config_lib.MODE_SECTIONS) == set(trainer_lib.register_all_modes())
     with pytest.raises(ValueError, match="registered twice"):
         config_lib.register_mode("gan")(type("Other", (), {}))
     with pytest.raises(ValueError, match="two trainers"):
-        trainers.register_trainer("gan")(type("Other", (), {}))
+        trainer_lib.register_trainer("gan")(type("Other", (), {}))
     assert config_lib.MODE_SECTIONS["gan"] is config_lib.GANConfig
-    assert trainers.TRAINERS["gan"].__name__ == "GANTrainer"
+    assert trainer_lib.TRAINERS["gan"].__name__ == "GANTrainer"
     with pytest.raises(ValueError, match="is not available; choose one of"):
-        trainers.trainer_class("nope")
+        trainer_lib.trainer_class("nope")
+

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from jarn_tf import attacks, losses
+from jarn_tf.jarn import losses
+from jarn_tf.robustness import attacks
 
 
 def _np_xent(labels, logits):

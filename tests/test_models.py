@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from jarn_tf import layers, models
+from jarn_tf import layers
+from jarn_tf.jarn import models
 from jarn_tf.config import ModelConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -55,7 +55,7 @@ from absl import flags
 from jarn_tf import train as entry
 entry.define_train_flags()
 flags.FLAGS(["jarn_tf.train"] + sys.argv[2:])
-from jarn_tf import distribute, train_lib
+from jarn_tf.core import distribute, loop as train_lib
 config = entry.config_from_flags()
 strategy = None
 if config.runtime.strategy == "multi_worker":
@@ -337,7 +337,7 @@ def test_launcher_rejects_bad_arguments():
 
 
 def test_read_tf_config_accepts_clusters_and_names_the_problem():
-    from jarn_tf import distribute
+    from jarn_tf.core import distribute
 
     chief_cluster = {"chief": ["a:1"], "worker": ["b:1", "c:1"]}
     for task in ({"type": "chief", "index": 0}, {"type": "worker", "index": 1}):
@@ -363,7 +363,7 @@ def test_read_tf_config_accepts_clusters_and_names_the_problem():
 def test_single_process_strategies_are_their_own_chief():
     import tensorflow as tf
 
-    from jarn_tf import distribute
+    from jarn_tf.core import distribute
 
     strategy = tf.distribute.get_strategy()
     assert distribute.is_chief(strategy) and distribute.num_workers(strategy) == 1

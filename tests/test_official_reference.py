@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from jarn_tf import autoattack
+from jarn_tf.robustness import autoattack
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
@@ -78,7 +78,7 @@ def test_standard_ensemble_within_a_point_of_the_official(reference):
 
 
 # ------------------------------------------------------------------------------------------------
-# The side-by-side benchmark (jarn_tf.bench_attacks --compare_official).
+# The side-by-side benchmark (jarn_tf.bench.attacks --compare_official).
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,7 +86,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_official_log_lines_give_robust_accuracy_and_time():
     import logging
 
-    from jarn_tf import official_autoattack
+    from jarn_tf.robustness import official_autoattack
 
     recorder = official_autoattack._LogRecorder()
     for line in ("running apgd-t", "robust accuracy after APGD-T: 52.20% (total time 310.5 s)"):
@@ -105,7 +105,7 @@ def _bench(tmp_path, tiny_keras_file, tiny_data_dir, *extra):
         [
             sys.executable,
             "-m",
-            "jarn_tf.bench_attacks",
+            "jarn_tf.bench.attacks",
             "--compare_official",
             f"--model_path={tiny_keras_file}",
             f"--data_dir={tiny_data_dir}",

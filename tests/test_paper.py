@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from jarn_tf import paper
+from jarn_tf.reproduce import paper
 
 TABLE3_ROWS = (
     "standard",

@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from jarn_tf import attacks, data, losses, models, train_lib, trainers
-from jarn_tf.trainers.classifier import ClassifierVariant
+from jarn_tf.core import data, loop as train_lib, trainer as trainer_lib
+from jarn_tf.jarn import losses, models
+from jarn_tf.robustness import attacks
+from jarn_tf.jarn.trainer import ClassifierVariant
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,10 +33,10 @@ def _skip_unless_ci(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _trainer(config) -> trainers.Trainer:
+def _trainer(config) -> trainer_lib.Trainer:
     keras.utils.set_random_seed(config.seed)
     info = data.dataset_info(config.data.dataset)
-    return trainers.build_trainer(config, info, tf.distribute.get_strategy())
+    return trainer_lib.build_trainer(config, info, tf.distribute.get_strategy())
 
 
 def _batch(config, n: int = 8):

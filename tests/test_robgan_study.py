@@ -1,4 +1,4 @@
-"""The Rob-GAN study (jarn_tf.robgan_study): its commands, skip-when-done, the reports on fabricated
+"""The Rob-GAN study (jarn_tf.robgan.study): its commands, skip-when-done, the reports on fabricated
 runs (results.json as jarn_tf.evaluate writes it, TensorBoard scalars as the trainers log them) and
 its refusals. No training, no data."""
 
@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from jarn_tf import robgan_study as rs
+from jarn_tf.robgan import study as rs
 
 
 @pytest.fixture
@@ -200,9 +200,9 @@ def test_finished_stages_are_skipped_and_the_rest_run_once(tmp_path, monkeypatch
 
 
 def _results(path, split, eps, accuracy, n=100):
-    """results.json (and .md, .csv) written by jarn_tf.results as jarn_tf.evaluate does."""
-    from jarn_tf import eval_lib
-    from jarn_tf import results as results_lib
+    """results.json (and .md, .csv) written by jarn_tf.robustness.reports as jarn_tf.evaluate does."""
+    from jarn_tf.robustness import evaluation as eval_lib
+    from jarn_tf.robustness import reports as results_lib
 
     autoattack = path.endswith("/aa")
     names = ["autoattack"] if autoattack else (["clean"] if eps == 0 else ["clean", "pgd20"])

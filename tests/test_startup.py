@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from jarn_tf import startup
+from jarn_tf.core import startup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

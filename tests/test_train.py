@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from jarn_tf import data, train_lib, trainers
+from jarn_tf.core import data, loop as train_lib, trainer as trainer_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,7 +87,7 @@ def _single_steps(config, num_steps):
     keras.utils.set_random_seed(config.seed)
     strategy = tf.distribute.get_strategy()
     info = data.dataset_info(config.data.dataset)
-    trainer = trainers.build_trainer(config, info, strategy)
+    trainer = trainer_lib.build_trainer(config, info, strategy)
     iterator = iter(data.make_train_dataset(config.data, config.optimizer.batch_size, config.seed))
     runner = train_lib.StepRunner(trainer, strategy, steps_per_loop=1, jit_compile=config.runtime.jit_compile)
     yield trainer
@@ -316,10 +316,11 @@ def test_cli_reports_missing_data_and_config_mismatch(tiny_data_dir, tmp_path, t
 
 MIRRORED_SCRIPT = """
 import json, sys
-from jarn_tf import distribute
+from jarn_tf.core import distribute
 distribute.configure_cpu_devices(2)
 import keras, numpy as np, tensorflow as tf
-from jarn_tf import config as C, data, train_lib, trainers
+from jarn_tf import config as C
+from jarn_tf.core import data, loop as train_lib, trainer as trainer_lib
 
 data_dir = sys.argv[1]
 cfg = C.ExperimentConfig(
@@ -334,7 +335,7 @@ out = {}
 for name in ("default", "mirrored"):
     keras.utils.set_random_seed(0)
     strategy = distribute.get_strategy(name)
-    trainer = trainers.build_trainer(cfg, info, strategy)
+    trainer = trainer_lib.build_trainer(cfg, info, strategy)
     ds = strategy.distribute_datasets_from_function(lambda ctx: data.make_train_dataset(cfg.data, 16, 0, 0, ctx))
     runner = train_lib.StepRunner(trainer, strategy, steps_per_loop=3)
     runner.run(iter(ds), 3)
@@ -518,7 +519,7 @@ def test_periodic_evaluation_logs_clean_and_pgd_accuracy(tiny_config, read_event
 def test_at_eps_warmup_ramps_the_training_attack_linearly(tiny_config):
     config = tiny_config(at_steps=3, eps=0.2, step_size=0.1, at_eps_warmup=0.5, train_steps=8)
     keras.utils.set_random_seed(0)
-    trainer = trainers.build_trainer(config, data.dataset_info("fashion_mnist"), tf.distribute.get_strategy())
+    trainer = trainer_lib.build_trainer(config, data.dataset_info("fashion_mnist"), tf.distribute.get_strategy())
     images, labels = next(iter(data.make_eval_dataset(config.data, batch_size=16)))
     # Warm-up over 4 of the 8 steps: eps 0, 0.1, 0.2 at steps 0, 2, >= 4.
     for step, eps in ((0, 0.0), (2, 0.1), (4, 0.2), (7, 0.2)):

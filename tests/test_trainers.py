@@ -17,9 +17,9 @@ import pytest
 import tensorflow as tf
 
 from jarn_tf import config as config_lib
-from jarn_tf import train_lib, trainers
+from jarn_tf.core import loop as train_lib, trainer as trainer_lib
 from jarn_tf.config import flag_field
-from jarn_tf.trainers.base import Trainer
+from jarn_tf.core.trainer import Trainer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +81,7 @@ class ToyTrainer(Trainer):
 @pytest.fixture
 def toy_mode(monkeypatch):
     monkeypatch.setitem(config_lib.MODE_SECTIONS, "toy", ToyConfig)
-    monkeypatch.setitem(trainers.TRAINERS, "toy", ToyTrainer)
+    monkeypatch.setitem(trainer_lib.TRAINERS, "toy", ToyTrainer)
 
 
 def _toy_config(tiny_config, **fields) -> config_lib.ExperimentConfig:
@@ -149,7 +149,7 @@ def test_mode_section_validates_itself_and_flags_come_from_it(toy_mode, tiny_con
         _toy_config(tiny_config, jarn=True)  # a classifier field is not the toy mode's
     from absl import flags
 
-    from jarn_tf import flag_utils
+    from jarn_tf.core import flag_utils
 
     fv = flags.FlagValues()
     flag_utils.define_section_flags(ToyConfig, fv)
@@ -202,7 +202,7 @@ def test_runs_written_before_a_field_existed_resume_at_its_default(tiny_config):
 def test_every_section_field_has_a_flag_of_its_name_except_mixed_precision():
     from absl import flags
 
-    from jarn_tf import flag_utils
+    from jarn_tf.core import flag_utils
 
     fv = flags.FlagValues()
     flag_utils.define_config_flags(fv)
@@ -215,7 +215,7 @@ def test_every_section_field_has_a_flag_of_its_name_except_mixed_precision():
     assert [n for n in flag_utils.config_flag_names() if n not in fv] == []
 
 
-@pytest.mark.parametrize("entry", ["jarn_tf.train", "jarn_tf.bench"])
+@pytest.mark.parametrize("entry", ["jarn_tf.train", "jarn_tf.bench.training"])
 def test_help_lists_the_generated_flags(entry):
     import subprocess
     import sys
@@ -246,10 +246,11 @@ def test_help_lists_the_generated_flags(entry):
 
 
 def test_name_tables_agree_with_the_modules_that_implement_them():
-    from jarn_tf import data, distribute, losses, models
+    from jarn_tf.core import data, distribute
+    from jarn_tf.jarn import losses, models
 
     assert tuple(data.DATASETS) == config_lib.DATASETS
     assert set(config_lib.PAPER_DEFAULTS) == set(config_lib.DATASETS)
-    assert set(config_lib.MODE_SECTIONS) == set(trainers.TRAINERS)
+    assert set(config_lib.MODE_SECTIONS) == set(trainer_lib.TRAINERS)
     assert models.MODELS is config_lib.MODELS and losses.JACOBIAN_KINDS is config_lib.JACOBIAN_KINDS
     assert distribute.STRATEGIES is config_lib.STRATEGIES
