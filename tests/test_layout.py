@@ -140,3 +140,37 @@ def test_modes_register_once_with_a_section_and_a_trainer():
     with pytest.raises(ValueError, match="is not available; choose one of"):
         trainer_lib.trainer_class("nope")
 
+
+# The commands of the flat layout, before the subpackages (issue 28): module -> where its code lives.
+OLD_COMMANDS = {
+    "train": "jarn_tf.train",
+    "evaluate": "jarn_tf.evaluate",
+    "evaluate_gan": "jarn_tf.evaluate_gan",
+    "paper": "jarn_tf.reproduce.paper",
+    "dirac_gan": "jarn_tf.gan.dirac",
+    "gan_study": "jarn_tf.gan.study",
+    "gan_table": "jarn_tf.gan.table",
+    "robgan_study": "jarn_tf.robgan.study",
+    "bench": "jarn_tf.bench.training",
+    "bench_attacks": "jarn_tf.bench.attacks",
+    "bench_gan": "jarn_tf.bench.gan",
+    "official_autoattack": "jarn_tf.robustness.official_autoattack",
+}
+
+
+@pytest.mark.parametrize("old", sorted(OLD_COMMANDS))
+def test_every_command_of_the_flat_layout_still_runs_its_code(old):
+    """``python -m jarn_tf.<old>`` still exists and runs the module that holds the code now as
+    ``__main__`` (checked on the source, without importing TensorFlow)."""
+    modules = _modules()
+    new = OLD_COMMANDS[old]
+    assert 'if __name__ == "__main__":' in open(modules[new]).read()
+    if new == f"jarn_tf.{old}":
+        return
+    shim = modules.get(f"jarn_tf.{old}.__main__") or modules[f"jarn_tf.{old}"]
+    tree = ast.parse(open(shim).read())
+    calls = [
+        n for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func) == "runpy.run_module"
+    ]
+    assert [ast.unparse(c) for c in calls] == [f"runpy.run_module('{new}', run_name='__main__', alter_sys=True)"]
+    assert new in ast.get_docstring(tree)
