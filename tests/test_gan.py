@@ -29,7 +29,7 @@ import tensorflow as tf
 from gan_small_networks import small_discriminator, small_generator
 from jarn_tf import config as config_lib
 from jarn_tf.core import export, loop as train_lib
-from jarn_tf.gan import losses as gan_losses, models as gan_models
+from jarn_tf.gan import losses as gan_losses, models as gan_models, regularizers as gan_regularizers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LATENT_DIM = 8
@@ -107,10 +107,10 @@ def test_gradient_penalty_of_a_linear_discriminator():
     fake = tf.random.stateless_uniform([3, 2, 2, 1], seed=[3, 4])
     seed = tf.constant([5, 6], tf.int64)
     np.testing.assert_allclose(
-        gan_losses.gradient_penalty(score, real, fake, seed).numpy(), [9.0] * 3, rtol=1e-6
+        gan_regularizers.gradient_penalty(score, real, fake, seed).numpy(), [9.0] * 3, rtol=1e-6
     )
     np.testing.assert_allclose(
-        gan_losses.gradient_penalty(score, real, fake, seed, target=2.0).numpy(), [1.0] * 3, rtol=1e-6
+        gan_regularizers.gradient_penalty(score, real, fake, seed, target=2.0).numpy(), [1.0] * 3, rtol=1e-6
     )
 
 
@@ -122,14 +122,14 @@ def test_gradient_penalty_interpolation_weight_is_uniform_in_0_1():
     n = 2000
     score = lambda x: tf.reduce_sum(tf.exp(x), axis=[1, 2, 3])  # noqa: E731
     real, fake = tf.ones([n, 1, 1, 1], tf.float64), -tf.ones([n, 1, 1, 1], tf.float64)
-    penalty = gan_losses.gradient_penalty(score, real, fake, tf.constant([7, 8], tf.int64), target=100.0)
+    penalty = gan_regularizers.gradient_penalty(score, real, fake, tf.constant([7, 8], tf.int64), target=100.0)
     a = (np.log(100.0 * (1.0 - np.sqrt(penalty.numpy()))) + 1.0) / 2.0
     assert a.min() >= -1e-9 and a.max() <= 1.0 + 1e-9, (a.min(), a.max())
     assert abs(a.mean() - 0.5) < 0.03, a.mean()
     assert abs(a.var() - 1.0 / 12.0) < 0.01, a.var()
     assert a.min() < 0.01 and a.max() > 0.99
     # One weight per example (not per pixel), and another draw for another seed.
-    again = gan_losses.gradient_penalty(score, real, fake, tf.constant([7, 9], tf.int64), target=100.0)
+    again = gan_regularizers.gradient_penalty(score, real, fake, tf.constant([7, 9], tf.int64), target=100.0)
     assert not np.allclose(again.numpy(), penalty.numpy())
 
 
@@ -159,22 +159,22 @@ def test_ar_and_rfm_are_zero_for_a_discriminator_that_ignores_its_input():
     w = tf.constant([[0.5], [-1.0], [2.0]])
     seed = tf.constant([1, 2], tf.int64)
     for kind in ("fgm", "fgsm", "pgd", "cw"):
-        v = gan_losses.attack(score, lambda v: tf.square(score(x) - score(x + v)), x, kind, 0.05, steps=3)
-        np.testing.assert_array_equal(gan_losses.adversarial_regularizer(score, x, v).numpy(), 0.0)
-        np.testing.assert_array_equal(gan_losses.robust_feature_matching(features, x, v, w, 0.0).numpy(), 0.0)
+        v = gan_regularizers.attack(score, lambda v: tf.square(score(x) - score(x + v)), x, kind, 0.05, steps=3)
+        np.testing.assert_array_equal(gan_regularizers.adversarial_regularizer(score, x, v).numpy(), 0.0)
+        np.testing.assert_array_equal(gan_regularizers.robust_feature_matching(features, x, v, w, 0.0).numpy(), 0.0)
         np.testing.assert_allclose(
-            gan_losses.robust_feature_matching(features, x, v, w, 0.1).numpy(), [0.1 * 5.25] * 4, rtol=1e-6
+            gan_regularizers.robust_feature_matching(features, x, v, w, 0.1).numpy(), [0.1 * 5.25] * 4, rtol=1e-6
         )
     for target in ("discriminator", "loss"):
-        ar = gan_losses.regularizer_value("ar", score, None, x, x, seed, loss="gan", target=target)
+        ar = gan_regularizers.regularizer_value("ar", score, None, x, x, seed, loss="gan", target=target)
         np.testing.assert_array_equal(ar.numpy(), 0.0)
-    rfm = gan_losses.regularizer_value("rfm", score, features, x, x, seed, loss="gan", w=w, alpha=0.0)
+    rfm = gan_regularizers.regularizer_value("rfm", score, features, x, x, seed, loss="gan", w=w, alpha=0.0)
     np.testing.assert_array_equal(rfm.numpy(), 0.0)
-    rfm = gan_losses.regularizer_value("rfm", score, features, x, x, seed, loss="gan", w=w, alpha=2.0)
+    rfm = gan_regularizers.regularizer_value("rfm", score, features, x, x, seed, loss="gan", w=w, alpha=2.0)
     np.testing.assert_allclose(rfm.numpy(), [2.0 * 5.25] * 4, rtol=1e-6)
     for reg in ("none", "instance_noise"):
         np.testing.assert_array_equal(
-            gan_losses.regularizer_value(reg, score, None, x, x, seed, loss="gan").numpy(), [0.0] * 4
+            gan_regularizers.regularizer_value(reg, score, None, x, x, seed, loss="gan").numpy(), [0.0] * 4
         )
 
 
@@ -188,27 +188,27 @@ def test_ar_and_rfm_of_a_linear_discriminator():
     score = lambda x: tf.reshape(features(x) @ tf.constant(w_out), [-1])  # noqa: E731
     g = (w_in @ w_out).reshape(-1)
     delta, seed = 0.05, tf.constant([1, 2], tf.int64)
-    ar = gan_losses.regularizer_value("ar", score, None, x, x, seed, loss="wgan", delta=delta)
+    ar = gan_regularizers.regularizer_value("ar", score, None, x, x, seed, loss="wgan", delta=delta)
     np.testing.assert_allclose(ar.numpy(), [(delta * np.linalg.norm(g)) ** 2] * 4, rtol=1e-4)
     v = delta * g / np.linalg.norm(g)
     alpha = 0.3
     expected = np.sum((v @ w_in) ** 2) + alpha * np.sum(w_out**2)
-    rfm = gan_losses.regularizer_value(
+    rfm = gan_regularizers.regularizer_value(
         "rfm", score, features, x, x, seed, loss="wgan", delta=delta, alpha=alpha, w=tf.constant(w_out)
     )
     np.testing.assert_allclose(rfm.numpy(), [expected] * 4, rtol=1e-4)
     assert np.all(ar.numpy() > 0) and np.all(rfm.numpy() > alpha * np.sum(w_out**2))
     # Appendix D's robust loss regularises f(D): for wgan f is the identity.
-    ar_loss = gan_losses.regularizer_value(
+    ar_loss = gan_regularizers.regularizer_value(
         "ar", score, None, x, x, seed, loss="wgan", target="loss", delta=delta
     )
     np.testing.assert_allclose(ar_loss.numpy(), ar.numpy(), rtol=1e-5)
-    ar_gan = gan_losses.regularizer_value(
+    ar_gan = gan_regularizers.regularizer_value(
         "ar", score, None, x, x, seed, loss="gan", target="loss", delta=delta
     )
     assert not np.allclose(ar_gan.numpy(), ar.numpy())
     with pytest.raises(ValueError, match="rfm"):
-        gan_losses.regularizer_value("rfm", score, None, x, x, seed, loss="gan")
+        gan_regularizers.regularizer_value("rfm", score, None, x, x, seed, loss="gan")
 
 
 def _nonlinear_score(seed=0):
@@ -231,7 +231,7 @@ def test_rfm_of_the_robust_loss_attacks_along_the_loss_gradient():
     x = _images(6, seed=5)
     seed = tf.constant([1, 2], tf.int64)
     kw = dict(delta=0.3, alpha=0.0, w=w)
-    value = lambda loss, target: gan_losses.regularizer_value(  # noqa: E731
+    value = lambda loss, target: gan_regularizers.regularizer_value(  # noqa: E731
         "rfm", score, features, x, x, seed, loss=loss, target=target, **kw
     ).numpy()
     for loss in ("gan", "wgan"):
@@ -259,25 +259,25 @@ def test_attack_radii_and_pgd_beats_fgm():
     delta = 0.3
     base = score(x)
     distance = lambda v: tf.square(base - score(x + v))  # noqa: E731
-    fgm = gan_losses.attack(score, distance, x, "fgm", delta)
+    fgm = gan_regularizers.attack(score, distance, x, "fgm", delta)
     np.testing.assert_allclose(np.linalg.norm(fgm.numpy().reshape(16, -1), axis=1), delta, rtol=1e-5)
-    fgsm = gan_losses.attack(score, distance, x, "fgsm", delta)
+    fgsm = gan_regularizers.attack(score, distance, x, "fgsm", delta)
     np.testing.assert_allclose(np.abs(fgsm.numpy()), delta, rtol=1e-6)  # every pixel at +-delta
-    pgd = gan_losses.attack(score, distance, x, "pgd", delta, steps=10)
+    pgd = gan_regularizers.attack(score, distance, x, "pgd", delta, steps=10)
     assert np.all(np.linalg.norm(pgd.numpy().reshape(16, -1), axis=1) <= delta * (1 + 1e-5))
     d_fgm, d_pgd = distance(fgm).numpy(), distance(pgd).numpy()
     assert np.all(d_pgd >= d_fgm - 1e-6), (d_fgm, d_pgd)
     assert d_pgd.sum() > 1.05 * d_fgm.sum(), (d_fgm.sum(), d_pgd.sum())
-    cw = gan_losses.attack(score, distance, x, "cw", delta, steps=3)
+    cw = gan_regularizers.attack(score, distance, x, "cw", delta, steps=3)
     assert cw.shape == x.shape and np.all(np.isfinite(cw.numpy()))
     # The perturbation carries no gradient back to the images.
     with tf.GradientTape() as tape:
         tape.watch(x)
-        v = gan_losses.attack(score, distance, x, "pgd", delta, steps=2)
+        v = gan_regularizers.attack(score, distance, x, "pgd", delta, steps=2)
         total = tf.reduce_sum(v)
     assert tape.gradient(total, x) is None
     with pytest.raises(ValueError, match="unknown regulariser attack"):
-        gan_losses.attack(score, distance, x, "deepfool", delta)
+        gan_regularizers.attack(score, distance, x, "deepfool", delta)
 
 
 def test_every_regularizer_runs_on_the_real_networks_with_finite_gradients():
@@ -301,7 +301,7 @@ def test_every_regularizer_runs_on_the_real_networks_with_finite_gradients():
         ("rfm", "loss"),
     ):
         with tf.GradientTape() as tape:
-            value = gan_losses.regularizer_value(
+            value = gan_regularizers.regularizer_value(
                 reg, score, phi, real, fake, seed, loss="gan", target=target, w=w, alpha=0.0
             )
             total = tf.reduce_sum(value)
@@ -473,27 +473,27 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(
 
 
 @pytest.mark.parametrize(
-    "function, not_finite",
+    "module, function, not_finite",
     [
-        ("generator_loss", "g_loss"),
+        (gan_losses, "generator_loss", "g_loss"),
         # D's weights are NaN after its update, so the same step's generator loss is NaN too.
-        ("regularizer_value", "regularizer, g_loss"),
+        (gan_regularizers, "regularizer_value", "regularizer, g_loss"),
     ],
 )
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
-    function, not_finite, small_networks, tiny_data_dir, tmp_path, monkeypatch, latest_step
+    module, function, not_finite, small_networks, tiny_data_dir, tmp_path, monkeypatch, latest_step
 ):
     # The patched loss is multiplied by NaN from its third call on: at the step at index 2 (each
     # step calls it once), so NaN flows into that step's gradients and weights.
     calls = tf.Variable(0, dtype=tf.int64, trainable=False)
-    real = getattr(gan_losses, function)
+    real = getattr(module, function)
 
     def poisoned(*args, **kwargs):
         value = real(*args, **kwargs)
         n = calls.assign_add(1)
         return value * tf.where(n >= 3, tf.constant(np.nan, value.dtype), tf.constant(1.0, value.dtype))
 
-    monkeypatch.setattr(gan_losses, function, poisoned)
+    monkeypatch.setattr(module, function, poisoned)
     config = _gan_config(
         tiny_data_dir, disc_reg="gradient_penalty", train_steps=4, checkpoint_every=2, summary_every=2
     )

@@ -5,14 +5,14 @@ minimises its loss; gan f(t) = log sigmoid(t), lsgan f(t) = -(1 + t)^2 / 2, wgan
 gan and wgan D scores generated images high and real ones low, for lsgan D's optimum is +1 on real
 and -1 on generated images, and a generator step moves D(G(z)) down (gan, wgan) or up (lsgan).
 
-Every expected value here is computed independently of ``gan_losses``: by numpy (closed-form
+Every expected value here is computed independently of ``gan_losses`` and ``gan_regularizers``: by numpy (closed-form
 losses, input gradients of a tanh network), or by autodiff of formulas written out in this file
 (the trainer's weight gradients, with the attack v precomputed as a numpy constant and the gradient
 penalty's U(0, 1) weights reproduced from their stateless seed). Inputs are asymmetric: real !=
 generated, every example different.
 
 Two levels:
-  * the pure functions of ``gan_losses`` (losses, gradient penalty, AR, RFM, the attack);
+  * the pure functions of ``gan_losses`` and ``gan_regularizers`` (losses, gradient penalty, AR, RFM, the attack);
   * ``GANTrainer.replica_step`` on small networks (a tanh discriminator, a batch-norm generator
     used with training=True throughout, as the trainer does): the gradients it hands to each
     optimizer equal the hand-computed ones, and one real Adam step moves D toward separating real
@@ -29,7 +29,7 @@ import tensorflow as tf
 from gan_small_networks import small_discriminator, small_generator
 from jarn_tf import config as config_lib
 from jarn_tf.core import data, trainer as trainer_lib
-from jarn_tf.gan import losses as gan_losses, models as gan_models
+from jarn_tf.gan import losses as gan_losses, models as gan_models, regularizers as gan_regularizers
 from jarn_tf.gan import trainer as gan_trainer
 
 LOSSES = ("gan", "lsgan", "wgan")
@@ -184,10 +184,10 @@ def test_gradient_penalty_is_taken_from_real_toward_generated(target):
     norm = np.sqrt(np.sum(_grad_score_np(x_hat) ** 2, axis=1) + 1e-12)
     expected = (norm / target - 1.0) ** 2
     _, score = _tf_net()
-    value = gan_losses.gradient_penalty(score, tf.constant(REAL), tf.constant(FAKE), SEED, target).numpy()
+    value = gan_regularizers.gradient_penalty(score, tf.constant(REAL), tf.constant(FAKE), SEED, target).numpy()
     np.testing.assert_allclose(value, expected, rtol=1e-4)
     # Through the configured entry point too (what the trainer calls).
-    value = gan_losses.regularizer_value(
+    value = gan_regularizers.regularizer_value(
         "gradient_penalty",
         score,
         None,
@@ -223,7 +223,7 @@ def test_ar_attacks_the_generated_images_along_plus_the_gradient(reg_target, los
     assert np.all(np.abs(reversed_value - expected) > 1e-2 * np.abs(expected)), (expected, reversed_value)
     _, score = _tf_net()
     fake_score = score(tf.constant(FAKE)) if given_score else None
-    value = gan_losses.regularizer_value(
+    value = gan_regularizers.regularizer_value(
         "ar",
         score,
         None,
@@ -239,7 +239,7 @@ def test_ar_attacks_the_generated_images_along_plus_the_gradient(reg_target, los
     # The attack itself: +delta g / ||g|| (D's own gradient for the discriminator target).
     if reg_target == "discriminator":
         base = score(tf.constant(FAKE))
-        attack = gan_losses.attack(
+        attack = gan_regularizers.attack(
             score, lambda u: tf.square(base - score(tf.constant(FAKE) + u)), tf.constant(FAKE), "fgm", delta
         )
         np.testing.assert_allclose(attack.numpy(), v, rtol=1e-4, atol=1e-6)
@@ -255,7 +255,7 @@ def test_rfm_attacks_the_generated_images_along_plus_the_score_gradient(given_fe
     reversed_value = np.sum((_phi_np(FAKE) - _phi_np(FAKE - v)) ** 2, axis=1) + alpha * np.sum(NET_B**2)
     assert np.all(np.abs(reversed_value - expected) > 1e-2 * expected), (expected, reversed_value)
     phi, score = _tf_net()
-    value = gan_losses.regularizer_value(
+    value = gan_regularizers.regularizer_value(
         "rfm",
         score,
         phi,
@@ -314,7 +314,7 @@ def test_regulariser_weight_gradient_holds_the_attack_constant(reg, kind):
     phi, score = _tf_net(*variables)
     with tf.GradientTape(persistent=True) as tape:
         w = variables[2][:, None]
-        value = gan_losses.regularizer_value(
+        value = gan_regularizers.regularizer_value(
             reg,
             score,
             phi,
@@ -335,7 +335,7 @@ def test_regulariser_weight_gradient_holds_the_attack_constant(reg, kind):
             if reg == "ar"
             else (lambda u: tf.reduce_sum(tf.square(tf.stop_gradient(feats) - phi(x + u)), axis=-1))
         )
-        v = gan_losses.attack(score, distance, x, kind, delta, steps=2)
+        v = gan_regularizers.attack(score, distance, x, kind, delta, steps=2)
     # v itself: no path to the weights.
     assert all(g is None for g in tape.gradient(v, variables)), kind
     # The same attack the regulariser ran (same inputs, deterministic); fgm's against numpy (pgd's
@@ -357,9 +357,9 @@ def test_regulariser_weight_gradient_holds_the_attack_constant(reg, kind):
         v_live = tf.reshape(0.3 * tf.linalg.matvec(variables[0], variables[2]), [1, 3, 3, 1])
         v_live = v_live * tf.ones_like(x)
         if reg == "ar":
-            direct = tf.reduce_sum(gan_losses.adversarial_regularizer(score, x, v_live))
+            direct = tf.reduce_sum(gan_regularizers.adversarial_regularizer(score, x, v_live))
         else:
-            direct = tf.reduce_sum(gan_losses.robust_feature_matching(phi, x, v_live, w, alpha))
+            direct = tf.reduce_sum(gan_regularizers.robust_feature_matching(phi, x, v_live, w, alpha))
     v_fixed = tf.constant(v_live.numpy())
     with tf.GradientTape() as tape4:
         if reg == "ar":

@@ -8,7 +8,7 @@ train; this module measures it, on generated and on real images:
 * ``fgm``: u = +-delta g / ||g||_2 with g = grad_x D(x) (the paper's fast normalised gradient,
   section 4.1), the larger change of the two signs per image;
 * ``pgd``: L2 PGD ascending (D(x) - D(x + u))^2 from each of those two starting points
-  (``gan_losses.attack``: step 2.5 delta / steps, projection onto the ball), the larger change.
+  (``gan_regularizers.attack``: step 2.5 delta / steps, projection onto the ball), the larger change.
 
 Perturbed images are not clipped to [0, 1], as in the regularisers and Definition 3.2.
 
@@ -26,14 +26,14 @@ from typing import Callable, Dict, Sequence
 import numpy as np
 import tensorflow as tf
 
-from jarn_tf.gan import losses as gan_losses
+from jarn_tf.gan import losses as gan_losses, regularizers as gan_regularizers
 
 ATTACKS = ("fgm", "pgd")
 ScoreFn = Callable[[tf.Tensor], tf.Tensor]
 
 
 def _fgm_points(score_fn: ScoreFn, x: tf.Tensor, delta: float) -> tf.Tensor:
-    g = gan_losses.input_gradient(score_fn, x)
+    g = gan_regularizers.input_gradient(score_fn, x)
     axes = list(range(1, len(x.shape)))
     norm = tf.sqrt(tf.reduce_sum(tf.square(g), axis=axes, keepdims=True) + 1e-12)
     return delta * g / norm
@@ -62,7 +62,7 @@ def worst_change(score_fn: ScoreFn, x: tf.Tensor, attack: str, delta: float, ste
         if attack == "fgm":
             u = _fgm_points(signed, x, delta)
         else:
-            u = gan_losses.attack(signed, lambda v: tf.square(base - score_fn(x + v)), x, "pgd", delta, steps)
+            u = gan_regularizers.attack(signed, lambda v: tf.square(base - score_fn(x + v)), x, "pgd", delta, steps)
         moved = score_fn(x + u)
         best = moved if best is None else tf.where(tf.abs(moved - base) > tf.abs(best - base), moved, best)
     return best
@@ -70,7 +70,7 @@ def worst_change(score_fn: ScoreFn, x: tf.Tensor, attack: str, delta: float, ste
 
 def gradient_norm(score_fn: ScoreFn, x: tf.Tensor) -> tf.Tensor:
     """||grad_x D(x)||_2 per image, shape [N]."""
-    g = gan_losses.input_gradient(score_fn, x)
+    g = gan_regularizers.input_gradient(score_fn, x)
     return tf.norm(tf.reshape(g, [tf.shape(g)[0], -1]), axis=1)
 
 

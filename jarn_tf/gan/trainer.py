@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from jarn_tf.core import data, export
-from jarn_tf.gan import losses as gan_losses, models as gan_models
+from jarn_tf.gan import losses as gan_losses, models as gan_models, regularizers as gan_regularizers
 from jarn_tf.config import ExperimentConfig, GANConfig
 from jarn_tf.core.data import DatasetInfo
 from jarn_tf.core.trainer import Trainer, learning_rate_schedule, register_trainer
@@ -145,7 +145,7 @@ class GANTrainer(Trainer):
     def _noisy(self, x: tf.Tensor, purpose: int) -> tf.Tensor:
         p = self.params
         if p.disc_reg == "instance_noise" and p.noise_sigma > 0:
-            return gan_losses.instance_noise(x, p.noise_sigma, self._seed(purpose))
+            return gan_regularizers.instance_noise(x, p.noise_sigma, self._seed(purpose))
         return x
 
     def _latent(self, n: tf.Tensor, purpose: int) -> tf.Tensor:
@@ -167,7 +167,7 @@ class GANTrainer(Trainer):
             phi_fake = tf.cast(phi_fake, tf.float32)
             # ar and rfm reuse this pass (their inputs are noise-free: instance noise is another --disc_reg).
             d_loss_i = gan_losses.discriminator_loss(p.gan_loss, d_real, d_fake)
-            reg_i, weight = gan_losses.configured_regularizer(
+            reg_i, weight = gan_regularizers.configured_regularizer(
                 p,
                 self._score,
                 self._phi,

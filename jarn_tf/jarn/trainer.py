@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from jarn_tf.core import data, export
-from jarn_tf.gan import losses as gan_losses
+from jarn_tf.gan import regularizers as gan_regularizers
 from jarn_tf.jarn import losses, models
 from jarn_tf.robustness import attacks
 from jarn_tf.config import ClassifierConfig, ExperimentConfig
@@ -305,10 +305,10 @@ class ClassifierTrainer(Trainer):
         adapted = tf.cast(adapted, tf.float32)  # compute dtype under mixed precision
         real = losses.standardize_per_example(images)
         if self.params.disc_reg == "instance_noise" and self.params.noise_sigma > 0:
-            adapted = gan_losses.instance_noise(
+            adapted = gan_regularizers.instance_noise(
                 adapted, self.params.noise_sigma, self._seed(_DISC_NOISE_SEED)
             )
-            real = gan_losses.instance_noise(
+            real = gan_regularizers.instance_noise(
                 real, self.params.noise_sigma, self._seed(_DISC_NOISE_SEED + 100)
             )
         # One batch of fakes then reals, as the reference: batch norm sees both.
@@ -335,7 +335,7 @@ class ClassifierTrainer(Trainer):
         t = self.params
         fake = tf.stop_gradient(adapted)
         real = tf.stop_gradient(losses.standardize_per_example(images))
-        reg_i, weight = gan_losses.configured_regularizer(
+        reg_i, weight = gan_regularizers.configured_regularizer(
             t,
             self._disc_score,
             self._disc_phi,

@@ -22,7 +22,7 @@ weights the attack saw (before this step's update) and in inference mode,
 as the attack ran.
 
 ``--disc_reg`` puts the ``gan`` mode's robust-discriminator regularisers
-(``gan_losses.regularizer_value``) on the real/fake (source) head, their
+(``gan_regularizers.regularizer_value``) on the real/fake (source) head, their
 weighted value ADDED to the discriminator's minimised loss only (logged as
 ``train/regularizer``). The score they see is D = -s(x), minus the source
 logit: ``gan_losses``' convention (high = generated), in which its ``gan``
@@ -76,7 +76,7 @@ import numpy as np
 import tensorflow as tf
 
 from jarn_tf.core import checkpoints, data, export
-from jarn_tf.gan import losses as gan_losses, models as gan_models
+from jarn_tf.gan import models as gan_models, regularizers as gan_regularizers
 from jarn_tf.robgan import export as advgan_export, losses as advgan_losses, models as advgan_models
 from jarn_tf.robustness import attacks
 from jarn_tf.config import AdvGANConfig, AdvGANFinetuneConfig, AdvGANPGDATConfig, ExperimentConfig
@@ -257,7 +257,7 @@ class AdvGANTrainer(_ConditionalSampling, Trainer):
     def _noisy(self, x: tf.Tensor, purpose: int) -> tf.Tensor:
         p = self.params
         if p.disc_reg == "instance_noise" and p.noise_sigma > 0:
-            return gan_losses.instance_noise(x, p.noise_sigma, self._seed(purpose))
+            return gan_regularizers.instance_noise(x, p.noise_sigma, self._seed(purpose))
         return x
 
     def _fake_pass(self, fake: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor, Optional[tf.Tensor]]:
@@ -282,7 +282,7 @@ class AdvGANTrainer(_ConditionalSampling, Trainer):
         tape's pass on ``fake`` (unperturbed), which ar / rfm then reuse.
         """
         p = self.params
-        return gan_losses.configured_regularizer(
+        return gan_regularizers.configured_regularizer(
             p,
             self._score,
             self._phi,
