@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from jarn_tf.robustness import analysis, attacks, autoattack
+from jarn_tf.robustness.autoattack import ensemble as autoattack_ensemble
 from jarn_tf import config as config_lib
 from jarn_tf.core import data, export
 from jarn_tf.jarn import losses
@@ -332,7 +333,10 @@ def test_real_autoattack_ensemble_runs_through_evaluate(monkeypatch, model_a, ti
         return run
 
     for name in ("apgd", "apgd_targeted", "fab_targeted", "square"):
-        monkeypatch.setattr(autoattack, name, counting(name, getattr(autoattack, name)))
+        counted = counting(name, getattr(autoattack, name))
+        # The single attacks (evaluation's "apgd-ce", ...) and the ensemble's members.
+        monkeypatch.setattr(autoattack, name, counted)
+        monkeypatch.setattr(autoattack_ensemble, name, counted)
     monkeypatch.setattr(autoattack, "run_autoattack", small_budget)
 
     specs = eval_lib.parse_attacks(["clean", "pgd10_margin", "autoattack", "apgd-ce", "square"])
