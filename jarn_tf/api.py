@@ -671,35 +671,22 @@ def evaluate_robustness(
             )
     checks = list(model_checks)
     if masking_checks:
-        square_correct = None
-        if square_check_queries > 0 and params.eps > 0 and not any("square" in s.parts for s in specs):
-            square_correct = masking.square_check(
-                loaded.model_fn, dataset, output, specs, params, square_check_queries, verbose
-            )
-        checks += masking.masking_checks(
+        checks += masking.checks_after_attacks(
+            loaded.model_fn,
+            dataset,
             output,
             specs,
-            masking_tolerance,
+            params,
+            num_classes,
+            square_check_queries=square_check_queries,
+            masking_tolerance=masking_tolerance,
             pgd_fgsm_tolerance=pgd_fgsm_tolerance,
             square_tolerance=square_tolerance,
-            square_check_correct=square_correct,
+            run_eps_checks=eps_checks,
+            eps_checks_needs="eps_checks=True, eps > 0 and an attack other than clean",
+            strategy=strategy,
+            verbose=verbose,
         )
-        if eps_checks and params.eps > 0 and any(spec.kind != "clean" for spec in specs):
-            with strategy.scope():
-                checks += masking.eps_checks(
-                    loaded.model_fn,
-                    dataset,
-                    specs,
-                    output,
-                    params,
-                    num_classes,
-                    masking_tolerance,
-                    strategy=strategy,
-                    verbose=verbose,
-                )
-        else:
-            needs = "eps_checks=True, eps > 0 and an attack other than clean"
-            checks += [masking.Check(n, None, {}, f"needs {needs}.") for n in masking.EPS_CHECKS]
         for c in checks[len(model_checks) :]:
             if c.passed is False:
                 warnings.warn(f"Possible gradient masking ({c.name}): {c.message}", stacklevel=2)

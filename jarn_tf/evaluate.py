@@ -332,35 +332,22 @@ def main(argv) -> Optional[int]:
             num_examples=num_examples,
             verbose=FLAGS.verbose,
         )
-    square_correct = None
-    if FLAGS.square_check_queries > 0 and params.eps > 0 and not any("square" in s.parts for s in specs):
-        square_correct = masking.square_check(
-            model.model_fn, dataset, output, specs, params, FLAGS.square_check_queries, FLAGS.verbose
-        )
-    checks = model_checks + masking.masking_checks(
+    checks = model_checks + masking.checks_after_attacks(
+        model.model_fn,
+        dataset,
         output,
         specs,
-        FLAGS.masking_tolerance,
+        params,
+        info.num_classes,
+        square_check_queries=FLAGS.square_check_queries,
+        masking_tolerance=FLAGS.masking_tolerance,
         pgd_fgsm_tolerance=FLAGS.pgd_fgsm_tolerance,
         square_tolerance=FLAGS.square_tolerance,
-        square_check_correct=square_correct,
+        run_eps_checks=FLAGS.eps_checks,
+        eps_checks_needs="--eps_checks, eps > 0 and an attack other than clean",
+        strategy=strategy,
+        verbose=FLAGS.verbose,
     )
-    if FLAGS.eps_checks and params.eps > 0 and any(spec.kind != "clean" for spec in specs):
-        with strategy.scope():
-            checks += masking.eps_checks(
-                model.model_fn,
-                dataset,
-                specs,
-                output,
-                params,
-                info.num_classes,
-                FLAGS.masking_tolerance,
-                strategy=strategy,
-                verbose=FLAGS.verbose,
-            )
-    else:
-        needs = "--eps_checks, eps > 0 and an attack other than clean"
-        checks += [masking.Check(n, None, {}, f"needs {needs}.") for n in masking.EPS_CHECKS]
     jacobian_stats, jacobian_kept = None, None
     if FLAGS.jacobian_figure:
         if FLAGS.verbose:

@@ -627,3 +627,60 @@ def eps_checks(
             f"({chance:.3f}): gradients are probably masked.",
         ),
     ]
+
+
+def checks_after_attacks(
+    model_fn: ModelFn,
+    dataset: tf.data.Dataset,
+    output: EvalOutput,
+    specs: Sequence[AttackSpec],
+    params: AttackParams,
+    num_classes: int,
+    *,
+    square_check_queries: int,
+    masking_tolerance: float,
+    pgd_fgsm_tolerance: float,
+    square_tolerance: float,
+    run_eps_checks: bool,
+    eps_checks_needs: str,
+    strategy: tf.distribute.Strategy,
+    verbose: int = 0,
+) -> List[Check]:
+    """The checks of the evaluation protocol that follow the attacks, in its order.
+
+    The Square check (when ``square_check_queries`` > 0, eps > 0 and no attack of ``specs`` ran
+    Square), the gradient-masking checks (``masking_checks``), then the eps checks (``eps_checks``,
+    when ``run_eps_checks``, eps > 0 and an attack other than clean ran; else each is reported as
+    not run, needing ``eps_checks_needs``). ``python -m jarn_tf.evaluate`` and
+    ``jarn_tf.evaluate_robustness`` both run these.
+
+    Returns:
+      The checks, in the order of ``results.json``.
+    """
+    square_correct = None
+    if square_check_queries > 0 and params.eps > 0 and not any("square" in s.parts for s in specs):
+        square_correct = square_check(model_fn, dataset, output, specs, params, square_check_queries, verbose)
+    checks = masking_checks(
+        output,
+        specs,
+        masking_tolerance,
+        pgd_fgsm_tolerance=pgd_fgsm_tolerance,
+        square_tolerance=square_tolerance,
+        square_check_correct=square_correct,
+    )
+    if run_eps_checks and params.eps > 0 and any(spec.kind != "clean" for spec in specs):
+        with strategy.scope():
+            checks += eps_checks(
+                model_fn,
+                dataset,
+                specs,
+                output,
+                params,
+                num_classes,
+                masking_tolerance,
+                strategy=strategy,
+                verbose=verbose,
+            )
+    else:
+        checks += [Check(n, None, {}, f"needs {eps_checks_needs}.") for n in EPS_CHECKS]
+    return checks
