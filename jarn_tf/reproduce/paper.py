@@ -250,6 +250,8 @@ class Context:
         self.experiment: str = args.experiment
         self.scale: str = args.scale
         self.seeds: List[int] = args.seeds
+        # The command's --seeds; ``seeds`` grows to every seed on disk before the report.
+        self.run_seeds: List[int] = list(args.seeds)
         self.out = os.path.abspath(args.output_dir or os.path.join(REPO, "runs", f"paper_{self.scale}"))
         inside = self.out == REPO or self.out.startswith(REPO + os.sep)
         # Commands run in the repository (the flagfiles' paths are relative to it).
@@ -727,6 +729,37 @@ def seeds_on_disk(ctx: Context) -> List[int]:
     return sorted(seeds)
 
 
+def seeds_with_numbers(ctx: Context, spec: ModelSpec) -> List[int]:
+    """The seeds of ``ctx.seeds`` behind a row's numbers: those with a training record (Table 4),
+    an eps sweep (Figure 2) or an evaluation (the other experiments)."""
+    if ctx.experiment == "table4":
+        return [s for s in ctx.seeds if epoch_times(ctx, spec.name(s))[0] is not None]
+    if ctx.experiment == "figure2":
+        return [s for s in ctx.seeds if os.path.exists(ctx.path(f"figure2/eps_sweep_seed{s}/eps_sweep.json"))]
+    return [s for s in ctx.seeds if os.path.isdir(ctx.path(f"evals/{spec.name(s)}"))]
+
+
+def seeds_sentence(ctx: Context) -> str:
+    """Which seeds the command ran and which seeds the numbers come from, row by row where they differ."""
+    ran = ", ".join(map(str, ctx.run_seeds))
+    groups: Dict[Tuple[int, ...], List[str]] = {}
+    for spec in _specs(ctx):
+        groups.setdefault(tuple(seeds_with_numbers(ctx, spec)), []).append(spec.label)
+
+    def seeds(values: Tuple[int, ...]) -> str:
+        if not values:
+            return "no seed"
+        return f"seed{'s' if len(values) > 1 else ''} {', '.join(map(str, values))}"
+
+    if len(groups) == 1:
+        used = seeds(next(iter(groups)))
+    else:
+        ordered = sorted(groups.items(), key=lambda kv: kv[0])
+        used = "; ".join(f"{seeds(k)} for {', '.join(labels)}" for k, labels in ordered)
+    plural = "s" if len(ctx.run_seeds) > 1 else ""
+    return f"This command ran seed{plural} {ran}; the numbers come from {used}."
+
+
 def jacobian_numbers(ctx: Context, model: str) -> Dict[str, Optional[float]]:
     """Mean |cos(J, x)|, alignment and saliency cosine of evals/<model>/jacobian, None where not recorded."""
     out: Dict[str, Optional[float]] = {
@@ -959,9 +992,10 @@ def _header(ctx: Context, argv: Sequence[str]) -> List[str]:
     return [
         f"# {EXPERIMENTS[ctx.experiment]}",
         "",
-        f"Reproduced at {scale}; {n} test images for FGSM/PGD, seeds {', '.join(map(str, ctx.seeds))}.",
+        f"Reproduced at {scale}; {n} test images for FGSM/PGD.",
         f"Written by `{shlex.join(['python', '-m', 'jarn_tf.paper', *argv])}` on "
         f"{datetime.datetime.now().isoformat(timespec='seconds')} (commit {_git_commit() or '?'}).",
+        seeds_sentence(ctx) + " Every seed found on disk is used, not only the command's.",
         "Numbers: mean ± sample standard deviation over the seeds present (one seed: its value); the "
         "paper's in parentheses"
         + (" (measured on the paper's dataset, not comparable in value)." if ctx.scale == "cpu" else "."),
