@@ -1,4 +1,4 @@
-"""jarn_tf.bench_flops: the HLO FLOP count against hand counts, and the command on a CPU flagfile.
+"""jarn_tf.bench.flops: the HLO FLOP count against hand counts, and the command on a CPU flagfile.
 
 Hand counts are exact (tolerance 1e-9 relative) for the convolutions and dots: every network
 here has no bias and the loss is a plain sum, so the matrix work is known to the multiply.
@@ -12,7 +12,7 @@ import keras
 import pytest
 import tensorflow as tf
 
-from jarn_tf import bench_flops
+from jarn_tf.bench import flops as bench_flops
 from jarn_tf.robustness import attacks
 
 B, D, K = 4, 12, 5  # batch, inputs, outputs of the dense layer

@@ -64,7 +64,7 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Assumed GPU (docs/PAPER_SCALE.md): NVIDIA A100's dense TF32 tensor-core peak, 156 TFLOPS
 # (NVIDIA A100 datasheet), which TensorFlow uses for float32 convolutions and matmuls on Ampere
@@ -79,7 +79,7 @@ DEFAULT_PARALLEL_EFFICIENCY = 0.9
 METHOD = (
     "XLA HLO of the trainer's replica_step before optimisation "
     "(tf.function(jit_compile=True).experimental_get_compiler_ir(batch, variant)(stage='hlo'); "
-    "nothing compiled or run), dead code left out, counted by jarn_tf.bench_flops.hlo_flops: "
+    "nothing compiled or run), dead code left out, counted by jarn_tf.bench.flops.hlo_flops: "
     "2 x multiply-adds of convolutions (padding and dilation holes excluded) and dots, 1 per element "
     "of elementwise arithmetic, comparisons and selects, 1 per input element of reductions; "
     "while loops times their trip count; step flavours weighted by the run's schedule"
@@ -1099,7 +1099,7 @@ def _measure_in_subprocess(spec: RunSpec) -> Dict[str, Any]:
         )
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
         proc = subprocess.run(
-            [sys.executable, "-m", "jarn_tf.bench_flops", f"--one={one}", f"--output={path}"],
+            [sys.executable, "-m", "jarn_tf.bench.flops", f"--one={one}", f"--output={path}"],
             cwd=REPO,
             env=env,
             capture_output=True,
