@@ -155,6 +155,7 @@ OLD_COMMANDS = {
     "bench_attacks": "jarn_tf.bench.attacks",
     "bench_gan": "jarn_tf.bench.gan",
     "official_autoattack": "jarn_tf.robustness.official_autoattack",
+    "bench_flops": "jarn_tf.bench.flops",
 }
 
 
