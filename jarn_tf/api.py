@@ -979,78 +979,27 @@ def measure_generator(
     if verbose:
         print(f"Generating {num_samples} images with {gen.path}, seed {seed}; metrics: {', '.join(metrics)}.")
     # As evaluate_gan.main: generate, refuse non-finite pixels, clip to [0, 1] with a note.
-    generated = gen.generate(num_samples, seed, batch_size)
-    if not np.all(np.isfinite(generated)):
-        raise ValueError(f"The generator {gen.path} produced NaN or infinite pixels.")
-    pixel_range = (float(generated.min()), float(generated.max()))
-    outside = float(((generated < 0) | (generated > 1)).mean())
-    if outside > 0:
-        notes.append(
-            f"{outside:.3%} of the generated pixels lie outside [0, 1] (range {list(pixel_range)}); they were "
-            "clipped to [0, 1] before measuring."
-        )
-        generated = generated.clip(0.0, 1.0)
-
-    gen_features, gen_probs = net.features_and_probabilities(generated, batch_size)
-    ref_features, ref_probs = net.features_and_probabilities(real, batch_size)
-    floor_features = floor_probs = None
-    if floor is not None:
-        floor_features, floor_probs = net.features_and_probabilities(floor, batch_size)
-    common = {
-        "network": net.path,
-        "network_kind": net.kind,
-        "sha256": net.sha256,
-        "feature_layer": net.feature_layer,
-        "feature_dim": net.feature_dim,
-        "num_samples": len(generated),
-        "reference_size": len(real),
+    generated, pixel_range, clip_note = gm.clip_generated(gen.generate(num_samples, seed, batch_size), gen.path)
+    if clip_note:
+        notes.append(clip_note)
+    entries = gm.measure_images(
+        net,
+        generated,
+        real,
+        floor,
+        distance=any(m in ("fcd", "fid") for m in metrics),
+        score=any(m in ("classifier_score", "is") for m in metrics),
+        batch_size=batch_size,
+        score_splits=score_splits,
+    )
+    out: Dict[str, Dict[str, Any]] = {
+        m: entries["distance" if m in ("fcd", "fid") else "score"] for m in metrics
     }
-    out: Dict[str, Dict[str, Any]] = {}
-    for m in metrics:
-        if m in ("fcd", "fid"):
-            ref_stats = gm.feature_statistics(ref_features)
-            entry = {
-                "name": net.distance_name,
-                "long_name": net.distance_long_name,
-                "value": gm.frechet_distance(*gm.feature_statistics(gen_features), *ref_stats),
-                **common,
-            }
-            if floor_features is not None:
-                entry["floor"] = {
-                    "value": gm.frechet_distance(*gm.feature_statistics(floor_features), *ref_stats),
-                    "num_real": len(floor_features),
-                    "meaning": "real images against the reference: what a perfect generator gets at this count",
-                }
-        else:
-            mean, std = gm.classifier_score_and_std(gen_probs, score_splits)
-            ref_mean, ref_std = gm.classifier_score_and_std(ref_probs, min(score_splits, len(ref_probs)))
-            entry = {
-                "name": net.score_name,
-                "long_name": net.score_long_name,
-                "value": mean,
-                "std": std,
-                "splits": score_splits,
-                "num_classes": net.num_classes,
-                "reference_value": ref_mean,
-                "reference_std": ref_std,
-                **common,
-            }
-            if floor_probs is not None:
-                floor_mean, floor_std = gm.classifier_score_and_std(
-                    floor_probs, min(score_splits, len(floor_probs))
-                )
-                entry["floor"] = {
-                    "value": floor_mean,
-                    "std": floor_std,
-                    "num_real": len(floor_probs),
-                    "meaning": "the score of real images, at this count",
-                }
-        out[m] = entry
     return GeneratorReport(
         values={m: float(e["value"]) for m, e in out.items()},
         metrics=out,
         networks={kind: net.describe()},
         notes=notes,
         num_samples=len(generated),
-        pixel_range=pixel_range,
+        pixel_range=tuple(pixel_range),
     )

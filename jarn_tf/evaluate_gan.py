@@ -395,80 +395,40 @@ def main(argv) -> Optional[int]:
         f"Generating {FLAGS.num_samples} images with {generator.path} ({generator.format}, step {generator.step}), "
         f"seed {FLAGS.seed}; metrics: {', '.join(metrics)}."
     )
-    generated = generator.generate(FLAGS.num_samples, FLAGS.seed, FLAGS.batch_size)
-    if not np_all_finite(generated):
-        print(f"error: the generator {generator.path} produced NaN or infinite pixels.", file=sys.stderr)
-        return 1
-    pixel_range = [float(generated.min()), float(generated.max())]
-    outside = float(((generated < 0) | (generated > 1)).mean())
-    if outside > 0:
-        notes.append(
-            f"{outside:.3%} of the generated pixels lie outside [0, 1] (range {pixel_range}); they were clipped to "
-            "[0, 1] before measuring."
+    try:
+        generated, pixel_range, clip_note = gm.clip_generated(
+            generator.generate(FLAGS.num_samples, FLAGS.seed, FLAGS.batch_size), generator.path
         )
-        generated = generated.clip(0.0, 1.0)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if clip_note:
+        notes.append(clip_note)
 
     results_metrics: Dict[str, Any] = {}
     for key, net in networks.items():
         say(f"{net.distance_name} / {net.score_name} network: {net.path} ({net.feature_layer}).")
-        gen_features, gen_probs = net.features_and_probabilities(generated, FLAGS.batch_size)
-        ref_features, ref_probs = net.features_and_probabilities(reference_images, FLAGS.batch_size)
-        floor_features = floor_probs = None
-        if floor_images is not None:
-            floor_features, floor_probs = net.features_and_probabilities(floor_images, FLAGS.batch_size)
-        common = {
-            "network": net.path,
-            "network_kind": net.kind,
-            "sha256": net.sha256,
-            "feature_layer": net.feature_layer,
-            "feature_dim": net.feature_dim,
-            "num_samples": len(generated),
-            "reference_split": reference_info["split"],
-            "reference_size": reference_info["num_images"],
-        }
         distance_key = [m for m in metrics if _DISTANCES.get(m) == key]
-        if distance_key:
-            ref_stats = gm.feature_statistics(ref_features)
-            value = gm.frechet_distance(*gm.feature_statistics(gen_features), *ref_stats)
-            entry = {"name": net.distance_name, "long_name": net.distance_long_name, "value": value, **common}
-            if floor_features is not None:
-                entry["floor"] = {
-                    "value": gm.frechet_distance(*gm.feature_statistics(floor_features), *ref_stats),
-                    "num_real": len(floor_features),
-                    "split": floor_split,
-                    "selection": floor_info["selection"],
-                    "meaning": "real images against the reference: what a perfect generator gets at this count",
-                }
-            results_metrics[distance_key[0]] = entry
         score_key = [m for m in metrics if _SCORES.get(m) == key]
+        entries = gm.measure_images(
+            net,
+            generated,
+            reference_images,
+            floor_images,
+            distance=bool(distance_key),
+            score=bool(score_key),
+            batch_size=FLAGS.batch_size,
+            score_splits=FLAGS.score_splits,
+            reference_info={
+                "reference_split": reference_info["split"],
+                "reference_size": reference_info["num_images"],
+            },
+            floor_info=None if floor_info is None else {"split": floor_split, "selection": floor_info["selection"]},
+        )
+        if distance_key:
+            results_metrics[distance_key[0]] = entries["distance"]
         if score_key:
-            splits = FLAGS.score_splits
-            mean, std = gm.classifier_score_and_std(gen_probs, splits)
-            ref_mean, ref_std = gm.classifier_score_and_std(ref_probs, min(splits, len(ref_probs)))
-            entry = {
-                "name": net.score_name,
-                "long_name": net.score_long_name,
-                "value": mean,
-                "std": std,
-                "splits": splits,
-                "num_classes": net.num_classes,
-                "reference_value": ref_mean,
-                "reference_std": ref_std,
-                **common,
-            }
-            if floor_probs is not None:
-                floor_mean, floor_std = gm.classifier_score_and_std(
-                    floor_probs, min(splits, len(floor_probs))
-                )
-                entry["floor"] = {
-                    "value": floor_mean,
-                    "std": floor_std,
-                    "num_real": len(floor_probs),
-                    "split": floor_split,
-                    "selection": floor_info["selection"],
-                    "meaning": "the score of real images, at this count",
-                }
-            results_metrics[score_key[0]] = entry
+            results_metrics[score_key[0]] = entries["score"]
         for m in distance_key + score_key:
             e = results_metrics[m]
             floor = e.get("floor")
@@ -674,12 +634,6 @@ def discriminator_robustness_main() -> int:
     if FLAGS.verbose:
         print(markdown + f"Results: {output_dir}", flush=True)
     return 0
-
-
-def np_all_finite(array) -> bool:
-    import numpy as np
-
-    return bool(np.all(np.isfinite(array)))
 
 
 def run() -> None:

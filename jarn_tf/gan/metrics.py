@@ -236,6 +236,106 @@ def softmax_float64(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def clip_generated(generated: np.ndarray, source: str) -> Tuple[np.ndarray, list, Optional[str]]:
+    """Generated images ready to measure: non-finite pixels refused, the rest clipped to [0, 1].
+
+    Returns (images, [min, max] before clipping, a note when any pixel was
+    clipped, else None). Raises ValueError on NaN or infinite pixels.
+    """
+    if not np.all(np.isfinite(generated)):
+        raise ValueError(f"the generator {source} produced NaN or infinite pixels.")
+    pixel_range = [float(generated.min()), float(generated.max())]
+    outside = float(((generated < 0) | (generated > 1)).mean())
+    if outside == 0:
+        return generated, pixel_range, None
+    note = (
+        f"{outside:.3%} of the generated pixels lie outside [0, 1] (range {pixel_range}); they were clipped to "
+        "[0, 1] before measuring."
+    )
+    return generated.clip(0.0, 1.0), pixel_range, note
+
+
+def measure_images(
+    net: "FeatureNetwork",
+    generated: np.ndarray,
+    reference: np.ndarray,
+    floor: Optional[np.ndarray] = None,
+    *,
+    distance: bool = True,
+    score: bool = True,
+    batch_size: int = 100,
+    score_splits: int = 10,
+    reference_info: Optional[Dict[str, Any]] = None,
+    floor_info: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Dict[str, Any]]:
+    """The Frechet distance and the score of ``generated`` against ``reference`` in ``net``'s features.
+
+    What ``python -m jarn_tf.evaluate_gan`` and ``jarn_tf.measure_generator``
+    report for one feature network: ``{"distance": ..., "score": ...}`` (the
+    ones asked for), each entry naming the network (path, kind, sha256,
+    layer, dimension) and the counts. ``floor`` (real images not in the
+    reference) is measured the same way: the value of a perfect generator at
+    this count. ``reference_info`` goes into every entry after the sample
+    count (default: the reference size); ``floor_info`` into the floor's.
+    """
+    gen_features, gen_probs = net.features_and_probabilities(generated, batch_size)
+    ref_features, ref_probs = net.features_and_probabilities(reference, batch_size)
+    floor_features = floor_probs = None
+    if floor is not None:
+        floor_features, floor_probs = net.features_and_probabilities(floor, batch_size)
+    common = {
+        "network": net.path,
+        "network_kind": net.kind,
+        "sha256": net.sha256,
+        "feature_layer": net.feature_layer,
+        "feature_dim": net.feature_dim,
+        "num_samples": len(generated),
+        **(reference_info if reference_info is not None else {"reference_size": len(reference)}),
+    }
+    out: Dict[str, Dict[str, Any]] = {}
+    if distance:
+        ref_stats = feature_statistics(ref_features)
+        entry = {
+            "name": net.distance_name,
+            "long_name": net.distance_long_name,
+            "value": frechet_distance(*feature_statistics(gen_features), *ref_stats),
+            **common,
+        }
+        if floor_features is not None:
+            entry["floor"] = {
+                "value": frechet_distance(*feature_statistics(floor_features), *ref_stats),
+                "num_real": len(floor_features),
+                **(floor_info or {}),
+                "meaning": "real images against the reference: what a perfect generator gets at this count",
+            }
+        out["distance"] = entry
+    if score:
+        mean, std = classifier_score_and_std(gen_probs, score_splits)
+        ref_mean, ref_std = classifier_score_and_std(ref_probs, min(score_splits, len(ref_probs)))
+        entry = {
+            "name": net.score_name,
+            "long_name": net.score_long_name,
+            "value": mean,
+            "std": std,
+            "splits": score_splits,
+            "num_classes": net.num_classes,
+            "reference_value": ref_mean,
+            "reference_std": ref_std,
+            **common,
+        }
+        if floor_probs is not None:
+            floor_mean, floor_std = classifier_score_and_std(floor_probs, min(score_splits, len(floor_probs)))
+            entry["floor"] = {
+                "value": floor_mean,
+                "std": floor_std,
+                "num_real": len(floor_probs),
+                **(floor_info or {}),
+                "meaning": "the score of real images, at this count",
+            }
+        out["score"] = entry
+    return out
+
+
 def sha256_of_file(path: str) -> str:
     """The SHA-256 hex digest of a file."""
     digest = hashlib.sha256()

@@ -530,8 +530,9 @@ class _ClassHeadTrainer(Trainer):
     What ``advgan_finetune`` and ``advgan_pgd_at`` share: the classifier
     (``advgan_models.classifier_from_discriminator``: images -> class
     logits), its trainable variables (trunk and class head, not the source
-    head), Adam on them, the training attack (``--attack_*``), the
-    periodic evaluation and the classifier export. Subclasses build
+    head), Adam on them, the training attack (``--attack_*``), the update
+    step (``replica_step``; the fine-tuning adds generated images through
+    ``_generated_batch``), the periodic evaluation and the classifier export. Subclasses build
     ``self.networks["discriminator"]`` and call ``_init_class_head``.
 
     The evaluation (``evaluate``) measures, on the first test images AND the
@@ -590,6 +591,52 @@ class _ClassHeadTrainer(Trainer):
     def _train_logits(self, x: tf.Tensor) -> tf.Tensor:
         """Logits in the update's mode: batch norm's batch statistics (authors); sngan: inference mode."""
         return tf.cast(self.classifier(x, training=not self._spectral), tf.float32)
+
+    def _generated_batch(self, n: tf.Tensor) -> Optional[Tuple[tf.Tensor, tf.Tensor]]:
+        """(attacked generated images, their labels) for eq. 10's second term, or None (PGD-AT)."""
+        del n
+        return None
+
+    def replica_step(self, batch: Tuple[tf.Tensor, tf.Tensor], variant) -> Dict[str, tf.Tensor]:
+        """One update of the trunk and class head on PGD-attacked real images (and generated ones).
+
+        Without generated images (``_generated_batch`` None: ``advgan_pgd_at``)
+        the loss is xent(f(x_adv), y); with them (``advgan_finetune``) eq. 10,
+        ``advgan_losses.finetune_loss`` with ``--lambda_fake``.
+        """
+        del variant
+        real, labels = batch
+        real = tf.cast(real, tf.float32)
+        labels = tf.cast(labels, tf.int32)
+        scale = 1.0 / self.global_batch_size
+        advgan_models.spectral_normalize(self._spectral)
+        real_adv = self._attack(real, labels, _ATTACK_SEED)
+        generated = self._generated_batch(tf.shape(real)[0])
+        with tf.GradientTape() as tape:
+            real_logits = self._train_logits(real_adv)
+            if generated is None:
+                xent = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=real_logits)
+                parts = {"total": xent, "real": xent}
+            else:
+                fake_adv, fake_labels = generated
+                fake_logits = self._train_logits(fake_adv)
+                parts = advgan_losses.finetune_loss(
+                    real_logits, labels, fake_logits, fake_labels, self.params.lambda_fake
+                )
+            loss = tf.reduce_sum(parts["total"]) * scale
+            total = loss + self._weight_decay(self.classifier)
+        grads = tape.gradient(total, self._train_vars)
+        self.optimizers["discriminator"].apply_gradients(zip(grads, self._train_vars))
+        metrics = {
+            "train/loss": parts["total"],
+            "train/xent_real": parts["real"],
+            "train/accuracy_real": _accuracy(real_logits, labels),
+        }
+        if generated is not None:
+            metrics["train/xent_fake"] = parts["fake"]
+            metrics["train/accuracy_fake"] = _accuracy(fake_logits, fake_labels)
+        self.metrics.update(metrics)
+        return {"loss": loss}
 
     def summary_images(self, images: tf.Tensor, labels: tf.Tensor) -> Dict[str, tf.Tensor]:
         adv = attacks.pgd(
@@ -726,16 +773,8 @@ class AdvGANFinetuneTrainer(_ConditionalSampling, _ClassHeadTrainer):
     def generator(self) -> keras.Model:
         return self.networks["generator"]
 
-    def replica_step(self, batch: Tuple[tf.Tensor, tf.Tensor], variant) -> Dict[str, tf.Tensor]:
-        del variant
-        p = self.params
-        real, labels = batch
-        real = tf.cast(real, tf.float32)
-        labels = tf.cast(labels, tf.int32)
-        n = tf.shape(real)[0]
-        scale = 1.0 / self.global_batch_size
-        advgan_models.spectral_normalize(self._spectral)
-        real_adv = self._attack(real, labels, _ATTACK_SEED)
+    def _generated_batch(self, n: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+        """Class-conditional samples of the frozen generator (inference mode), PGD-attacked."""
         fake_labels = tf.random.stateless_uniform(
             tf.reshape(n, [1]),
             self._seed(_LABEL_SEED),
@@ -746,25 +785,9 @@ class AdvGANFinetuneTrainer(_ConditionalSampling, _ClassHeadTrainer):
         z = tf.random.stateless_normal(tf.stack([n, self.latent_dim]), self._seed(_LATENT_SEED))
         fake = tf.stop_gradient(self.generator([z, fake_labels], training=False))
         # lambda 0 (plain PGD-AT of the class head): the generated images weigh nothing; skip their attack.
-        fake_adv = self._attack(fake, fake_labels, _FAKE_ATTACK_SEED) if p.lambda_fake > 0 else fake
-        with tf.GradientTape() as tape:
-            real_logits = self._train_logits(real_adv)
-            fake_logits = self._train_logits(fake_adv)
-            parts = advgan_losses.finetune_loss(real_logits, labels, fake_logits, fake_labels, p.lambda_fake)
-            loss = tf.reduce_sum(parts["total"]) * scale
-            total = loss + self._weight_decay(self.classifier)
-        grads = tape.gradient(total, self._train_vars)
-        self.optimizers["discriminator"].apply_gradients(zip(grads, self._train_vars))
-        self.metrics.update(
-            {
-                "train/loss": parts["total"],
-                "train/xent_real": parts["real"],
-                "train/xent_fake": parts["fake"],
-                "train/accuracy_real": _accuracy(real_logits, labels),
-                "train/accuracy_fake": _accuracy(fake_logits, fake_labels),
-            }
-        )
-        return {"loss": loss}
+        if self.params.lambda_fake > 0:
+            fake = self._attack(fake, fake_labels, _FAKE_ATTACK_SEED)
+        return fake, fake_labels
 
     def summary_images(self, images: tf.Tensor, labels: tf.Tensor) -> Dict[str, tf.Tensor]:
         return {**super().summary_images(images, labels), **self._sample_grid_images()}
@@ -797,23 +820,3 @@ class AdvGANPGDATTrainer(_ClassHeadTrainer):
             info.image_shape, info.num_classes, p.gan_channels, kind=p.advgan_discriminator
         )
         self._init_class_head()
-
-    def replica_step(self, batch: Tuple[tf.Tensor, tf.Tensor], variant) -> Dict[str, tf.Tensor]:
-        del variant
-        real, labels = batch
-        real = tf.cast(real, tf.float32)
-        labels = tf.cast(labels, tf.int32)
-        scale = 1.0 / self.global_batch_size
-        advgan_models.spectral_normalize(self._spectral)
-        real_adv = self._attack(real, labels, _ATTACK_SEED)
-        with tf.GradientTape() as tape:
-            logits = self._train_logits(real_adv)
-            xent = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-            loss = tf.reduce_sum(xent) * scale
-            total = loss + self._weight_decay(self.classifier)
-        grads = tape.gradient(total, self._train_vars)
-        self.optimizers["discriminator"].apply_gradients(zip(grads, self._train_vars))
-        self.metrics.update(
-            {"train/loss": xent, "train/xent_real": xent, "train/accuracy_real": _accuracy(logits, labels)}
-        )
-        return {"loss": loss}
