@@ -505,3 +505,28 @@ def test_resume_with_other_settings_is_refused(tmp_path, capsys, monkeypatch, fl
         monkeypatch,
     )
     assert "figure_eps" in err
+
+
+def test_figure67_curve_means_use_only_the_steps_every_run_logged(tmp_path):
+    """A run missing its (early, high) step-300 FCD is not favoured: the means share their steps."""
+    study = _study(tmp_path / "o", experiment="figure67", seeds="0")
+    full = (300, 600, 900, 1200)
+    fcd = {
+        "advgan": ((600, 62.0), (900, 50.0), (1200, 25.0)),  # its step-300 evaluation is missing
+        "advgan_noattack": tuple(zip(full, (90.0, 58.0, 45.0, 30.0))),
+        "advgan_acgan": tuple(zip(full, (70.0, 55.0, 45.0, 40.0))),
+        "advgan_acgan_noattack": tuple(zip(full, (95.0, 70.0, 55.0, 50.0))),
+    }
+    for run, points in fcd.items():
+        _scalars(
+            study.path(f"seed0/{run}/eval"),
+            {"eval/fcd": list(points), "eval/classifier_score": [(s, 100.0 / v) for s, v in points]},
+        )
+    md, record = _read(study, "figure67")
+    summary = record["numbers"]["summary"]
+    # Over 600/900/1200 only: 45.67 against 44.33 (over their own steps it would be 45.67 against 55.75).
+    assert summary["advgan"]["mean_fcd"] == pytest.approx(137.0 / 3)
+    assert summary["advgan_noattack"]["mean_fcd"] == pytest.approx(133.0 / 3)
+    faster = [c for c in record["claims"] if "speeds up convergence (eq. 9)" in c["claim"] and "fcd:" in c["measured"]]
+    assert [c["verdict"] for c in faster] == ["does not hold"]
+    assert "seed 0: steps 600, 900, 1200 (`advgan` lacks step 300)" in md

@@ -933,6 +933,13 @@ def report_figure67(study: Study) -> Tuple[List[str], Dict[str, Any], Optional[C
         }
         for run in COTRAININGS
     }
+    # The curve means are taken over the steps every co-training of a seed logged, so that a run
+    # missing an (early, high-FCD) evaluation is not favoured over one that has it.
+    shared_steps: Dict[Tuple[str, int], List[int]] = {}
+    for metric in ("fcd", "classifier_score"):
+        for s in study.ablation_seeds:
+            present = [{p[0] for p in curves[run][s][metric]} for run in COTRAININGS if curves[run][s][metric]]
+            shared_steps[(metric, s)] = sorted(set.intersection(*present)) if present else []
     summary: Dict[str, Dict[str, Optional[float]]] = {}
     for run in COTRAININGS:
         out: Dict[str, Optional[float]] = {}
@@ -945,7 +952,8 @@ def report_figure67(study: Study) -> Tuple[List[str], Dict[str, Any], Optional[C
                     value = (meta.get("fcd") or {}).get("value")
                     pts = [(meta.get("step", 0), float(value))] if value is not None else []
                 finals.append(pts[-1][1] if pts else None)
-                avgs.append(_mean([p[1] for p in pts]) if pts else None)
+                shared = [p[1] for p in pts if p[0] in shared_steps[(metric, s)]]
+                avgs.append(_mean(shared) if shared else None)
             out[f"final_{metric}"] = _mean(finals)
             out[f"mean_{metric}"] = _mean(avgs)
         summary[run] = out
@@ -981,13 +989,26 @@ def report_figure67(study: Study) -> Tuple[List[str], Dict[str, Any], Optional[C
         ]
         for run in COTRAININGS
     ]
+    notes = []
+    for s in study.ablation_seeds:
+        logged = {run: {p[0] for p in curves[run][s]["fcd"]} for run in COTRAININGS}
+        every = set().union(*logged.values())
+        lacking = [
+            f"`{run}` lacks step {', '.join(map(str, sorted(every - steps)))}"
+            for run, steps in logged.items()
+            if steps and every - steps
+        ]
+        shared = ", ".join(map(str, shared_steps[("fcd", s)])) or "none"
+        notes.append(f"seed {s}: steps {shared}" + (f" ({'; '.join(lacking)})" if lacking else ""))
+    steps_note = "; ".join(notes)
     lines = [
         f"The four co-trainings, seeds {', '.join(map(str, study.ablation_seeds))} (mean over them): "
         "FCD (lower is "
         f"better) and classifier score (higher is better) of {study.fcd_samples} samples in the features of "
         f"`{study.feature_net_cmd}`, at the last evaluation and averaged over the evaluations during "
         "training "
-        "(lower average FCD = faster convergence).",
+        "(lower average FCD = faster convergence). The averages use only the steps every co-training "
+        f"of the seed logged: {steps_note}.",
         "",
         md_table(["run", "loss", "final FCD", "mean FCD", "final score", "mean score"], rows),
         "",
