@@ -1672,8 +1672,9 @@ def report_paired(ctx: Context) -> List[str]:
     rows = _accuracy_rows(ctx, models, [s.label for s in models])
     lines = [f"## Accuracy (%), eps = {ctx.eps}", "", md_table(["Model", *ACCURACY_HEADER], rows), ""]
     lines += [
-        "Worst case: per image, the lowest accuracy over the attacks evaluation's FGSM and PGD "
-        "5/10/20/40 (cross-entropy and margin); AutoAttack on its own image set.",
+        "Worst case: the share of test images classified correctly under every attack of the attacks "
+        "evaluation (clean, FGSM, PGD 5/10/20/40 with cross-entropy and margin losses); AutoAttack: its "
+        "own evaluation, on the first images of the same test set.",
         "",
     ]
     for treated, reference in PAIRS:
