@@ -177,3 +177,181 @@ def test_a_model_another_process_is_training_is_left_alone(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+# ---------------------------------------------------------------------------
+# The paired comparison and JARN's schedule (issue 27 items 1 and 2).
+
+
+def test_t_quantile_and_paired_interval_match_known_values():
+    # Student's t 0.975 quantiles (any table; scipy.stats.t.ppf(0.975, df)).
+    known = {1: 12.706, 2: 4.303, 4: 2.776, 9: 2.262, 29: 2.045, 30: 2.042, 40: 2.021, 120: 1.980}
+    for df, t in known.items():
+        assert paper.t_quantile_975(df) == pytest.approx(t, abs=6e-4), df
+    assert paper.t_quantile_975(10**6) == pytest.approx(1.95996, abs=1e-4)
+    with pytest.raises(ValueError):
+        paper.t_quantile_975(0)
+    # diffs 1.0, 1.2, 0.8, 1.1, 0.9: mean 1, sd sqrt(0.025), half 2.776 * 0.1581 / sqrt(5) = 0.1963.
+    st = paper.paired_t([(s, 10 + d, 10.0) for s, d in enumerate((1.0, 1.2, 0.8, 1.1, 0.9))])
+    assert st.seeds == (0, 1, 2, 3, 4) and st.mean == pytest.approx(1.0)
+    assert st.sd == pytest.approx(0.158114, abs=1e-5)
+    assert (st.lo, st.hi) == (pytest.approx(0.8037, abs=1e-3), pytest.approx(1.1963, abs=1e-3))
+    # diffs 1, 2, 3: mean 2, sd 1, half 4.303 / sqrt(3) = 2.484: the interval includes 0 (1.96 would not).
+    st = paper.paired_t([(0, 1.0, 0.0), (1, 2.0, 0.0), (2, 3.0, 0.0), (3, None, 1.0)])
+    assert st.seeds == (0, 1, 2) and (st.lo, st.hi) == (
+        pytest.approx(-0.484, abs=1e-3),
+        pytest.approx(4.484, abs=1e-3),
+    )
+    one = paper.paired_t([(7, 2.0, 1.5), (8, 3.0, None)])
+    assert one.n == 1 and one.mean == 0.5 and one.lo is None
+    assert "not enough seeds" in paper.paired_conclusion(one, "worst-case accuracy", "JARN", "Standard")
+
+
+def _fake_runs(out: str, numbers: dict, eps: str = "0.1") -> None:
+    """Finished trainings and evaluations on disk: (model, seed) -> (clean, worst case, AutoAttack) in %."""
+    import json
+
+    def dump(path, data):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(data, f)
+
+    for (model, seed), (clean, worst, aa) in numbers.items():
+        name = f"{model}_seed{seed}"
+        dump(os.path.join(out, "models", name, "export", "metadata.json"), {})
+        with open(os.path.join(out, "models", f"{name}.log"), "w") as f:
+            f.write(f"Finished at step 3750 in {200 + seed} s\n")
+        acc = {"clean": clean / 100, "worst_case": worst / 100}
+        dump(os.path.join(out, "evals", name, f"attacks_eps{eps}", "results.json"), {"accuracy": acc})
+        aa_acc = {"autoattack": aa / 100}
+        dump(os.path.join(out, "evals", name, f"autoattack_eps{eps}", "results.json"), {"accuracy": aa_acc})
+
+
+def _no_subprocess(*args):
+    raise AssertionError(f"ran {args[0]}")
+
+
+def test_paired_report_from_results_on_disk(tmp_path, monkeypatch):
+    out = str(tmp_path / "o")
+    jarn_gain = (1.0, 1.2, 0.8, 1.1, 0.9)  # worst case: [+0.80, +1.20], excludes 0
+    at1_gain = (-1.0, 0.0, 1.0, 2.0, 3.0)  # worst case: mean 1, sd 1.58, [-0.96, +2.96], includes 0
+    clean_gain = (0.5, -0.5, 0.0, 1.0, -1.0)  # mean 0, sd 0.79: [-0.98, +0.98]
+    at1_aa_gain = (-2.4, -2.8, -2.6, -2.2, -3.0)  # mean -2.6, sd 0.32: [-2.99, -2.21], excludes 0
+    numbers = {}
+    for s in range(5):
+        numbers[("standard", s)] = (87.0, 13.0 + s, 10.0)
+        numbers[("jarn", s)] = (87.0 + clean_gain[s], 13.0 + s + jarn_gain[s], 10.0 + jarn_gain[s])
+        numbers[("pgd_at7", s)] = (80.0, 55.0, 52.0)
+        numbers[("jarn_at1", s)] = (82.0, 55.0 + at1_gain[s], 52.0 + at1_aa_gain[s])
+    _fake_runs(out, numbers)
+    monkeypatch.setattr(paper, "run_subprocess", _no_subprocess)
+    lines = []
+    # Seed 0 only on the command line: the other four come from the disk.
+    assert paper.main(["--experiment=paired", f"--output_dir={out}"], lines.append) == 0, "\n".join(lines)
+    md = open(os.path.join(out, "paired", "paired.md")).read()
+    assert "the numbers come from seeds 0, 1, 2, 3, 4" in md
+    assert "| Worst case | 0, 1, 2, 3, 4 | +1.00 | 0.16 | [+0.80, +1.20] |" in md
+    assert (
+        "- Worst-case accuracy: the 95% interval [+0.80, +1.20] excludes 0: JARN changes worst-case "
+        "accuracy by +1.00 points (between +0.80 and +1.20) against Standard, over seeds 0, 1, 2, 3, 4."
+    ) in md
+    assert "| AutoAttack | 0, 1, 2, 3, 4 | +1.00 | 0.16 | [+0.80, +1.20] |" in md
+    assert "| Clean | 0, 1, 2, 3, 4 | +0.00 | 0.79 | [-0.98, +0.98] |" in md
+    assert "- Clean accuracy: the 95% interval [-0.98, +0.98] includes 0: no effect of JARN against" in md
+    assert "| Worst case | 0, 1, 2, 3, 4 | +1.00 | 1.58 | [-0.96, +2.96] |" in md
+    assert (
+        "- Worst-case accuracy: the 95% interval [-0.96, +2.96] includes 0: no effect of JARN-AT1 against "
+        "PGD-AT7 detectable with 5 seeds (0, 1, 2, 3, 4); effects outside [-0.96, +2.96] points are unlikely."
+    ) in md
+    assert "| AutoAttack | 0, 1, 2, 3, 4 | -2.60 | 0.32 | [-2.99, -2.21] |" in md
+    assert "JARN-AT1 changes AutoAttack accuracy by -2.60 points (between -2.99 and -2.21) against" in md
+    assert "| 2 | 15.8 | 15.0 | +0.8 | 10.8 | 10.0 | +0.8 | 87.0 | 87.0 | +0.0 |" in md  # seed 2, JARN
+    assert "t_0.975,4 = 2.776 with all 5 seeds" in md
+
+
+def test_paired_report_with_one_seed_says_not_enough_seeds(tmp_path, monkeypatch):
+    out = str(tmp_path / "o")
+    _fake_runs(out, {(m, 0): (80.0, 20.0, 18.0) for m in ("standard", "jarn", "jarn_at1", "pgd_at7")})
+    monkeypatch.setattr(paper, "run_subprocess", _no_subprocess)
+    lines = []
+    assert paper.main(["--experiment=paired", f"--output_dir={out}"], lines.append) == 0
+    assert lines[1].startswith("note: a paired interval needs two or more seeds")
+    md = open(os.path.join(out, "paired", "paired.md")).read()
+    assert "| Worst case | 0 | +0.00 | - | not enough seeds |" in md
+    assert "Worst-case accuracy: not enough seeds for an interval (only seed 0: +0.00 points)" in md
+    assert "interval [" not in md
+
+
+def test_paired_and_schedule_dry_runs_list_their_models_and_flags(tmp_path):
+    out = str(tmp_path / "o")
+    lines = []
+    argv = ["--experiment=paired", "--seeds=0,1,2,3,4", f"--output_dir={out}", "--dry_run"]
+    assert paper.main(argv, lines.append) == 0
+    assert not os.path.exists(out)
+    text = "\n".join(lines)
+    rows = ("standard", "jarn", "jarn_at1", "pgd_at7")
+    for row in rows:
+        for seed in range(5):
+            model = f"--model_dir={out}/models/{row}_seed{seed} "
+            assert f"--flagfile=flags/cpu_{row}.cfg --seed={seed} {model}" in text
+            assert f"--attacks=autoattack --eps=0.1 --num_examples=500" in text
+            assert f"--output_dir={out}/evals/{row}_seed{seed}/attacks_eps0.1" in text
+            assert f"--output_dir={out}/evals/{row}_seed{seed}/autoattack_eps0.1" in text
+    assert "attacks_eps0.05" not in text  # the table's eps only
+    # 4 models x 5 seeds x (a training and two evaluations).
+    assert lines[-1] == "Dry run: 0 step(s) reused, 60 to run."
+
+    ctx = _context("--experiment=schedule", "--seeds=0,1", f"--output_dir={out}")
+    trains = {j.key: j.args for j in _trainings(ctx)}
+    names = ("standard", "jarn", "jarn_jarn_start0", "jarn_jarn_start0.875")
+    assert sorted(trains) == sorted(f"models/{n}_seed{s}" for n in names for s in (0, 1))
+    assert trains["models/jarn_jarn_start0_seed1"][2:4] == ["--flagfile=flags/cpu_jarn.cfg", "--seed=1"]
+    assert trains["models/jarn_jarn_start0_seed1"][-1] == "--jarn_start=0"
+    assert trains["models/jarn_jarn_start0.875_seed0"][-1] == "--jarn_start=0.875"
+    # The flagfile's 0.75 is the plain JARN model (Table 3's), not a second one.
+    assert not any(a.startswith("--jarn_start") for a in trains["models/jarn_seed0"])
+    assert "evals/jarn_jarn_start0_seed0/autoattack_eps0.1" in ctx.jobs
+    assert len(ctx.jobs) == 4 * 2 * 3
+    assert paper.main(["--experiment=schedule", "--rows=jarn,pgd_at7", "--dry_run"], lines.append) == 2
+
+
+def test_schedule_report_sets_the_papers_claim_against_the_numbers(tmp_path, monkeypatch):
+    out = str(tmp_path / "o")
+    numbers = {}
+    for s in range(3):
+        numbers[("standard", s)] = (87.0, 13.0, 10.0)
+        numbers[("jarn", s)] = (87.0, 14.0 + s, 11.0)
+        numbers[("jarn_jarn_start0.875", s)] = (87.0, 14.0, 11.0)
+        numbers[("jarn_jarn_start0", s)] = (85.0, 14.0 + s + (1.0, 2.0, 3.0)[s], 11.0 + (-1.0, 1.0, 0.0)[s])
+    _fake_runs(out, numbers)
+    monkeypatch.setattr(paper, "run_subprocess", _no_subprocess)
+    lines = []
+    argv = ["--experiment=schedule", "--seeds=0,1,2", f"--output_dir={out}"]
+    assert paper.main(argv, lines.append) == 0, "\n".join(lines)
+    md = open(os.path.join(out, "schedule", "schedule.md")).read()
+    # Clean, AutoAttack, worst case, training time (the fake logs: 200 + seed s).
+    whole = "| JARN, whole run (jarn_start=0) | 85.0 ± 0.0 | 11.0 ± 1.0 | 17.0 ± 2.0 | 201 ± 1 | 0, 1, 2 |"
+    assert whole in md
+    assert "| JARN, last 25% (jarn_start=0.75, the flagfile's) | 87.0 ± 0.0 | 11.0 ± 0.0 |" in md
+    assert "| JARN, last 12.5% (jarn_start=0.875) |" in md
+    assert "## JARN whole run - JARN last 25%, paired by seed" in md
+    # Worst case: diffs 1, 2, 3 -> [-0.48, +4.48]; AutoAttack: -1, 1, 0 -> [-2.48, +2.48].
+    assert "| Worst case | 0, 1, 2 | +2.00 | 1.00 | [-0.48, +4.48] |" in md
+    assert (
+        "Verdict: the numbers are consistent with the claim at this scale: with 3 seeds, no difference "
+        "between JARN over the whole run and in the last 25% is detectable in worst-case or AutoAttack "
+        "accuracy; differences larger than 4.48 points are unlikely."
+    ) in md
+    # Whole run 3 points worse on clean accuracy (excluded from the claim, which is about robustness).
+    assert "| Clean | 0, 1, 2 | -2.00 | 0.00 | [-2.00, -2.00] |" in md
+    # Worst case 1 point up on every seed: the interval excludes 0 and the verdict turns.
+    for s in range(3):
+        numbers[("jarn_jarn_start0", s)] = (85.0, 14.0 + s + (0.9, 1.0, 1.1)[s], 11.0)
+    _fake_runs(out, numbers)
+    assert paper.main(argv, lines.append) == 0
+    md = open(os.path.join(out, "schedule", "schedule.md")).read()
+    assert (
+        "Verdict: the numbers contradict the claim at this scale: JARN over the whole run differs from JARN "
+        "in the last 25% (worst-case accuracy +1.00 points, 95% interval [+0.75, +1.25]; whole run minus "
+        "last 25%)."
+    ) in md

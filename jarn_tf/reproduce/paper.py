@@ -13,7 +13,11 @@ Experiments: table1 (MNIST), table2 (SVHN), table3 (CIFAR-10, plus the JARN
 release variants), table4 (time per epoch), table5 (transfer attacks),
 figure2 (accuracy against eps), figure3 (loss surfaces), figure4 (Jacobians),
 figure5 (sensitivity of JARN to lambda_adv, batch size and the discriminator's
-update interval).
+update interval); beyond the paper's figures, paired (JARN against standard
+training and JARN-AT1 against PGD-AT7, seed by seed: mean difference and 95%
+paired-t interval of worst-case, AutoAttack and clean accuracy; pass
+--seeds=0,1,2,3,4) and schedule (JARN over the whole run, the last 25% and the
+last 12.5% of training, beside standard training).
 
 Scales: ``paper`` uses ``flags/<dataset>_<row>.cfg`` (mnist for table1, svhn
 for table2, cifar10 otherwise), the paper's eps (0.3 MNIST, 8/255 otherwise)
@@ -32,7 +36,8 @@ subprocess with a fixed command, skipped when its outputs exist:
   O/<experiment>/<experiment>.md       the table, figures beside it
 At cpu scale <model> is the row (standard, jarn, ...), so Tables 1-3 share
 their models; at paper scale it is <dataset>_<row> (cifar10_jarn, ...).
-Variants are named after their overrides: pgd_at7_eps0.15, jarn_lambda_adv2.
+Variants are named after their overrides: pgd_at7_eps0.15, jarn_lambda_adv2,
+jarn_jarn_start0 (a variant with the flagfile's own value is the plain model).
 """
 
 from __future__ import annotations
@@ -66,6 +71,8 @@ EXPERIMENTS: Dict[str, str] = {
     "figure3": "Figure 3: loss surfaces along the adversarial and a random direction",
     "figure4": "Figure 4: input Jacobians",
     "figure5": "Figure 5: accuracy of JARN with different hyperparameters",
+    "paired": "Paired comparison over seeds: JARN against standard training, JARN-AT1 against PGD-AT7",
+    "schedule": "JARN's schedule: JARN over the whole run, the last 25% and the last 12.5% of training",
 }
 SCALES = ("cpu", "paper")
 
@@ -102,6 +109,8 @@ EXPERIMENT_ROWS: Dict[str, Tuple[str, ...]] = {
     "figure3": ("standard", "fgsm_at1", "jarn", "jarn_at1", "pgd_at7"),
     "figure4": ("standard", "fgsm_at1", "jarn", "jarn_at1", "pgd_at7"),
     "figure5": ("jarn",),
+    "paired": ("standard", "jarn", "jarn_at1", "pgd_at7"),
+    "schedule": ("standard", "jarn"),
 }
 
 # Paper columns of the attack tables: (heading, key in results.json's accuracy).
@@ -167,6 +176,20 @@ FIGURE5_SWEEPS: Dict[str, Tuple[float, ...]] = {
     "batch_size": (32, 128),
     "disc_update_every": (1, 5, 20),
 }
+# The schedules of --experiment=schedule: JARN from this fraction of training on (0 = the whole run).
+SCHEDULE_STARTS: Dict[str, Tuple[float, ...]] = {"jarn_start": (0.0, 0.75, 0.875)}
+# The paired comparison: (treated row, reference row); its measures: (heading, key, words in sentences).
+PAIRS = (("jarn", "standard"), ("jarn_at1", "pgd_at7"))
+PAIRED_METRICS = (
+    ("Worst case", "worst_case", "worst-case accuracy"),
+    ("AutoAttack", "autoattack", "AutoAttack accuracy"),
+    ("Clean", "clean", "clean accuracy"),
+)
+# Section 3 of the paper (jarn_iclr2020.txt), the claim --experiment=schedule tests.
+SCHEDULE_CLAIM = (
+    "using JARN framework only on the last few epoch (25%) to train the classifier confers similar "
+    "adversarial robustness compared to training with JARN for the whole duration"
+)
 TRAIN_SET_SIZE = {"mnist": 60000, "fashion_mnist": 60000, "svhn": 73257, "cifar10": 50000}
 PAPER_DATASET = {"table1": "mnist", "table2": "svhn"}
 PAPER_EPS = {"mnist": "0.3", "svhn": "8/255", "cifar10": "8/255"}
@@ -366,6 +389,9 @@ class Context:
         ]
         return self.evaluate(model, f"attacks_eps{eps_name(eps)}", flags)
 
+    def autoattack_dir(self, model: str, eps: str) -> str:
+        return f"evals/{model}/autoattack_eps{eps_name(eps)}"
+
     def eval_autoattack(self, model: str, eps: str) -> str:
         flags = ["--attacks=autoattack", f"--eps={eps}", *self.n_flag(self.autoattack_examples)]
         return self.evaluate(model, f"autoattack_eps{eps_name(eps)}", flags)
@@ -461,8 +487,7 @@ def _rows(ctx: Context) -> List[str]:
 def plan(ctx: Context) -> None:
     """Fills ``ctx.jobs`` with the experiment's trainings and evaluations, in order."""
     exp = ctx.experiment
-    rows = _rows(ctx)
-    specs = [ctx.spec(r) for r in rows]
+    specs = _specs(ctx)
     if exp == "figure5":
         specs = [s for spec in specs for s in figure5_specs(ctx, spec)[1]]
     for spec in specs:
@@ -484,6 +509,12 @@ def plan(ctx: Context) -> None:
             for seed in ctx.seeds:
                 ctx.eval_autoattack(spec.name(seed), ctx.eps)
                 ctx.eval_jacobian(spec.name(seed))
+    if exp in ("paired", "schedule"):
+        # The same evaluations as Table 3's at its first eps: a model of both reuses them.
+        for spec in specs:
+            for seed in ctx.seeds:
+                ctx.eval_attacks(spec.name(seed), ctx.eps)
+                ctx.eval_autoattack(spec.name(seed), ctx.eps)
     if exp == "table5":
         for spec in specs:
             for seed in ctx.seeds:
@@ -502,17 +533,28 @@ def plan(ctx: Context) -> None:
                 ctx.eval_jacobian(spec.name(seed))
 
 
-def figure5_specs(ctx: Context, spec: ModelSpec) -> Tuple[Dict[str, str], List[ModelSpec]]:
+def sweep_specs(
+    ctx: Context, spec: ModelSpec, sweeps: Mapping[str, Sequence[float]]
+) -> Tuple[Dict[str, str], List[ModelSpec]]:
     """The flagfile's values of the swept flags and the models: the base, then one per other value."""
     values = flagfile_values(spec.flagfile)
-    base = {flag: values.get(flag, "?") for flag in FIGURE5_SWEEPS}
+    base = {flag: values.get(flag, "?") for flag in sweeps}
     out = [spec]
-    for flag, choices in FIGURE5_SWEEPS.items():
+    for flag, choices in sweeps.items():
         for v in choices:
             if base[flag] != "?" and float(base[flag]) == float(v):
                 continue  # the base model stands for the flagfile's value
             out.append(ctx.variant(spec, flag, v))
     return base, out
+
+
+def figure5_specs(ctx: Context, spec: ModelSpec) -> Tuple[Dict[str, str], List[ModelSpec]]:
+    return sweep_specs(ctx, spec, FIGURE5_SWEEPS)
+
+
+def schedule_specs(ctx: Context, spec: ModelSpec) -> Tuple[Dict[str, str], List[ModelSpec]]:
+    """JARN's flagfile model (its --jarn_start) and one variant per other start: jarn_jarn_start0..."""
+    return sweep_specs(ctx, spec, SCHEDULE_STARTS)
 
 
 def check_flagfiles(ctx: Context) -> Optional[str]:
@@ -917,6 +959,127 @@ def mean_std(values: Iterable[Optional[float]], digits: int = 1, spec: Optional[
     return f"{format(mean, spec)} ± {format(std, spec)}"
 
 
+# t_{0.975, df}, df = 1..30: the two-sided 95% quantile of Student's t, to 4 decimals.
+T975 = (
+    12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
+    2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
+    2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
+)  # fmt: skip
+Z975 = 1.959963984540054  # the normal's 0.975 quantile
+
+
+def t_quantile_975(df: int) -> float:
+    """Student's t 0.975 quantile with ``df`` degrees of freedom (the 95% interval's multiplier).
+
+    The table for df <= 30; beyond, the normal quantile corrected by the Cornish-Fisher
+    expansion (Abramowitz & Stegun 26.7.5), within 1e-7 of the exact value there.
+
+    Raises:
+      ValueError: df < 1.
+    """
+    if df < 1:
+        raise ValueError(f"t quantile needs df >= 1, got {df}")
+    if df <= len(T975):
+        return T975[df - 1]
+    z = Z975
+    terms = (
+        (z**3 + z) / 4,
+        (5 * z**5 + 16 * z**3 + 3 * z) / 96,
+        (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
+        (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160,
+    )
+    return z + sum(g / df ** (i + 1) for i, g in enumerate(terms))
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedT:
+    """The paired t of differences (treated - reference, one per seed).
+
+    Attributes:
+      seeds: the seeds with both numbers, in order.
+      diffs: their differences.
+      mean: the mean difference (None without any).
+      sd: the sample standard deviation (None below 2 seeds).
+      lo, hi: the 95% interval mean ± t_{0.975, n-1} sd / sqrt(n) (None below 2 seeds).
+    """
+
+    seeds: Tuple[int, ...]
+    diffs: Tuple[float, ...]
+    mean: Optional[float]
+    sd: Optional[float]
+    lo: Optional[float]
+    hi: Optional[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.diffs)
+
+
+def paired_t(pairs: Iterable[Tuple[int, Optional[float], Optional[float]]]) -> PairedT:
+    """The paired t of (seed, treated, reference) values; seeds missing either value are left out."""
+    kept = [(seed, a - b) for seed, a, b in pairs if a is not None and b is not None]
+    seeds = tuple(k[0] for k in kept)
+    diffs = tuple(k[1] for k in kept)
+    n = len(diffs)
+    if n == 0:
+        return PairedT(seeds, diffs, None, None, None, None)
+    mean = sum(diffs) / n
+    if n < 2:
+        return PairedT(seeds, diffs, mean, None, None, None)
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    half = t_quantile_975(n - 1) * sd / math.sqrt(n)
+    return PairedT(seeds, diffs, mean, sd, mean - half, mean + half)
+
+
+def _seed_list(seeds: Sequence[int]) -> str:
+    if not seeds:
+        return "no seed"
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+
+
+def paired_conclusion(stats: PairedT, what: str, treated: str, reference: str) -> str:
+    """What the 95% interval of ``stats`` supports, in one sentence (``what``: e.g. worst-case accuracy)."""
+    head = what[:1].upper() + what[1:]
+    if stats.n == 0:
+        return f"{head}: no seed has both {treated}'s and {reference}'s number yet."
+    if stats.lo is None or stats.hi is None:
+        return (
+            f"{head}: not enough seeds for an interval (only {_seed_list(stats.seeds)}: "
+            f"{stats.mean:+.2f} points); a paired t needs two or more."
+        )
+    interval = f"[{stats.lo:+.2f}, {stats.hi:+.2f}]"
+    if stats.lo > 0 or stats.hi < 0:
+        return (
+            f"{head}: the 95% interval {interval} excludes 0: {treated} changes {what} by "
+            f"{stats.mean:+.2f} points (between {stats.lo:+.2f} and {stats.hi:+.2f}) against {reference}, "
+            f"over {_seed_list(stats.seeds)}."
+        )
+    return (
+        f"{head}: the 95% interval {interval} includes 0: no effect of {treated} against {reference} "
+        f"detectable with {stats.n} seeds ({', '.join(map(str, stats.seeds))}); effects outside {interval} "
+        "points are unlikely."
+    )
+
+
+def paired_row(heading: str, stats: PairedT) -> List[str]:
+    """A summary table's row: measure, seeds, mean difference, sd, 95% interval."""
+    interval = "-"
+    if stats.lo is not None and stats.hi is not None:
+        interval = f"[{stats.lo:+.2f}, {stats.hi:+.2f}]"
+    elif stats.n:
+        interval = "not enough seeds"
+    return [
+        heading,
+        ", ".join(map(str, stats.seeds)) or "-",
+        "-" if stats.mean is None else f"{stats.mean:+.2f}",
+        "-" if stats.sd is None else f"{stats.sd:.2f}",
+        interval,
+    ]
+
+
+PAIRED_HEADER = ["Measure", "Seeds", "Mean difference", "Sample sd", "95% interval (paired t)"]
+
+
 def fmt(value: Optional[float], digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -996,9 +1159,13 @@ def _header(ctx: Context, argv: Sequence[str]) -> List[str]:
         f"Written by `{shlex.join(['python', '-m', 'jarn_tf.paper', *argv])}` on "
         f"{datetime.datetime.now().isoformat(timespec='seconds')} (commit {_git_commit() or '?'}).",
         seeds_sentence(ctx) + " Every seed found on disk is used, not only the command's.",
-        "Numbers: mean ± sample standard deviation over the seeds present (one seed: its value); the "
-        "paper's in parentheses"
-        + (" (measured on the paper's dataset, not comparable in value)." if ctx.scale == "cpu" else "."),
+        "Numbers: mean ± sample standard deviation over the seeds present (one seed: its value)"
+        + (
+            "."
+            if ctx.experiment in ("paired", "schedule")  # no paper numbers to show
+            else "; the paper's in parentheses"
+            + (" (measured on the paper's dataset, not comparable in value)." if ctx.scale == "cpu" else ".")
+        ),
         "",
     ]
 
@@ -1042,7 +1209,12 @@ def _with_paper(ours: str, paper: Optional[str]) -> str:
 
 
 def _specs(ctx: Context) -> List[ModelSpec]:
-    return [ctx.spec(r) for r in _rows(ctx)]
+    """The rows' models; for schedule, JARN's once per start (Figure 5 expands its own)."""
+    specs = [ctx.spec(r) for r in _rows(ctx)]
+    if ctx.experiment == "schedule":
+        expand = lambda spec: schedule_specs(ctx, spec)[1] if spec.row == "jarn" else [spec]  # noqa: E731
+        specs = [s for spec in specs for s in expand(spec)]
+    return specs
 
 
 def _models(ctx: Context) -> List[str]:
@@ -1085,10 +1257,7 @@ def report_attack_table(ctx: Context) -> List[str]:
                     mean_std(accuracy(ctx, ctx.attacks_dir(m, ctx.eps), "pgd40") for m in names),
                     mean_std(accuracy(ctx, ctx.attacks_dir(m, ctx.eps), "pgd40_margin") for m in names),
                     mean_std(accuracy(ctx, ctx.attacks_dir(m, ctx.eps), "worst_case") for m in names),
-                    mean_std(
-                        accuracy(ctx, f"evals/{m}/autoattack_eps{eps_name(ctx.eps)}", "autoattack")
-                        for m in names
-                    ),
+                    mean_std(accuracy(ctx, ctx.autoattack_dir(m, ctx.eps), "autoattack") for m in names),
                     mean_std(accuracy(ctx, ctx.attacks_dir(m, ctx.eps), "clean") for m in names),
                     mean_std((j["jacobian_cosine"] for j in jac), spec=".3g"),
                     mean_std((j["jacobian_alignment"] for j in jac), spec=".3g"),
@@ -1115,8 +1284,7 @@ def report_attack_table(ctx: Context) -> List[str]:
                 d = ctx.attacks_dir(spec.name(seed), eps)
                 cells = [spec.label, str(seed), eps] + [fmt(accuracy(ctx, d, a)) for _, a in ALL_ATTACKS]
                 if exp == "table3":
-                    aa = f"evals/{spec.name(seed)}/autoattack_eps{eps_name(eps)}"
-                    cells.append(fmt(accuracy(ctx, aa, "autoattack")))
+                    cells.append(fmt(accuracy(ctx, ctx.autoattack_dir(spec.name(seed), eps), "autoattack")))
                 rows.append(cells + [f"`{d}`"])
     header = ["Model", "Seed", "eps", *(c for c, _ in ALL_ATTACKS)] + (
         ["AutoAttack"] if exp == "table3" else []
@@ -1430,6 +1598,199 @@ def report_figure5(ctx: Context) -> List[str]:
     return lines
 
 
+def measure(ctx: Context, model: str, key: str) -> Optional[float]:
+    """Accuracy (%) of a model at ``ctx.eps``: ``autoattack`` from its AutoAttack evaluation, the
+    others (``clean``, ``worst_case``, an attack) from its attacks evaluation."""
+    if key == "autoattack":
+        return accuracy(ctx, ctx.autoattack_dir(model, ctx.eps), "autoattack")
+    return accuracy(ctx, ctx.attacks_dir(model, ctx.eps), key)
+
+
+def _accuracy_rows(ctx: Context, specs: Sequence[ModelSpec], labels: Sequence[str]) -> List[List[str]]:
+    """Per model: clean, worst case and AutoAttack (mean ± sd over seeds), the seeds behind them."""
+    rows = []
+    for spec, label in zip(specs, labels):
+        cells = [label]
+        for _, key, _ in PAIRED_METRICS[::-1]:  # clean, AutoAttack, worst case
+            cells.append(mean_std(measure(ctx, spec.name(s), key) for s in ctx.seeds))
+        present = [s for s in ctx.seeds if measure(ctx, spec.name(s), "clean") is not None]
+        present_aa = [s for s in ctx.seeds if measure(ctx, spec.name(s), "autoattack") is not None]
+        seeds = ", ".join(map(str, present)) or "-"
+        if present_aa != present:
+            seeds += f" (AutoAttack: {', '.join(map(str, present_aa)) or '-'})"
+        rows.append(cells + [seeds])
+    return rows
+
+
+ACCURACY_HEADER = ["Clean", "AutoAttack", "Worst case", "Seeds"]
+
+
+def _paired_sections(
+    ctx: Context, treated: ModelSpec, reference: ModelSpec, t_label: str, r_label: str
+) -> Tuple[List[str], Dict[str, PairedT]]:
+    """Per seed: both models' numbers and their difference; then mean, sd, interval and conclusion."""
+    stats: Dict[str, PairedT] = {}
+    per_seed = []
+    for seed in ctx.seeds:
+        cells = [str(seed)]
+        for _, key, _ in PAIRED_METRICS:
+            a, b = measure(ctx, treated.name(seed), key), measure(ctx, reference.name(seed), key)
+            cells += [fmt(a), fmt(b), "-" if a is None or b is None else f"{a - b:+.1f}"]
+        per_seed.append(cells)
+    for heading, key, _ in PAIRED_METRICS:
+        stats[key] = paired_t(
+            (s, measure(ctx, treated.name(s), key), measure(ctx, reference.name(s), key)) for s in ctx.seeds
+        )
+    header = ["Seed"]
+    for _, _, what in PAIRED_METRICS:
+        column = what.replace(" accuracy", "")
+        header += [f"{t_label} {column}", f"{r_label} {column}", "difference"]
+    lines = [
+        md_table(header, per_seed),
+        "",
+        md_table(PAIRED_HEADER, [paired_row(h, stats[k]) for h, k, _ in PAIRED_METRICS]),
+        "",
+    ]
+    lines += [f"- {paired_conclusion(stats[k], what, t_label, r_label)}" for _, k, what in PAIRED_METRICS]
+    return lines + [""], stats
+
+
+def _t_note(ctx: Context) -> str:
+    n = len(ctx.seeds)
+    t = f" (t_0.975,{n - 1} = {t_quantile_975(n - 1):.3f} with all {n} seeds)" if n > 1 else ""
+    return (
+        f"Differences in points of accuracy (%), {PAIRED_HEADER[4]}: mean ± t_0.975,n-1 · sd / sqrt(n) "
+        f"over the n seeds with both numbers{t}. The interval covers the spread between training seeds on "
+        f"the same test images (the first {ctx.num_examples or 'all'} for clean and worst case, the first "
+        f"{ctx.autoattack_examples} for AutoAttack), not the sampling of the test images."
+    )
+
+
+def report_paired(ctx: Context) -> List[str]:
+    specs = {s.row: s for s in _specs(ctx)}
+    models = list(specs.values())
+    rows = _accuracy_rows(ctx, models, [s.label for s in models])
+    lines = [f"## Accuracy (%), eps = {ctx.eps}", "", md_table(["Model", *ACCURACY_HEADER], rows), ""]
+    lines += [
+        "Worst case: the share of test images classified correctly under every attack of the attacks "
+        "evaluation (clean, FGSM, PGD 5/10/20/40 with cross-entropy and margin losses); AutoAttack: its "
+        "own evaluation, on the first images of the same test set.",
+        "",
+    ]
+    for treated, reference in PAIRS:
+        if treated not in specs or reference not in specs:
+            continue
+        t, r = specs[treated], specs[reference]
+        lines += [f"## {t.label} - {r.label}, paired by seed", ""]
+        if (treated, reference) == ("jarn", "standard"):
+            lines += [
+                "With the same seed, JARN (paper variant) runs the same steps as standard training until "
+                "JARN starts, so each seed's difference is the JARN phase's effect.",
+                "",
+            ]
+        else:
+            lines += [f"{t.label} and {r.label} trained with the same seed.", ""]
+        section, _ = _paired_sections(ctx, t, r, t.label, r.label)
+        lines += section
+    lines += [_t_note(ctx), ""]
+    return lines
+
+
+def _phase(start: float) -> str:
+    """``whole run`` or ``last 25%`` for a --jarn_start."""
+    return "whole run" if start == 0 else f"last {100 * (1 - start):g}%"
+
+
+def _jarn_start(spec: ModelSpec, base: str) -> float:
+    value = next((f.split("=", 1)[1] for f in spec.extra_flags if f.startswith("--jarn_start=")), base)
+    return float(value) if value != "?" else math.nan
+
+
+def report_schedule(ctx: Context) -> List[str]:
+    specs = _specs(ctx)
+    standard = next((s for s in specs if s.row == "standard"), None)
+    jarn = next((s for s in specs if s.row == "jarn" and not s.extra_flags), None)
+    base = schedule_specs(ctx, jarn)[0]["jarn_start"] if jarn else "?"
+    schedules = sorted(((_jarn_start(s, base), s) for s in specs if s.row == "jarn"), key=lambda p: p[0])
+    labels, ordered = [], []
+    if standard:
+        labels.append(standard.label)
+        ordered.append(standard)
+    for start, spec in schedules:
+        flagfile = ", the flagfile's" if spec is jarn else ""
+        labels.append(f"JARN, {_phase(start)} (jarn_start={start:g}{flagfile})")
+        ordered.append(spec)
+    rows = _accuracy_rows(ctx, ordered, labels)
+    for row, spec in zip(rows, ordered):
+        row.insert(-1, mean_std((training_time(ctx, spec.name(s))[0] for s in ctx.seeds), 0))
+        row.append(f"`{spec.base}`")
+    header = ["Model", *ACCURACY_HEADER[:3], "Training (s)", "Seeds", "model"]
+    lines = [f"## Accuracy (%) and training time, eps = {ctx.eps}", "", md_table(header, rows), ""]
+    lines += [
+        "Each JARN model is the flagfile's JARN (paper variant) with --jarn_start changed (the model "
+        "directory's name says which); jarn_start=0.75 is the flagfile's own model. Training time: "
+        "see Hardware and time below for where each comes from.",
+        "",
+    ]
+    reference = next((s for start, s in schedules if start == 0.75), None)
+    verdicts: Dict[str, PairedT] = {}
+    if reference is not None:
+        for start, spec in schedules:
+            if spec is reference:
+                continue
+            label, r_label = f"JARN {_phase(start)}", "JARN last 25%"
+            lines += [f"## {label} - {r_label}, paired by seed", ""]
+            section, stats = _paired_sections(ctx, spec, reference, label, r_label)
+            lines += section
+            if start == 0:
+                verdicts = stats
+        lines += [_t_note(ctx), ""]
+    lines += ["## The paper's claim", "", f"Section 3: \"{SCHEDULE_CLAIM}\".", ""]
+    lines += [schedule_verdict(verdicts), ""]
+    means = {}
+    for start, spec in schedules:
+        times = [training_time(ctx, spec.name(seed))[0] for seed in ctx.seeds]
+        times = [t for t in times if t is not None]
+        if times:
+            means[start] = sum(times) / len(times)
+    if 0.0 in means and 0.75 in means:
+        lines += [
+            f"It adds that the last-25% schedule saves compute: here JARN over the whole run trained in "
+            f"{means[0.0]:.0f} s and JARN in the last 25% in {means[0.75]:.0f} s (means over the seeds with "
+            f"a time, ratio {means[0.0] / means[0.75]:.2f}).",
+            "",
+        ]
+    return lines
+
+
+def schedule_verdict(stats: Mapping[str, PairedT]) -> str:
+    """Section 3's claim against the paired intervals of whole run - last 25% (worst case, AutoAttack)."""
+    robust = [(what, stats[key]) for _, key, what in PAIRED_METRICS if key != "clean" and key in stats]
+    ready = [(what, st) for what, st in robust if st.lo is not None and st.hi is not None]
+    if not robust or len(ready) < len(robust):
+        missing = [what for what, st in robust if st.lo is None] or ["worst-case and AutoAttack accuracy"]
+        return (
+            f"Verdict: none yet; {' and '.join(missing)} of the whole-run and last-25% JARN need two or more "
+            "seeds with both numbers for an interval."
+        )
+    differ = [(what, st) for what, st in ready if st.lo > 0 or st.hi < 0]
+    if differ:
+        parts = "; ".join(
+            f"{what} {st.mean:+.2f} points, 95% interval [{st.lo:+.2f}, {st.hi:+.2f}]" for what, st in differ
+        )
+        return (
+            "Verdict: the numbers contradict the claim at this scale: JARN over the whole run differs from "
+            f"JARN in the last 25% ({parts}; whole run minus last 25%)."
+        )
+    bound = max(max(abs(st.lo), abs(st.hi)) for _, st in ready)
+    n = min(st.n for _, st in ready)
+    return (
+        f"Verdict: the numbers are consistent with the claim at this scale: with {n} seeds, no difference "
+        "between JARN over the whole run and in the last 25% is detectable in worst-case or AutoAttack "
+        f"accuracy; differences larger than {bound:.2f} points are unlikely."
+    )
+
+
 REPORTS: Dict[str, Callable[[Context], List[str]]] = {
     "table1": report_attack_table,
     "table2": report_attack_table,
@@ -1440,6 +1801,8 @@ REPORTS: Dict[str, Callable[[Context], List[str]]] = {
     "figure3": report_figure3,
     "figure4": report_figure4,
     "figure5": report_figure5,
+    "paired": report_paired,
+    "schedule": report_schedule,
 }
 
 
@@ -1566,6 +1929,11 @@ def main(argv: Sequence[str], out=print) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     out(f"{EXPERIMENTS[ctx.experiment]} ({ctx.scale} scale), outputs in {ctx.out}")
+    if ctx.experiment in ("paired", "schedule") and len(ctx.seeds) < 2:
+        out(
+            "note: a paired interval needs two or more seeds (e.g. --seeds=0,1,2,3,4); this command "
+            "uses seed(s) on disk beside its own, and says 'not enough seeds' where a pair has fewer."
+        )
     ok = execute(ctx, args.dry_run, out=out)
     if args.dry_run:
         todo = sum(j.status != "reuse" for j in ctx.jobs.values())
