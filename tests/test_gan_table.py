@@ -80,3 +80,17 @@ def test_tables_and_curves_from_the_runs(tmp_path):
     png = tf.io.decode_png(open(path, "rb").read()).numpy()
     assert png.shape[0] > 100 and np.std(png) > 0
     assert gan_table.fcd_curves(str(tmp_path / "empty"), [0], str(tmp_path / "none.png")) is None
+
+
+def test_seed_summary_pairs_each_regulariser_with_none_of_its_seed(tmp_path):
+    root = str(tmp_path)
+    for seed, none, ar in ((0, 70.0, 68.0), (1, 85.0, 95.0)):
+        _cell(root, "gan_none", seed, none)
+        _cell(root, "gan_ar", seed, ar)
+    _cell(root, "gan_rfm", 0, 66.0)  # seed 0 only
+    per_seed = {s: gan_table.collect(root, s) for s in (0, 1)}
+    text = gan_table.format_seed_summary(per_seed)
+    assert "| GAN | 77.50 (70.00 / 85.00) | not run | not run | 81.50 (68.00 / 95.00) | 66.00 (66.00 / -) |" in text
+    # AR - None: -2 on seed 0, +10 on seed 1 (not 95 - 70 or 68 - 85: paired by seed).
+    assert "| GAN | 0 | not run | not run | +4.00 (-2.00 / +10.00) | -4.00 (-4.00 / -) |" in text
+    assert gan_table.format_seed_summary({0: per_seed[0]}) == ""

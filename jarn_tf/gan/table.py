@@ -133,6 +133,66 @@ def format_table(cells: Dict[str, Dict[str, Any]], seed: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def format_seed_summary(per_seed: Dict[int, Dict[str, Dict[str, Any]]]) -> str:
+    """Over several seeds: each cell's mean (and per-seed values), and each regulariser minus None.
+
+    The paper's claim is about regularisers against no regulariser, so the
+    second table pairs each cell with None of the same loss and seed (the
+    seed-to-seed spread of a cell is often larger than the gap between
+    cells). Empty with fewer than two seeds holding any cell.
+    """
+    seeds = sorted(s for s, cells in per_seed.items() if cells)
+    if len(seeds) < 2:
+        return ""
+    any_cell = next(iter(per_seed[seeds[0]].values()))
+    name = any_cell["distance"]["name"]
+    header = "| loss | " + " | ".join(r for _, r in REGS) + " |"
+    rule = "|---|" + "---|" * len(REGS)
+
+    def value(seed: int, cell: str) -> Optional[float]:
+        c = per_seed[seed].get(cell)
+        return None if c is None else float(c["distance"]["value"])
+
+    def summary(values: List[Optional[float]], signed: bool) -> str:
+        present = [v for v in values if v is not None]
+        if not present:
+            return "not run"
+        spec = "+.2f" if signed else ".2f"
+        each = " / ".join("-" if v is None else format(v, spec) for v in values)
+        return f"{format(sum(present) / len(present), spec)} ({each})"
+
+    seed_names = " / ".join(f"seed {s}" for s in seeds)
+    lines = [
+        f"**{name}** over seeds {', '.join(map(str, seeds))}: mean over the seeds present ({seed_names}):",
+        "",
+        header,
+        rule,
+    ]
+    for loss, lname in LOSSES:
+        row = [summary([value(s, f"{loss}_{reg}") for s in seeds], signed=False) for reg, _ in REGS]
+        lines.append(f"| {lname} | " + " | ".join(row) + " |")
+    lines += [
+        "",
+        f"**{name} minus None** of the same loss and seed (negative: the regulariser helps), mean ({seed_names}):",
+        "",
+        header,
+        rule,
+    ]
+    for loss, lname in LOSSES:
+        row = []
+        for reg, _ in REGS:
+            if reg == "none":
+                row.append("0")
+                continue
+            diffs = []
+            for s in seeds:
+                a, b = value(s, f"{loss}_{reg}"), value(s, f"{loss}_none")
+                diffs.append(None if a is None or b is None else a - b)
+            row.append(summary(diffs, signed=True))
+        lines.append(f"| {lname} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def collect_robustness(runs: str, seed: int) -> Dict[str, Dict[str, Any]]:
     """Cell name -> the ``evaluate_gan --discriminator_robustness`` results of its run, for those found."""
     out = {}
@@ -230,9 +290,10 @@ def fcd_curves(runs: str, seeds: List[int], path: str) -> Optional[str]:
 def main(argv) -> Optional[int]:
     del argv
     seeds = [int(s) for s in FLAGS.seeds] if FLAGS.seeds else [FLAGS.seed]
-    parts = []
+    per_seed = {seed: collect(FLAGS.runs, seed) for seed in seeds}
+    parts = [format_seed_summary(per_seed)]
     for seed in seeds:
-        parts.append(format_table(collect(FLAGS.runs, seed), seed))
+        parts.append(format_table(per_seed[seed], seed))
         parts.append(format_robustness(collect_robustness(FLAGS.runs, seed), seed))
     text = "\n".join(p for p in parts if p)
     if FLAGS.curves and fcd_curves(FLAGS.runs, seeds, FLAGS.curves):
@@ -248,7 +309,9 @@ def main(argv) -> Optional[int]:
 def run() -> None:
     flags.DEFINE_string("runs", "runs/gan_cpu", "Directory of the sweep's runs (<loss>_<reg>_seed<seed>).")
     flags.DEFINE_integer("seed", 0, "Seed of the runs to collect.")
-    flags.DEFINE_list("seeds", None, "Several seeds (overrides --seed): one table each.")
+    flags.DEFINE_list(
+        "seeds", None, "Several seeds (overrides --seed): their means and regulariser - None first, then one table each."
+    )
     flags.DEFINE_string("curves", None, "Also plot every run's eval/fcd against the step into this PNG.")
     flags.DEFINE_string("output", None, "Also write the table to this file.")
     app.run(main)
