@@ -1147,3 +1147,13 @@ def test_finetune_builds_the_cotraining_runs_discriminator(finetuned):
         json.load(open(os.path.join(model_dir, "config.json")))["advgan_finetune"]["advgan_discriminator"]
         is None
     )
+
+
+def test_finetune_step_adds_lambda_times_the_generated_images_loss(finetuned):
+    """Eq. 10 as the step applies it: loss = xent(real_adv) + lambda * xent(fake_adv), lambda > 0."""
+    model_dir, _, _, _, second = finetuned
+    lam = json.load(open(os.path.join(model_dir, "config.json")))["advgan_finetune"]["lambda_fake"]
+    assert lam > 0
+    m = second.metrics
+    assert m["train/loss"] == pytest.approx(m["train/xent_real"] + lam * m["train/xent_fake"], rel=1e-4)
+    assert m["train/xent_fake"] > 1e-3  # the generated term is there to weigh
