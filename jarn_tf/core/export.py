@@ -435,7 +435,29 @@ def _load_keras(path: str, training: bool = False) -> Tuple[ModelFn, Optional[Tu
     return model_fn, image_shape
 
 
-def _load_saved_model(path: str) -> Tuple[ModelFn, Optional[Tuple[int, int, int]]]:
+ServingSignature = Tuple[Any, Any, str, tf.TensorSpec]
+
+
+def serving_signature(path: str, output: str, input_kind: str, how_to_save: str = "") -> ServingSignature:
+    """Loads a SavedModel and checks its ``serving_default`` signature.
+
+    Shared by the classifier loader here and the generator loader of
+    ``jarn_tf.gan.metrics``.
+
+    Args:
+      path: the SavedModel directory.
+      output: the output key the signature must return ("logits", "images").
+      input_kind: what its single input is, for error messages ("image", "latent").
+      how_to_save: appended to the missing-signature error (how to export one).
+
+    Returns:
+      ``(loaded, signature, input_name, input_spec)``; keep ``loaded`` alive
+      as long as the signature is used (it owns the restored variables).
+
+    Raises:
+      ValueError: the directory cannot be loaded, has no ``serving_default``
+        signature, takes more or fewer than one input, or lacks ``output``.
+    """
     try:
         loaded = tf.saved_model.load(path)
     except (OSError, ValueError, tf.errors.OpError) as e:
@@ -446,18 +468,27 @@ def _load_saved_model(path: str) -> Tuple[ModelFn, Optional[Tuple[int, int, int]
     if "serving_default" not in loaded.signatures:
         raise ValueError(
             f"SavedModel {path} has no 'serving_default' signature (its signatures: "
-            f"{', '.join(sorted(loaded.signatures)) or 'none'}). Save it with tf.saved_model.save(module, "
-            "path, signatures={'serving_default': f}), f taking float32 images [N, H, W, C] in [0, 1] and "
-            "returning {'logits': ...}; or pass the model's .keras file."
+            f"{', '.join(sorted(loaded.signatures)) or 'none'}).{(' ' + how_to_save) if how_to_save else ''}"
         )
     signature = loaded.signatures["serving_default"]
     _, kwargs = signature.structured_input_signature
     if len(kwargs) != 1:
-        raise ValueError(f"SavedModel {path}: expected one image input, found inputs {sorted(kwargs)}.")
+        raise ValueError(f"SavedModel {path}: expected one {input_kind} input, found inputs {sorted(kwargs)}.")
     ((input_name, spec),) = kwargs.items()
     outputs = signature.structured_outputs
-    if "logits" not in outputs:
-        raise ValueError(f"SavedModel {path}: the signature returns {sorted(outputs)}, not 'logits'.")
+    if output not in outputs:
+        raise ValueError(f"SavedModel {path}: the signature returns {sorted(outputs)}, not {output!r}.")
+    return loaded, signature, input_name, spec
+
+
+def _load_saved_model(path: str) -> Tuple[ModelFn, Optional[Tuple[int, int, int]]]:
+    loaded, signature, input_name, spec = serving_signature(
+        path,
+        "logits",
+        "image",
+        "Save it with tf.saved_model.save(module, path, signatures={'serving_default': f}), f taking "
+        "float32 images [N, H, W, C] in [0, 1] and returning {'logits': ...}; or pass the model's .keras file.",
+    )
     dims = spec.shape.as_list()[1:]
     image_shape = tuple(dims) if dims and all(d is not None for d in dims) else None
 

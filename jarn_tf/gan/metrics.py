@@ -992,20 +992,10 @@ def _keras_generator(path: str):
 def _saved_model_generator(path: str):
     import tensorflow as tf
 
-    try:
-        loaded = tf.saved_model.load(path)
-    except Exception as e:
-        raise ValueError(f"SavedModel {path} cannot be loaded ({type(e).__name__}: {e}).") from e
-    if "serving_default" not in loaded.signatures:
-        raise ValueError(f"SavedModel {path} has no 'serving_default' signature.")
-    signature = loaded.signatures["serving_default"]
-    _, kwargs = signature.structured_input_signature
-    if len(kwargs) != 1:
-        raise ValueError(f"SavedModel {path}: expected one latent input, found inputs {sorted(kwargs)}.")
-    ((input_name, spec),) = kwargs.items()
+    from jarn_tf.core.export import serving_signature
+
+    loaded, signature, input_name, spec = serving_signature(path, "images", "latent")
     outputs = signature.structured_outputs
-    if "images" not in outputs:
-        raise ValueError(f"SavedModel {path}: the signature returns {sorted(outputs)}, not 'images'.")
 
     def sample(z: np.ndarray) -> np.ndarray:
         return tf.cast(
