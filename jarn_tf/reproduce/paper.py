@@ -1382,7 +1382,8 @@ def report_table5(ctx: Context) -> List[str]:
     ]
 
 
-def _plot(path: str, draw: Callable[[Any], None], figsize=(12, 4)) -> str:
+def save_figure(path: str, draw: Callable[[Any], None], figsize=(12, 4)) -> str:
+    """Draws ``draw(fig)`` on a new matplotlib figure (Agg backend) and saves it to ``path`` at 110 dpi."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1438,7 +1439,7 @@ def report_figure2(ctx: Context) -> List[str]:
                 ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
 
-        _plot(ctx.path("figure2/figure2.png"), draw)
+        save_figure(ctx.path("figure2/figure2.png"), draw)
         lines += ["![Figure 2](figure2.png)", ""]
     lines += [
         f"The sweep starts from eps x {', '.join(f'{m:g}' for m in SWEEP_MULTIPLES)} (eps = {ctx.eps}; the "
@@ -1496,7 +1497,7 @@ def report_figure3(ctx: Context) -> List[str]:
                 ax.set_xlabel("adversarial", fontsize=7)
                 ax.set_ylabel("random", fontsize=7)
 
-        _plot(ctx.path("figure3/figure3.png"), draw, figsize=(3.2 * len(surfaces), 3.4))
+        save_figure(ctx.path("figure3/figure3.png"), draw, figsize=(3.2 * len(surfaces), 3.4))
         lines += [f"![Figure 3](figure3.png) (first test image, seed {ctx.seeds[0]})", ""]
     return lines
 
@@ -1540,7 +1541,7 @@ def report_figure4(ctx: Context) -> List[str]:
                 ax.set_title(label, fontsize=9)
                 ax.axis("off")
 
-        _plot(ctx.path("figure4/figure4.png"), draw, figsize=(10, 3.2 * len(pngs)))
+        save_figure(ctx.path("figure4/figure4.png"), draw, figsize=(10, 3.2 * len(pngs)))
         lines += [f"![Figure 4](figure4.png) (seed {ctx.seeds[0]})", ""]
     return lines
 
@@ -1593,7 +1594,7 @@ def report_figure5(ctx: Context) -> List[str]:
                 ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
 
-        _plot(ctx.path("figure5/figure5.png"), draw)
+        save_figure(ctx.path("figure5/figure5.png"), draw)
         lines += ["![Figure 5](figure5.png)", ""]
     return lines
 

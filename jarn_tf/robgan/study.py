@@ -104,6 +104,7 @@ from jarn_tf.reproduce.paper import (
     parse_fraction,
     read_scalars,
     run_subprocess,
+    save_figure,
     training_pid,
 )
 
@@ -646,20 +647,6 @@ def _gap(train: Optional[float], test: Optional[float]) -> Optional[float]:
 
 def _curve_by_eps(study: Study, model: str, split: str, n: int) -> Dict[str, Dict[int, Optional[float]]]:
     return {e: {s: study.accuracy(s, model, split, n, e) for s in study.seeds} for e in study.figure_eps}
-
-
-def _plot(path: str, draw: Callable[[Any], None], figsize=(11, 4)) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = plt.figure(figsize=figsize)
-    draw(fig)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def _eps_axis(study: Study) -> List[float]:
@@ -1217,7 +1204,7 @@ def write_report(study: Study, experiment: str, out: Callable[[str], None] = pri
     seeds = study.ablation_seeds if experiment == "figure67" else study.seeds
     png = None
     if draw is not None:
-        png = _plot(
+        png = save_figure(
             study.path(f"{experiment}.png"), draw, figsize=(12, 7) if experiment == "figure67" else (11, 4)
         )
     machine = hardware()
