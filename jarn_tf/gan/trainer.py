@@ -62,8 +62,45 @@ def png_bytes(images: np.ndarray, columns: int = 8) -> bytes:
     return tf.io.encode_png(tf.constant(np.round(grid * 255).astype(np.uint8))).numpy()
 
 
+class GANNetworks:
+    """What the ``gan`` and ``advgan`` trainers share: the generator and discriminator in
+    ``self.networks``, one Adam each on the common learning-rate schedule, and the training-time
+    FCD network (loaded and checked at construction, before any training)."""
+
+    @property
+    def generator(self) -> keras.Model:
+        return self.networks["generator"]
+
+    @property
+    def discriminator(self) -> keras.Model:
+        return self.networks["discriminator"]
+
+    def _init_gan_optimizers(self, p: Any, o: Any) -> None:
+        """Adam for each network; ``p``: the mode's config (``adam_beta1/2``), ``o``: the optimizer's."""
+        self.schedule = learning_rate_schedule(o.learning_rate, o.lr_boundaries, o.lr_decay, o.train_steps)
+        for name in ("generator", "discriminator"):
+            self.optimizers[name] = keras.optimizers.Adam(
+                learning_rate=lambda: self.schedule(self.step),
+                beta_1=p.adam_beta1,
+                beta_2=p.adam_beta2,
+                name=f"{name}_adam",
+            )
+        self._build_optimizers()
+
+    def _init_training_fcd(self, p: Any) -> None:
+        self._fcd = None  # gan_metrics.TrainingFCD: its network is loaded and checked now, before training
+        if p.fcd_network:
+            from jarn_tf.gan import metrics as gan_metrics
+
+            self._fcd = gan_metrics.TrainingFCD(p.fcd_network, p.fcd_samples)
+            self._fcd.check()
+
+    def learning_rates(self) -> Dict[str, float]:
+        return {"train/learning_rate": float(self.schedule(self.step))}
+
+
 @register_trainer("gan")
-class GANTrainer(Trainer):
+class GANTrainer(GANNetworks, Trainer):
     """Generator and (optionally robust) discriminator of the ``gan`` mode."""
 
     metric_names = (
@@ -98,41 +135,17 @@ class GANTrainer(Trainer):
         )
         # w of RFM's alpha ||w||^2 (eq. 5).
         self._w = gan_models.last_linear_kernel(self.discriminator) if p.disc_reg == "rfm" else None
-        self.schedule = learning_rate_schedule(o.learning_rate, o.lr_boundaries, o.lr_decay, o.train_steps)
-        for name in ("generator", "discriminator"):
-            self.optimizers[name] = keras.optimizers.Adam(
-                learning_rate=lambda: self.schedule(self.step),
-                beta_1=p.adam_beta1,
-                beta_2=p.adam_beta2,
-                name=f"{name}_adam",
-            )
-        self._build_optimizers()
+        self._init_gan_optimizers(p, o)
         self._fixed_latent = tf.random.stateless_normal(
             [NUM_GRID, p.latent_dim], tf.constant([config.seed, _FIXED_LATENT_SEED], tf.int64)
         )
-        self._fcd = None  # gan_metrics.TrainingFCD: its network is loaded and checked now, before training
-        if p.fcd_network:
-            from jarn_tf.gan import metrics as gan_metrics
-
-            self._fcd = gan_metrics.TrainingFCD(p.fcd_network, p.fcd_samples)
-            self._fcd.check()
+        self._init_training_fcd(p)
         self._sample_fn = None
-
-    @property
-    def generator(self) -> keras.Model:
-        return self.networks["generator"]
-
-    @property
-    def discriminator(self) -> keras.Model:
-        return self.networks["discriminator"]
 
     # -- the step --------------------------------------------------------------
     def variant(self, step: int) -> GANVariant:
         k = self.params.disc_steps
         return GANVariant(update_generator=(step + 1) % k == 0)
-
-    def learning_rates(self) -> Dict[str, float]:
-        return {"train/learning_rate": float(self.schedule(self.step))}
 
     def _score(self, x: tf.Tensor) -> tf.Tensor:
         score, _ = self.discriminator(x, training=True)

@@ -82,7 +82,7 @@ from jarn_tf.robustness import attacks
 from jarn_tf.config import AdvGANConfig, AdvGANFinetuneConfig, AdvGANPGDATConfig, ExperimentConfig
 from jarn_tf.core.data import DatasetInfo
 from jarn_tf.core.trainer import Trainer, classifier_export_metadata, learning_rate_schedule, register_trainer
-from jarn_tf.gan.trainer import GANVariant, image_grid, png_bytes
+from jarn_tf.gan.trainer import GANNetworks, GANVariant, image_grid, png_bytes
 
 _LATENT_SEED = 21
 _LABEL_SEED = 22
@@ -128,7 +128,7 @@ class _ConditionalSampling:
 
 
 @register_trainer("advgan", "robgan")
-class AdvGANTrainer(_ConditionalSampling, Trainer):
+class AdvGANTrainer(_ConditionalSampling, GANNetworks, Trainer):
     """Co-training of generator, two-head discriminator and PGD attacker."""
 
     metric_names = (
@@ -175,38 +175,14 @@ class AdvGANTrainer(_ConditionalSampling, Trainer):
             self._w = d.get_layer("source").kernel
         if p.disc_reg != "none":
             self.progress_metrics = (*type(self).progress_metrics, "train/regularizer")
-        self.schedule = learning_rate_schedule(o.learning_rate, o.lr_boundaries, o.lr_decay, o.train_steps)
-        for name in ("generator", "discriminator"):
-            self.optimizers[name] = keras.optimizers.Adam(
-                learning_rate=lambda: self.schedule(self.step),
-                beta_1=p.adam_beta1,
-                beta_2=p.adam_beta2,
-                name=f"{name}_adam",
-            )
-        self._build_optimizers()
+        self._init_gan_optimizers(p, o)
         self._init_sampling(p.latent_dim, config.seed)
-        self._fcd = None  # gan_metrics.TrainingFCD: its network is loaded and checked now, before training
-        if p.fcd_network:
-            from jarn_tf.gan import metrics as gan_metrics
-
-            self._fcd = gan_metrics.TrainingFCD(p.fcd_network, p.fcd_samples)
-            self._fcd.check()
+        self._init_training_fcd(p)
         self._marginal_fn = None
         self._eval_fn = None
 
-    @property
-    def generator(self) -> keras.Model:
-        return self.networks["generator"]
-
-    @property
-    def discriminator(self) -> keras.Model:
-        return self.networks["discriminator"]
-
     def variant(self, step: int) -> GANVariant:
         return GANVariant(update_generator=(step + 1) % self.params.advgan_disc_steps == 0)
-
-    def learning_rates(self) -> Dict[str, float]:
-        return {"train/learning_rate": float(self.schedule(self.step))}
 
     def _training(self, training: bool) -> bool:
         """Keras' training flag of a discriminator pass: sngan's passes run in inference mode (its only
