@@ -24,8 +24,8 @@ __version__ = "0.1.0"
 if _startup.started_as_command():
     _startup.quiet_tensorflow_startup()
 
-# Names of jarn_tf.api re-exported lazily (PEP 562).
-_API_NAMES = (
+# The public names of jarn_tf.api (its __all__), re-exported lazily here (PEP 562).
+API_NAMES = (
     "load_classifier",
     "load_dataset",
     "evaluate_robustness",
@@ -38,7 +38,7 @@ _API_NAMES = (
 
 
 def __getattr__(name):
-    if name in _API_NAMES:
+    if name in API_NAMES:
         from jarn_tf import api
 
         value = getattr(api, name)
@@ -48,4 +48,4 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_API_NAMES))
+    return sorted(set(globals()) | set(API_NAMES))

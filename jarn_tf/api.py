@@ -52,6 +52,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, 
 
 import numpy as np
 
+import jarn_tf
+
 if TYPE_CHECKING:  # pragma: no cover
     import keras
 
@@ -60,16 +62,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from jarn_tf.gan.metrics import LoadedGenerator
     from jarn_tf.robustness.checks import Check
 
-__all__ = [
-    "load_classifier",
-    "load_dataset",
-    "evaluate_robustness",
-    "RobustnessReport",
-    "load_generator",
-    "measure_generator",
-    "GeneratorReport",
-    "AUTOATTACK_QUICK_BUDGET",
-]
+# The public names, listed once in jarn_tf/__init__.py (which re-exports them lazily).
+__all__ = list(jarn_tf.API_NAMES)
 
 # Keyword arguments of ``jarn_tf.robustness.autoattack.run_autoattack`` that set AutoAttack's budget.
 AUTOATTACK_BUDGET_KEYS = ("num_steps", "fab_steps", "num_queries", "num_target_classes", "p_init")

@@ -113,6 +113,8 @@ def test_import_jarn_tf_stays_cheap():
         "f = jarn_tf.evaluate_robustness\n"
         "from jarn_tf import load_classifier, measure_generator, RobustnessReport\n"
         "assert f is jarn_tf.api.evaluate_robustness and 'evaluate_robustness' in dir(jarn_tf)\n"
+        "assert jarn_tf.api.__all__ == list(jarn_tf.API_NAMES)\n"
+        "assert all(getattr(jarn_tf, n) is getattr(jarn_tf.api, n) for n in jarn_tf.API_NAMES)\n"
         "assert 'tensorflow' not in sys.modules\n"
         "import numpy as np\n"
         "try:\n"
