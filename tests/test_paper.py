@@ -207,8 +207,11 @@ def test_t_quantile_and_paired_interval_match_known_values():
     assert "not enough seeds" in paper.paired_conclusion(one, "worst-case accuracy", "JARN", "Standard")
 
 
-def _fake_runs(out: str, numbers: dict, eps: str = "0.1") -> None:
-    """Finished trainings and evaluations on disk: (model, seed) -> (clean, worst case, AutoAttack) in %."""
+def _fake_runs(out: str, numbers: dict, eps: str = "0.1", failed: dict = None) -> None:
+    """Finished trainings and evaluations on disk: (model, seed) -> (clean, worst case, AutoAttack) in %.
+
+    ``failed``: (model, seed) -> names of gradient-masking checks its attacks evaluation failed.
+    """
     import json
 
     def dump(path, data):
@@ -222,7 +225,12 @@ def _fake_runs(out: str, numbers: dict, eps: str = "0.1") -> None:
         with open(os.path.join(out, "models", f"{name}.log"), "w") as f:
             f.write(f"Finished at step 3750 in {200 + seed} s\n")
         acc = {"clean": clean / 100, "worst_case": worst / 100}
-        dump(os.path.join(out, "evals", name, f"attacks_eps{eps}", "results.json"), {"accuracy": acc})
+        bad = (failed or {}).get((model, seed), [])
+        checks = [{"name": n, "passed": n not in bad} for n in ("pgd_beats_fgsm", "attacks_not_above_clean")]
+        dump(
+            os.path.join(out, "evals", name, f"attacks_eps{eps}", "results.json"),
+            {"accuracy": acc, "checks": checks},
+        )
         aa_acc = {"autoattack": aa / 100}
         dump(os.path.join(out, "evals", name, f"autoattack_eps{eps}", "results.json"), {"accuracy": aa_acc})
 
@@ -243,7 +251,7 @@ def test_paired_report_from_results_on_disk(tmp_path, monkeypatch):
         numbers[("jarn", s)] = (87.0 + clean_gain[s], 13.0 + s + jarn_gain[s], 10.0 + jarn_gain[s])
         numbers[("pgd_at7", s)] = (80.0, 55.0, 52.0)
         numbers[("jarn_at1", s)] = (82.0, 55.0 + at1_gain[s], 52.0 + at1_aa_gain[s])
-    _fake_runs(out, numbers)
+    _fake_runs(out, numbers, failed={("jarn", 3): ["attacks_not_above_clean"]})
     monkeypatch.setattr(paper, "run_subprocess", _no_subprocess)
     lines = []
     # Seed 0 only on the command line: the other four come from the disk.
@@ -267,6 +275,11 @@ def test_paired_report_from_results_on_disk(tmp_path, monkeypatch):
     assert "JARN-AT1 changes AutoAttack accuracy by -2.60 points (between -2.99 and -2.21) against" in md
     assert "| 2 | 15.8 | 15.0 | +0.8 | 10.8 | 10.0 | +0.8 | 87.0 | 87.0 | +0.0 |" in md  # seed 2, JARN
     assert "t_0.975,4 = 2.776 with all 5 seeds" in md
+    # The masking checks of every evaluation behind the report (20 attacks evaluations record checks;
+    # the fake AutoAttack ones record none), the failed one named.
+    assert "19 of 20 checked evaluations behind this report passed every check" in md
+    assert "- `evals/jarn_seed3/attacks_eps0.1`: attacks_not_above_clean" in md
+    assert "- `evals/jarn_seed2/" not in md and "No checks recorded (evaluations of another kind or version): 20." in md
 
 
 def test_paired_report_with_one_seed_says_not_enough_seeds(tmp_path, monkeypatch):

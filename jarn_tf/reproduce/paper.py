@@ -1200,6 +1200,46 @@ def _hardware_section(ctx: Context, models: Sequence[str]) -> List[str]:
     return lines + [""]
 
 
+def _checked_evaluations(ctx: Context) -> List[Tuple[str, Optional[List[str]]]]:
+    """Every evaluation (``evals/<model>/<name>/results.json``) of the report's models: its folder
+    and the names of the gradient-masking checks it failed (None where it records no checks)."""
+    models = set(_models(ctx)) | {spec.name(seed) for spec in _specs(ctx) for seed in ctx.seeds}
+    found = []
+    for model in sorted(models):
+        for path in sorted(glob.glob(ctx.path(f"evals/{model}/*/results.json"))):
+            results = load_json(path) or {}
+            rel = os.path.relpath(os.path.dirname(path), ctx.out)
+            checks = results.get("checks")
+            failed = None if checks is None else [c["name"] for c in checks if c.get("passed") is False]
+            found.append((rel, failed))
+    return found
+
+
+def _checks_section(ctx: Context) -> List[str]:
+    """Whether the evaluations behind the report passed ``jarn_tf.evaluate``'s gradient-masking checks."""
+    found = _checked_evaluations(ctx)
+    checked = [(rel, failed) for rel, failed in found if failed is not None]
+    if not found:
+        return []
+    clean = sum(not failed for _, failed in checked)
+    lines = [
+        "## Gradient-masking checks",
+        "",
+        f"{clean} of {len(checked)} checked evaluations behind this report passed every check that ran "
+        "(`python -m jarn_tf.evaluate`'s: PGD beats FGSM, more steps never help, cross-entropy and margin "
+        "agree, no attack raises accuracy above clean beyond sampling error (`attacks_not_above_clean`), "
+        "and the others its results.md lists).",
+    ]
+    bad = [(rel, failed) for rel, failed in checked if failed]
+    if bad:
+        lines += ["", "**Failed checks (these models' robust accuracies may be overstated):**"]
+        lines += [f"- `{rel}`: {', '.join(failed)}" for rel, failed in bad]
+    unchecked = [rel for rel, failed in found if failed is None]
+    if unchecked:
+        lines += ["", f"No checks recorded (evaluations of another kind or version): {len(unchecked)}."]
+    return lines + [""]
+
+
 def _with_paper(ours: str, paper: Optional[str]) -> str:
     return f"{ours} ({paper})" if paper is not None else ours
 
@@ -1811,7 +1851,7 @@ def write_report(ctx: Context, argv: Sequence[str]) -> str:
     """Writes O/<experiment>/<experiment>.md (and its figures); returns its path."""
     os.makedirs(ctx.path(ctx.experiment), exist_ok=True)
     lines = _header(ctx, argv) + REPORTS[ctx.experiment](ctx)
-    lines += _hardware_section(ctx, _models(ctx)) + _commands_section(ctx)
+    lines += _checks_section(ctx) + _hardware_section(ctx, _models(ctx)) + _commands_section(ctx)
     path = ctx.path(f"{ctx.experiment}/{ctx.experiment}.md")
     with open(path, "w") as f:
         f.write("\n".join(lines).rstrip() + "\n")
