@@ -368,3 +368,38 @@ def test_schedule_report_sets_the_papers_claim_against_the_numbers(tmp_path, mon
         "in the last 25% (worst-case accuracy +1.00 points, 95% interval [+0.75, +1.25]; whole run minus "
         "last 25%)."
     ) in md
+
+
+def test_figure5_report_pairs_each_variant_with_the_flagfiles_model_on_its_seeds(tmp_path, monkeypatch):
+    """Variants on seed 0 only, the flagfile's JARN on seeds 0-2: the flagfile's row and the difference use
+    seed 0 alone; the spread line uses all three seeds."""
+    import json
+
+    out = str(tmp_path / "o")
+
+    def fake(name: str, pgd20: float, clean: float = 87.0) -> None:
+        os.makedirs(os.path.join(out, "models", name, "export"), exist_ok=True)
+        open(os.path.join(out, "models", name, "export", "metadata.json"), "w").write("{}")
+        d = os.path.join(out, "evals", name, "attacks_eps0.1")
+        os.makedirs(d, exist_ok=True)
+        acc = dict(clean=clean, fgsm=pgd20 + 3, pgd5=pgd20 + 2, pgd10=pgd20 + 1, pgd20=pgd20)
+        json.dump({"accuracy": {k: v / 100 for k, v in acc.items()}, "checks": []}, open(f"{d}/results.json", "w"))
+
+    fake("jarn_seed0", 14.0)
+    fake("jarn_seed1", 20.0)
+    fake("jarn_seed2", 20.0)
+    for flag, values in paper.FIGURE5_SWEEPS.items():
+        for v in values:
+            if (flag, v) in (("lambda_adv", 1.0), ("batch_size", 64), ("disc_update_every", 10)):
+                continue
+            fake(f"jarn_{flag}{v:g}_seed0", 15.5 if (flag, v) == ("lambda_adv", 5.0) else 14.0, clean=85.0)
+    monkeypatch.setattr(paper, "run_subprocess", _no_subprocess)
+    lines = []
+    assert paper.main(["--experiment=figure5", f"--output_dir={out}"], lines.append) == 0, "\n".join(lines)
+    md = open(os.path.join(out, "figure5", "figure5.md")).read()
+    # The flagfile's row over seed 0 (the variants' seed), not the mean over seeds 0-2 (18.0).
+    assert "| lambda_adv | 1.0 (flagfile) | 17.0 | 16.0 | 15.0 | 14.0 | 87.0 |  | 0 | `jarn` |" in md
+    assert "| lambda_adv | 5 | 18.5 | 17.5 | 16.5 | 15.5 | 85.0 | +1.5 | 0 | `jarn_lambda_adv5` |" in md
+    assert "| batch_size | 32 | 17.0 | 16.0 | 15.0 | 14.0 | 85.0 | +0.0 | 0 | `jarn_batch_size32` |" in md
+    assert "- `jarn` over 3 seed(s) on disk: PGD20 18.0 ± 3.5, clean 87.0 ± 0.0." in md
+    assert os.path.exists(os.path.join(out, "figure5", "figure5.png"))

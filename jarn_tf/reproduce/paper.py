@@ -1587,37 +1587,71 @@ def report_figure4(ctx: Context) -> List[str]:
 
 
 def report_figure5(ctx: Context) -> List[str]:
+    """Figure 5's sweeps: each variant beside the flagfile's model over the same seeds (paired by seed),
+    and the flagfile's model's spread over every seed on disk, the yardstick for one-seed differences."""
     attacks = (("FGSM", "fgsm"), ("PGD5", "pgd5"), ("PGD10", "pgd10"), ("PGD20", "pgd20"), ("Clean", "clean"))
     rows = []
     panels: Dict[str, List[Tuple[float, Dict[str, Optional[float]]]]] = {}
+    spreads = []
+
+    def results(m: ModelSpec, seeds: Sequence[int]) -> Dict[str, List[Optional[float]]]:
+        return {a: [accuracy(ctx, ctx.attacks_dir(m.name(s), ctx.eps), a) for s in seeds] for _, a in attacks}
+
+    def mean(values: Sequence[Optional[float]]) -> Optional[float]:
+        present = [v for v in values if v is not None]
+        return sum(present) / len(present) if present else None
+
     for spec in _specs(ctx):
         base, models = figure5_specs(ctx, spec)
+        every = results(spec, ctx.seeds)
+        if any(v is not None for v in every["pgd20"]):
+            n = sum(v is not None for v in every["pgd20"])
+            spreads.append(
+                f"- `{spec.base}` over {n} seed(s) on disk: PGD20 {mean_std(every['pgd20'])}, "
+                f"clean {mean_std(every['clean'])}."
+            )
         for flag in FIGURE5_SWEEPS:
+            variants = [
+                (m, v)
+                for m in models
+                if m is not spec
+                for v in [next((f.split("=", 1)[1] for f in m.extra_flags if f.startswith(f"--{flag}=")), None)]
+                if v is not None
+            ]
+            # The seeds any variant of this sweep has: the flagfile's model is shown over the same ones.
+            seeds = [s for s in ctx.seeds if any(results(m, [s])["clean"][0] is not None for m, _ in variants)]
+            seeds = seeds or list(ctx.seeds)
+            ref = {a: mean(v) for a, v in results(spec, seeds).items()}
             points = []
-            for m in models:
-                value = next((f.split("=", 1)[1] for f in m.extra_flags if f.startswith(f"--{flag}=")), None)
-                if value is None and m is not spec:
-                    continue
-                value = value or base[flag]
+            for m, value in [(spec, base[flag]), *variants]:
+                got = results(m, seeds)
+                accs = {a: mean(v) for a, v in got.items()}
                 x = float(value) if value != "?" else math.nan
-                accs, cells = {}, []
-                for _, attack in attacks:
-                    got = [accuracy(ctx, ctx.attacks_dir(m.name(s), ctx.eps), attack) for s in ctx.seeds]
-                    present = [g for g in got if g is not None]
-                    accs[attack] = sum(present) / len(present) if present else None
-                    cells.append(mean_std(got))
                 points.append((x, accs))
-                label = value + (" (flagfile)" if m is spec else "")
-                rows.append((flag, x, [flag, label, *cells, f"`{m.base}`"]))
+                if m is spec:
+                    label, diff = f"{value} (flagfile)", ""
+                else:
+                    label = value
+                    d = None if accs["pgd20"] is None or ref["pgd20"] is None else accs["pgd20"] - ref["pgd20"]
+                    diff = "-" if d is None else f"{d:+.1f}"
+                cells = [mean_std(got[a]) for _, a in attacks]
+                rows.append((flag, x, [flag, label, *cells, diff, ", ".join(map(str, seeds)), f"`{m.base}`"]))
             panels[flag] = sorted(points, key=lambda p: p[0])
     rows.sort(key=lambda r: (list(FIGURE5_SWEEPS).index(r[0]), r[1]))
+    header = ["Hyperparameter", "Value", *(h for h, _ in attacks), "PGD20 - flagfile's", "Seeds", "model"]
     lines = [
         f"## Accuracy (%) of JARN, eps = {ctx.eps}",
         "",
-        md_table(["Hyperparameter", "Value", *(h for h, _ in attacks), "model"], [r[2] for r in rows]),
+        md_table(header, [r[2] for r in rows]),
         "",
         "Each variant is the flagfile's JARN with one flag changed (the model directory's name says which); "
-        "the paper shows this figure without numbers.",
+        "each sweep's rows, the flagfile's model's included, are over the seeds its variants have, so the "
+        "difference is paired by seed. The paper shows this figure without numbers.",
+        "",
+        "The flagfile's model over every seed on disk (mean ± sample sd), the yardstick for a difference "
+        "measured on few seeds:",
+        "",
+        *(spreads or ["- no results yet."]),
         "",
     ]
     if any(acc[a] is not None for pts in panels.values() for _, acc in pts for _, a in attacks):
@@ -1629,6 +1663,10 @@ def report_figure5(ctx: Context) -> List[str]:
                     kept = [(x, acc[attack]) for x, acc in points if acc[attack] is not None]
                     ax.plot([k[0] for k in kept], [k[1] for k in kept], marker="o", label=heading)
                 ax.set_xscale("log")
+                xs = [x for x, _ in points if not math.isnan(x)]
+                ax.set_xticks(xs)
+                ax.set_xticklabels([f"{x:g}" for x in xs])
+                ax.minorticks_off()
                 ax.set_xlabel(flag)
                 ax.set_ylabel("accuracy (%)")
                 ax.grid(alpha=0.3)
