@@ -239,6 +239,15 @@ def _no_subprocess(*args):
     raise AssertionError(f"ran {args[0]}")
 
 
+def _report_from_disk(monkeypatch, out: str, experiment: str) -> str:
+    """Runs ``python -m jarn_tf.paper --experiment=<experiment>`` on finished runs (no subprocess may
+    start) and returns the report it writes."""
+    monkeypatch.setattr(paper, "run_subprocess", _no_subprocess)
+    lines = []
+    assert paper.main([f"--experiment={experiment}", f"--output_dir={out}"], lines.append) == 0, "\n".join(lines)
+    return open(os.path.join(out, experiment, f"{experiment}.md")).read()
+
+
 def test_paired_report_from_results_on_disk(tmp_path, monkeypatch):
     out = str(tmp_path / "o")
     jarn_gain = (1.0, 1.2, 0.8, 1.1, 0.9)  # worst case: [+0.80, +1.20], excludes 0
@@ -252,11 +261,8 @@ def test_paired_report_from_results_on_disk(tmp_path, monkeypatch):
         numbers[("pgd_at7", s)] = (80.0, 55.0, 52.0)
         numbers[("jarn_at1", s)] = (82.0, 55.0 + at1_gain[s], 52.0 + at1_aa_gain[s])
     _fake_runs(out, numbers, failed={("jarn", 3): ["attacks_not_above_clean"]})
-    monkeypatch.setattr(paper, "run_subprocess", _no_subprocess)
-    lines = []
     # Seed 0 only on the command line: the other four come from the disk.
-    assert paper.main(["--experiment=paired", f"--output_dir={out}"], lines.append) == 0, "\n".join(lines)
-    md = open(os.path.join(out, "paired", "paired.md")).read()
+    md = _report_from_disk(monkeypatch, out, "paired")
     assert "the numbers come from seeds 0, 1, 2, 3, 4" in md
     assert "| Worst case | 0, 1, 2, 3, 4 | +1.00 | 0.16 | [+0.80, +1.20] |" in md
     assert (
@@ -393,10 +399,7 @@ def test_figure5_report_pairs_each_variant_with_the_flagfiles_model_on_its_seeds
             if (flag, v) in (("lambda_adv", 1.0), ("batch_size", 64), ("disc_update_every", 10)):
                 continue
             fake(f"jarn_{flag}{v:g}_seed0", 15.5 if (flag, v) == ("lambda_adv", 5.0) else 14.0, clean=85.0)
-    monkeypatch.setattr(paper, "run_subprocess", _no_subprocess)
-    lines = []
-    assert paper.main(["--experiment=figure5", f"--output_dir={out}"], lines.append) == 0, "\n".join(lines)
-    md = open(os.path.join(out, "figure5", "figure5.md")).read()
+    md = _report_from_disk(monkeypatch, out, "figure5")
     # The flagfile's row over seed 0 (the variants' seed), not the mean over seeds 0-2 (18.0).
     assert "| lambda_adv | 1.0 (flagfile) | 17.0 | 16.0 | 15.0 | 14.0 | 87.0 |  | 0 | `jarn` |" in md
     assert "| lambda_adv | 5 | 18.5 | 17.5 | 16.5 | 15.5 | 85.0 | +1.5 | 0 | `jarn_lambda_adv5` |" in md
