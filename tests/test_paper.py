@@ -389,7 +389,8 @@ def test_figure5_report_pairs_each_variant_with_the_flagfiles_model_on_its_seeds
         d = os.path.join(out, "evals", name, "attacks_eps0.1")
         os.makedirs(d, exist_ok=True)
         acc = dict(clean=clean, fgsm=pgd20 + 3, pgd5=pgd20 + 2, pgd10=pgd20 + 1, pgd20=pgd20)
-        json.dump({"accuracy": {k: v / 100 for k, v in acc.items()}, "checks": []}, open(f"{d}/results.json", "w"))
+        record = {"accuracy": {k: v / 100 for k, v in acc.items()}, "checks": []}
+        json.dump(record, open(f"{d}/results.json", "w"))
 
     fake("jarn_seed0", 14.0)
     fake("jarn_seed1", 20.0)

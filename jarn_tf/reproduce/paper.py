@@ -1613,16 +1613,19 @@ def report_figure5(ctx: Context) -> List[str]:
                 f"clean {mean_std(every['clean'])}."
             )
         for flag in FIGURE5_SWEEPS:
+            prefix = f"--{flag}="
             variants = [
-                (m, v)
+                (m, f[len(prefix) :])
                 for m in models
                 if m is not spec
-                for v in [next((f.split("=", 1)[1] for f in m.extra_flags if f.startswith(f"--{flag}=")), None)]
-                if v is not None
+                for f in m.extra_flags
+                if f.startswith(prefix)
             ]
             # The seeds any variant of this sweep has: the flagfile's model is shown over the same ones.
-            seeds = [s for s in ctx.seeds if any(results(m, [s])["clean"][0] is not None for m, _ in variants)]
-            seeds = seeds or list(ctx.seeds)
+            def has_variant(seed: int) -> bool:
+                return any(results(m, [seed])["clean"][0] is not None for m, _ in variants)
+
+            seeds = [s for s in ctx.seeds if has_variant(s)] or list(ctx.seeds)
             ref = {a: mean(v) for a, v in results(spec, seeds).items()}
             points = []
             for m, value in [(spec, base[flag]), *variants]:
@@ -1634,8 +1637,8 @@ def report_figure5(ctx: Context) -> List[str]:
                     label, diff = f"{value} (flagfile)", ""
                 else:
                     label = value
-                    d = None if accs["pgd20"] is None or ref["pgd20"] is None else accs["pgd20"] - ref["pgd20"]
-                    diff = "-" if d is None else f"{d:+.1f}"
+                    a, r = accs["pgd20"], ref["pgd20"]
+                    diff = "-" if a is None or r is None else f"{a - r:+.1f}"
                 cells = [mean_std(got[a]) for _, a in attacks]
                 rows.append((flag, x, [flag, label, *cells, diff, ", ".join(map(str, seeds)), f"`{m.base}`"]))
             panels[flag] = sorted(points, key=lambda p: p[0])
