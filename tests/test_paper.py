@@ -407,3 +407,32 @@ def test_figure5_report_pairs_each_variant_with_the_flagfiles_model_on_its_seeds
     assert "| batch_size | 32 | 17.0 | 16.0 | 15.0 | 14.0 | 85.0 | +0.0 | 0 | `jarn_batch_size32` |" in md
     assert "- `jarn` over 3 seed(s) on disk: PGD20 18.0 ± 3.5, clean 87.0 ± 0.0." in md
     assert os.path.exists(os.path.join(out, "figure5", "figure5.png"))
+
+
+def test_table5_report_averages_every_column_over_the_seeds_with_transfer_results(tmp_path, monkeypatch):
+    """Transfer results on seed 0 only, white-box results on seeds 0-2 (as when the paired experiment ran
+    more seeds): the summary row's white-box and clean columns are seed 0's, not the mean over 0-2."""
+    import json
+
+    out = str(tmp_path / "o")
+
+    def dump(rel: str, accuracy: dict) -> None:
+        os.makedirs(os.path.join(out, rel), exist_ok=True)
+        record = {"accuracy": {k: v / 100 for k, v in accuracy.items()}, "checks": []}
+        json.dump(record, open(f"{out}/{rel}/results.json", "w"))
+
+    for model in ("jarn", "jarn_at1", "pgd_at7"):
+        for s in range(3):
+            os.makedirs(os.path.join(out, "models", f"{model}_seed{s}", "export"), exist_ok=True)
+            open(os.path.join(out, "models", f"{model}_seed{s}", "export", "metadata.json"), "w").write("{}")
+            acc = dict(clean=80.0 + s, fgsm=30.0 + 10 * s, pgd20=20.0 + 10 * s)
+            dump(f"evals/{model}_seed{s}/attacks_eps0.1", acc)
+    for model in ("jarn", "jarn_at1"):
+        for source in ("pgd_at7_seed0", f"{model}_seed1"):
+            dump(f"evals/{model}_seed0/transfer_from_{source}_eps0.1", dict(transfer_pgd20=50.0))
+            dump(f"evals/{model}_seed0/transfer_fgsm_from_{source}_eps0.1", dict(transfer_pgd1=60.0))
+    md = _report_from_disk(monkeypatch, out, "table5")
+    # Seed 0's white-box 30.0 / 20.0 and clean 80.0, not the means over seeds 0-2 (40.0 / 30.0 / 81.0).
+    transfer = "| JARN | 60.0 (79.6) | 50.0 (76.7) | 60.0 (73.6) | 50.0 (17.4) |"
+    assert transfer + " 30.0 (67.2) | 20.0 (15.5) | 80.0 (93.9) | 0 |" in md
+    assert "| JARN | 2 | `pgd_at7_seed2` | `jarn_seed0` | - | - | - | - | 50.0 | 40.0 | 82.0 |" in md

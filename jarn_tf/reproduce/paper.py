@@ -1382,8 +1382,9 @@ def report_table5(ctx: Context) -> List[str]:
     at7 = ctx.spec("pgd_at7")
     keys = TABLE5_KEYS
     rows, per_seed = [], []
+    transfer_keys = [k for k in keys if k.startswith(("at7_", "same_"))]
     for spec in _specs(ctx):
-        values: Dict[str, List[Optional[float]]] = {k: [] for k in keys}
+        by_seed: Dict[int, Dict[str, Optional[float]]] = {}
         for seed in ctx.seeds:
             target = spec.name(seed)
             got: Dict[str, Optional[float]] = {}
@@ -1397,16 +1398,20 @@ def report_table5(ctx: Context) -> List[str]:
                 wb_pgd20=accuracy(ctx, wb, "pgd20"),
                 clean=accuracy(ctx, wb, "clean"),
             )
-            for k in keys:
-                values[k].append(got[k])
+            by_seed[seed] = got
             per_seed.append(
                 [spec.label, str(seed), f"`{at7.name(seed)}`", f"`{spec.name(ctx.other_seed(seed))}`"]
                 + [fmt(got[k]) for k in keys]
             )
+        # Every column over the same seeds: those with transfer results (white-box runs of other seeds,
+        # e.g. from the paired experiment, would otherwise move the white-box and clean means alone).
+        seeds = [s for s, got in by_seed.items() if any(got[k] is not None for k in transfer_keys)]
+        seeds = seeds or list(by_seed)
         paper = PAPER["table5"].get(spec.row, {})
-        rows.append([spec.label] + [_with_paper(mean_std(values[k]), paper.get(k)) for k in keys])
+        cells = [_with_paper(mean_std([by_seed[s][k] for s in seeds]), paper.get(k)) for k in keys]
+        rows.append([spec.label, *cells, ", ".join(map(str, seeds))])
     header = ["Model", "PGD-AT7 FGSM", "PGD-AT7 PGD20", "Same model FGSM", "Same model PGD20"]
-    header += ["White-box FGSM", "White-box PGD20", "Clean"]
+    header += ["White-box FGSM", "White-box PGD20", "Clean", "Seeds"]
     return [
         f"## Accuracy (%) under transfer attacks, eps = {ctx.eps}",
         "",
@@ -1415,11 +1420,12 @@ def report_table5(ctx: Context) -> List[str]:
         "Transfer: adversarial examples crafted on the source model (PGD-AT7 of the same seed; the same "
         "configuration trained with another seed), evaluated on the target. Transfer FGSM is one PGD step "
         "of size eps without random start (`--attacks=transfer_pgd1`), which is FGSM. A defence that masks "
-        "gradients shows transfer accuracy below its white-box accuracy.",
+        "gradients shows transfer accuracy below its white-box accuracy. Each row's columns are over the "
+        "seeds with transfer results (mean ± sample sd), the white-box and clean ones included.",
         "",
         "## Per seed",
         "",
-        md_table(["Model", "Seed", "PGD-AT7 source", "same-model source", *header[1:]], per_seed),
+        md_table(["Model", "Seed", "PGD-AT7 source", "same-model source", *header[1:-1]], per_seed),
         "",
     ]
 
