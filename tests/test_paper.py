@@ -436,3 +436,24 @@ def test_table5_report_averages_every_column_over_the_seeds_with_transfer_result
     transfer = "| JARN | 60.0 (79.6) | 50.0 (76.7) | 60.0 (73.6) | 50.0 (17.4) |"
     assert transfer + " 30.0 (67.2) | 20.0 (15.5) | 80.0 (93.9) | 0 |" in md
     assert "| JARN | 2 | `pgd_at7_seed2` | `jarn_seed0` | - | - | - | - | 50.0 | 40.0 | 82.0 |" in md
+
+
+def test_training_time_of_a_resumed_run_says_which_steps_it_covers(tmp_path):
+    """A run killed at step 1700 logs no time; its resume logs steps 1700-3748 only. That is no training
+    time for means and per-epoch figures, and is labelled as part of a run where shown."""
+    out = str(tmp_path / "o")
+    ctx = paper.Context(paper.parse_args(["--experiment=paired", f"--output_dir={out}"]))
+    os.makedirs(os.path.join(out, "models"))
+    logs = {
+        "whole": "Finished at step 3748 in 400 s, evaluations 5 s of it.\n",
+        "twice": "Finished at step 1000 in 100 s.\n"
+        "Finished at step 3748 in 300 s (resumed from step 1000).\n",
+        "resumed": "step 1600 ...\nFinished at step 3748 in 232 s (resumed from step 1700).\n",
+    }
+    for name, text in logs.items():
+        open(os.path.join(out, "models", f"{name}.log"), "w").write(text)
+    assert paper.training_time(ctx, "whole") == (400.0, "train's log")
+    assert paper.training_time(ctx, "twice") == (400.0, "train's log")
+    seconds, source = paper.training_time(ctx, "resumed")
+    assert seconds is None and "steps 1700-3748 only" in source
+    assert paper.training_time(ctx, "resumed", partial_ok=True)[0] == 232.0

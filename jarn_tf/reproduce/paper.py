@@ -879,22 +879,39 @@ def disc_accuracy(ctx: Context, model: str) -> Optional[float]:
     return 100.0 * values[-1][2] if values else None
 
 
-_FINISHED = re.compile(r"Finished at step (\d+) in (\d+) s")
+_FINISHED = re.compile(r"Finished at step (\d+) in (\d+) s(?: \(resumed from step (\d+)\))?")
 
 
-def training_time(ctx: Context, model: str) -> Tuple[Optional[float], str]:
+def training_time(ctx: Context, model: str, partial_ok: bool = False) -> Tuple[Optional[float], str]:
     """Training wall time (s) and where it comes from.
 
     The train command's "Finished at step N in S s" lines of the model's log
     (one per run, summed over resumptions), else the subprocess wall times
     this driver recorded (<model>.time.json), else the span of the
     TensorBoard events' times.
+
+    A run killed before it finished logs no time, so a log whose runs do not
+    start at step 0 covers only the steps after the resume. That time is
+    returned only with ``partial_ok`` (its source says which steps it covers);
+    otherwise the time is None ("not recorded"), so that means over seeds and
+    seconds per epoch are not made from part of a run. The TensorBoard span
+    is not used then either: it would include the time between the kill and
+    the resume.
     """
     try:
         with open(ctx.path(f"models/{model}.log")) as f:
             found = _FINISHED.findall(f.read())
         if found:
-            return float(sum(int(s) for _, s in found)), "train's log"
+            seconds = float(sum(int(s) for _, s, _ in found))
+            first = min(int(start or 0) for _, _, start in found)
+            if first == 0:
+                return seconds, "train's log"
+            last = max(int(step) for step, _, _ in found)
+            source = (
+                f"train's log, steps {first}-{last} only: the run before the resume from step {first} "
+                "was stopped and logged no time"
+            )
+            return (seconds if partial_ok else None), source
     except OSError:
         pass
     record = load_json(ctx.path(f"models/{model}.time.json"))
@@ -1182,7 +1199,7 @@ def _hardware_section(ctx: Context, models: Sequence[str]) -> List[str]:
     ]
     rows = []
     for model in models:
-        seconds, source = training_time(ctx, model)
+        seconds, source = training_time(ctx, model, partial_ok=True)
         evals = [
             eval_seconds(ctx, job.key)
             for job in ctx.jobs.values()
