@@ -962,6 +962,12 @@ def _median(values: Sequence[float]) -> float:
 # Formatting.
 
 
+def mean_present(values: Iterable[Optional[float]]) -> Optional[float]:
+    """The mean of the values present (not None); None when none is."""
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
 def mean_std(values: Iterable[Optional[float]], digits: int = 1, spec: Optional[str] = None) -> str:
     """``mean ± sample std`` of the values present; ``-`` when none.
 
@@ -971,7 +977,7 @@ def mean_std(values: Iterable[Optional[float]], digits: int = 1, spec: Optional[
     if not vals:
         return "-"
     spec = spec or f".{digits}f"
-    mean = sum(vals) / len(vals)
+    mean = mean_present(vals)
     if len(vals) == 1:
         return format(mean, spec)
     std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
@@ -1622,10 +1628,6 @@ def report_figure5(ctx: Context) -> List[str]:
     def results(m: ModelSpec, seeds: Sequence[int]) -> Dict[str, List[Optional[float]]]:
         return {a: [accuracy(ctx, ctx.attacks_dir(m.name(s), ctx.eps), a) for s in seeds] for _, a in attacks}
 
-    def mean(values: Sequence[Optional[float]]) -> Optional[float]:
-        present = [v for v in values if v is not None]
-        return sum(present) / len(present) if present else None
-
     for spec in _specs(ctx):
         base, models = figure5_specs(ctx, spec)
         every = results(spec, ctx.seeds)
@@ -1649,11 +1651,11 @@ def report_figure5(ctx: Context) -> List[str]:
                 return any(results(m, [seed])["clean"][0] is not None for m, _ in variants)
 
             seeds = [s for s in ctx.seeds if has_variant(s)] or list(ctx.seeds)
-            ref = {a: mean(v) for a, v in results(spec, seeds).items()}
+            ref = {a: mean_present(v) for a, v in results(spec, seeds).items()}
             points = []
             for m, value in [(spec, base[flag]), *variants]:
                 got = results(m, seeds)
-                accs = {a: mean(v) for a, v in got.items()}
+                accs = {a: mean_present(v) for a, v in got.items()}
                 x = float(value) if value != "?" else math.nan
                 points.append((x, accs))
                 if m is spec:
@@ -1856,10 +1858,9 @@ def report_schedule(ctx: Context) -> List[str]:
     lines += [schedule_verdict(verdicts), ""]
     means = {}
     for start, spec in schedules:
-        times = [training_time(ctx, spec.name(seed))[0] for seed in ctx.seeds]
-        times = [t for t in times if t is not None]
-        if times:
-            means[start] = sum(times) / len(times)
+        mean = mean_present(training_time(ctx, spec.name(seed))[0] for seed in ctx.seeds)
+        if mean is not None:
+            means[start] = mean
     if 0.0 in means and 0.75 in means:
         lines += [
             f"It adds that the last-25% schedule saves compute: here JARN over the whole run trained in "
